@@ -1,0 +1,68 @@
+"""What a vision-stage compressor receives and returns.
+
+Conventions (shared by every compressor and model adapter):
+
+- A *view* is one vision-tower input: view 0 is the thumbnail (the whole image squashed to
+  one crop), views 1..n are the AnyRes crops in row-major grid order. Each view yields
+  ``N = patches_per_side**2`` patch tokens (576 for CLIP-L/336, 16 for the tiny model).
+- A *token source* names where an emitted LLM token comes from: ``v * N + p`` for patch
+  ``p`` (row-major inside the view) of view ``v``, and ``NEWLINE`` (-1) for the model's
+  ``image_newline`` embedding. The packed sequence transformers builds
+  (``pack_image_features``) is one such list; a compressor returns another, shorter one.
+- Padding entries in batched source tensors are ``PAD`` (-2) and always come last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+NEWLINE = -1
+PAD = -2
+
+
+@dataclass
+class ScoreRequest:
+    """Which per-view token score a compressor needs from the model adapter.
+
+    kind: ``cls_logit`` (head-mean pre-softmax CLS logits q·k·scale, CLS column dropped),
+          ``cls_softmax`` (head-mean post-softmax CLS attention, CLS column dropped),
+          ``cosine`` (−cos(x_i, mean_j x_j) over the view's patch features; no CLS needed),
+          or ``none`` (no score: e.g. no compression, random).
+    layer: index into the vision encoder's layers (-1 = last layer, -2 = penultimate).
+    """
+
+    kind: str = "none"
+    layer: int = -1
+
+
+@dataclass
+class Selection:
+    """The tokens a vision-stage compressor keeps for a batch of B images.
+
+    token_sources: [B, P] long, emission order, PAD after the first ``num_tokens[b]`` entries.
+    num_tokens:    [B] long, emitted tokens per image (newlines included).
+    crop_budgets:  [B, C] float retention ratio r_j per crop (row-major), NaN-padded; None
+                   for methods without per-crop budgets.
+    info:          method-specific extras (JSON-serialisable once moved to host).
+    """
+
+    token_sources: torch.Tensor
+    num_tokens: torch.Tensor
+    crop_budgets: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+    def per_image(self) -> list[torch.Tensor]:
+        """Token sources of each image without padding (one host sync for the whole batch)."""
+        counts = self.num_tokens.tolist()
+        return [row[:n] for row, n in zip(self.token_sources, counts)]
+
+
+def gather_tokens(view_features: torch.Tensor, image_newline: torch.Tensor, token_sources: torch.Tensor) -> torch.Tensor:
+    """Emitted LLM tokens of one image.
+
+    view_features: [V, N, D]; image_newline: [D]; token_sources: [M] (no PAD) → [M, D].
+    """
+    table = torch.cat([view_features.flatten(0, 1), image_newline.to(view_features.dtype)[None]], dim=0)
+    return table[torch.where(token_sources == NEWLINE, table.shape[0] - 1, token_sources)]

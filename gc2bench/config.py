@@ -1,0 +1,33 @@
+"""Checks on the composed config that run before anything expensive is loaded."""
+
+from __future__ import annotations
+
+import math
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key, the value and what is allowed."""
+
+
+def validate_ratio(value) -> float:
+    """``ratio`` as a float in (0, 1], or a ConfigError naming the bad value."""
+    valid = "ratio must be a number with 0 < ratio <= 1 (the share of visual tokens kept)"
+    if isinstance(value, bool):
+        raise ConfigError(f"ratio={value} is not a number; {valid}")
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ratio={value} is not a number; {valid}") from None
+    if math.isnan(ratio) or not 0.0 < ratio <= 1.0:
+        raise ConfigError(f"ratio={value} is out of range; {valid}")
+    return ratio
+
+
+def validate(cfg) -> None:
+    validate_ratio(cfg.ratio)
+    if not cfg.suite.get("tasks"):
+        raise ConfigError(f"suite={cfg.suite.get('name')} has no tasks")
+    for entry in cfg.suite.tasks:
+        for key in ("task", "metric"):
+            if not entry.get(key):
+                raise ConfigError(f"suite={cfg.suite.get('name')}: every task needs `{key}` (got {dict(entry)})")

@@ -1,0 +1,98 @@
+"""Running one lmms-eval task of a suite through a ``GC2BenchLMM``.
+
+A suite entry names an lmms-eval task and, for offline runs, a local ``fixture`` in that
+task's schema; the task's own prompt, filters and metric are used either way. ``metric``
+and ``scale`` choose the headline score that tables show (in the papers' units).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+
+from gc2bench.evaluation.fixtures import build_fixture, fixture_digest, fixture_split
+
+
+@dataclass
+class TaskResult:
+    metrics: dict
+    samples: list[dict]
+    failures: list[dict]
+    wall_s: float
+
+
+def use_offline_hub() -> None:
+    """Fixture-only suites never touch the hub: make that explicit before datasets is imported."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def task_spec(entry: dict) -> str | dict:
+    """The task name, or a dict override that points a built-in task at a local fixture."""
+    if entry.get("fixture"):
+        path = build_fixture(entry["fixture"])
+        return {"task": entry["task"], "dataset_path": "parquet",
+                "dataset_kwargs": {"data_files": {fixture_split(entry["fixture"]): str(path)}}}
+    return entry["task"]
+
+
+def data_description(entry: dict) -> dict:
+    if entry.get("fixture"):
+        return {"source": "fixture", "fixture": entry["fixture"], "digest": fixture_digest(entry["fixture"])}
+    return {"source": "lmms-eval task dataset"}
+
+
+def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0) -> TaskResult:
+    """Evaluate ``lm`` on one suite entry; metrics keyed as lmms-eval names them (without filter)."""
+    import time
+
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    lm.sample_stats.clear()
+    lm.failures.clear()
+    start = time.perf_counter()
+    output = simple_evaluate(model=lm, tasks=[task_spec(entry)], task_manager=TaskManager(), limit=limit,
+                             log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                             fewshot_random_seed=seed, bootstrap_iters=0)
+    wall_s = time.perf_counter() - start
+    name = entry["task"]
+    raw = output["results"][name]
+    metrics = {key.split(",")[0]: value for key, value in raw.items()
+               if isinstance(value, (int, float)) and not key.startswith(("alias", "sample"))
+               and "_stderr" not in key}
+    samples = []
+    for sample in output.get("samples", {}).get(name, []):
+        doc_id = sample["doc_id"]
+        row = {"doc_id": doc_id, "answer": _first(sample.get("filtered_resps")), "target": sample.get("target")}
+        row.update(lm.sample_stats.get((name, doc_id), {}))
+        samples.append(row)
+    headline = metrics.get(entry["metric"])
+    metrics["metric"] = entry["metric"]
+    metrics["score"] = None if headline is None else headline * float(entry.get("scale", 1))
+    return TaskResult(metrics, samples, list(lm.failures), wall_s)
+
+
+def summarize(samples: list[dict], failures: list[dict], wall_s: float) -> tuple[dict, dict]:
+    """Token accounting and efficiency figures of a task from its per-sample rows."""
+    def stat(key):
+        values = [s[key] for s in samples if key in s]
+        if not values:
+            return None
+        values.sort()
+        return {"mean": statistics.fmean(values), "median": statistics.median(values),
+                "p90": values[min(len(values) - 1, int(0.9 * len(values)))]}
+
+    tokens = {key: stat(key) for key in ("visual_tokens_before", "visual_tokens_kept", "newline_tokens_before",
+                                         "newline_tokens_kept")}
+    efficiency = {key: stat(key) for key in ("vision_ms", "compression_ms", "prefill_ms", "decode_ms")}
+    efficiency.update({"wall_s": wall_s, "samples": len(samples), "failed_samples": len(failures),
+                       "samples_per_s": len(samples) / wall_s if wall_s > 0 else None})
+    return tokens, efficiency
+
+
+def _first(value):
+    while isinstance(value, list) and value:
+        value = value[0]
+    return value

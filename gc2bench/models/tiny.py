@@ -1,0 +1,170 @@
+"""A tiny LLaVA-NeXT, built offline and deterministically from a seed.
+
+CLIP vision tower (56-px crops, 14-px patches → 4×4 = 16 tokens per view, 3 layers), Llama
+decoder (4 layers), AnyRes grid pinpoints in multiples of 56, ``image_newline``, a
+byte-fallback BPE tokenizer and a Vicuna-style chat template. It is saved with
+``save_pretrained`` and then loaded through the same ``from_pretrained`` path as real
+checkpoints, so every test exercises the real loading code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_SPEC = {
+    "crop_size": 56,
+    "patch_size": 14,
+    "grid_pinpoints": [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]],
+    "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4},
+    "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+             "num_key_value_heads": 4, "max_position_embeddings": 2048},
+    "builder_version": 3,
+}
+
+# Same layout as llava-hf/llava-v1.6-vicuna-*-hf's template: system line, "USER: <image>\n… ASSISTANT:".
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}{% endif %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% endif %} {% endif %}"
+    "{% if message['role'] == 'assistant' %}ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}</s>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+# Random weights, but answers in words: the LM head is zeroed outside ANSWER_WORDS and </s>,
+# and every answer word embeds to one large direction that the </s> row reads, so an answer
+# is usually one word followed by </s>.
+ANSWER_WORDS = ["▁yes", "▁no", "▁red", "▁blue", "▁one", "▁two"]
+WORDS = ["yes", "no", "a", "the", "is", "there", "in", "image", "what", "color", "red", "green", "blue",
+         "one", "two", "three", "cat", "dog", "USER", "ASSISTANT", "Answer", "question", "using", "single",
+         "word", "or", "phrase"]
+
+
+def _spec_digest() -> str:
+    return hashlib.sha256(json.dumps(TINY_SPEC, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GC2BENCH_CACHE", Path.home() / ".cache" / "gc2bench"))
+
+
+def _build_tokenizer():
+    from transformers import LlamaTokenizer
+
+    vocab: dict[str, int] = {}
+    for token in SPECIAL_TOKENS + [f"<0x{b:02X}>" for b in range(256)]:
+        vocab[token] = len(vocab)
+    chars = sorted({c for w in WORDS for c in w} | set("abcdefghijklmnopqrstuvwxyz0123456789?.,:!'"))
+    for c in ["▁"] + chars + ["▁" + c for c in chars]:
+        vocab.setdefault(c, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in WORDS:
+        piece = "▁" + word[0]
+        for c in word[1:]:
+            merges.append((piece, c))
+            piece += c
+            vocab.setdefault(piece, len(vocab))
+    merges = list(dict.fromkeys(merges))
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, add_prefix_space=True, legacy=False)
+    tokenizer.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": ["<image>"]})
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _make_answers_short(model, tokenizer) -> None:
+    import torch
+
+    word_ids = torch.tensor(tokenizer.convert_tokens_to_ids(ANSWER_WORDS))
+    eos_id = tokenizer.convert_tokens_to_ids("</s>")
+    with torch.no_grad():
+        head = model.lm_head.weight
+        direction = torch.randn(head.shape[1])
+        direction /= direction.norm()
+        head.copy_(torch.zeros_like(head).index_copy_(0, word_ids, 40 * head[word_ids]))
+        head[eos_id] = 4 * direction
+        embed = model.model.language_model.embed_tokens.weight
+        embed[word_ids] += 30 * direction
+
+
+def build_tiny_llava_next(path: str | Path, seed: int = 0) -> Path:
+    """Build the tiny LLaVA-NeXT with weights drawn from ``seed`` and save it to ``path``."""
+    import torch
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextProcessor)
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    spec = TINY_SPEC
+    tokenizer = _build_tokenizer()
+    vocab_size = 64 * ((len(tokenizer) + 63) // 64)
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(image_size=spec["crop_size"], patch_size=spec["patch_size"],
+                                       projection_dim=spec["vision"]["hidden_size"], **spec["vision"]),
+        text_config=LlamaConfig(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+                                tie_word_embeddings=False, **spec["text"]),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=spec["grid_pinpoints"],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    config.pad_token_id = 3
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaNextForConditionalGeneration(config).eval()
+        _make_answers_short(model, tokenizer)
+    model.generation_config.pad_token_id = 3
+    model.generation_config.eos_token_id = 2
+    model.generation_config.bos_token_id = 1
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": spec["crop_size"]},
+        crop_size={"height": spec["crop_size"], "width": spec["crop_size"]},
+        image_grid_pinpoints=spec["grid_pinpoints"],
+    )
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                   patch_size=spec["patch_size"], vision_feature_select_strategy="default",
+                                   num_additional_image_tokens=1,
+                                   chat_template=CHAT_TEMPLATE)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def tiny_llava_next_path(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+    """Directory of the tiny model for ``seed``, building it on first use (atomic rename)."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = root / f"tiny-llava-next-{_spec_digest()}-seed{seed}"
+    if (target / "config.json").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
+    try:
+        build_tiny_llava_next(staging, seed=seed)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_tiny_llava_next(compressor, seed: int = 0, name: str = "tiny", **adapter_kwargs):
+    """The tiny model as a ``LlavaNextAdapter`` (built on first use, then ``from_pretrained``)."""
+    from gc2bench.models.llava_next import LlavaNextAdapter
+
+    return LlavaNextAdapter(str(tiny_llava_next_path(seed)), compressor, name=name, **adapter_kwargs)
