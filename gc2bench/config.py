@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -23,8 +24,19 @@ def validate_ratio(value) -> float:
     return ratio
 
 
+def check_model_path(path: str) -> None:
+    """A path that looks local (not ``owner/name``) must be an existing directory."""
+    path = str(path)
+    looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
+    if looks_local and not Path(path).expanduser().is_dir():
+        raise ConfigError(f"model.path={path}: no such directory (give a local checkpoint directory or a hub id "
+                          f"like llava-hf/llava-v1.6-vicuna-7b-hf)")
+
+
 def validate(cfg) -> None:
     validate_ratio(cfg.ratio)
+    if cfg.model.get("path"):
+        check_model_path(cfg.model.path)
     if not cfg.suite.get("tasks"):
         raise ConfigError(f"suite={cfg.suite.get('name')} has no tasks")
     for entry in cfg.suite.tasks:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import sys
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gc2bench.config import validate
+from gc2bench.config import ConfigError, validate
 from gc2bench.results.records import (git_commit, is_done, package_versions, record_path, run_dir,
                                       write_record)
 
@@ -31,8 +32,12 @@ def run(cfg: DictConfig) -> list[dict]:
     if all(entry.get("fixture") for entry in todo):
         use_offline_hub()
     from gc2bench.evaluation.lmms_model import GC2BenchLMM
+    from gc2bench.models.llava_next import ModelLoadError
 
-    adapter = instantiate(cfg.model, compressor=compressor, _convert_="all")
+    try:
+        adapter = instantiate(cfg.model, compressor=compressor, _convert_="all")
+    except InstantiationException as error:
+        raise (error.__cause__ if isinstance(error.__cause__, (ConfigError, ModelLoadError)) else error)
     lm = GC2BenchLMM(adapter, batch_size=cfg.suite.batch_size)
     config = OmegaConf.to_container(cfg, resolve=True)
     records = []

@@ -13,11 +13,10 @@ The adapter owns every hook. Per batch it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import torch
 
 from gc2bench.compressors.base import NEWLINE, ScoreRequest, gather_tokens
+from gc2bench.config import check_model_path
 from gc2bench.efficiency.timing import PrefillTimer, now
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -57,14 +56,6 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def _check_model_path(path: str) -> None:
-    """Fail early, naming the path, when a local-looking path does not exist."""
-    looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
-    if looks_local and not Path(path).expanduser().is_dir():
-        raise ModelLoadError(f"model.path={path}: no such directory (give a local checkpoint directory or a hub id "
-                             f"like llava-hf/llava-v1.6-vicuna-7b-hf)")
-
-
 class LlavaNextAdapter:
     """A LLaVA-NeXT checkpoint (hub id or local path) plus a vision-stage compressor."""
 
@@ -73,7 +64,7 @@ class LlavaNextAdapter:
         from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
         path = str(path)
-        _check_model_path(path)
+        check_model_path(path)
         if dtype not in DTYPES:
             raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
         self.name = name or path

@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """One gc2bench cache (tiny model, fixtures) for the whole test session."""
+    path = tmp_path_factory.mktemp("gc2bench-cache")
+    os.environ["GC2BENCH_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_path(cache_dir):
+    from gc2bench.models.tiny import tiny_llava_next_path
+
+    return tiny_llava_next_path(seed=0, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_path):
+    from gc2bench.compressors.none import NoCompression
+    from gc2bench.models.llava_next import LlavaNextAdapter
+
+    return LlavaNextAdapter(str(tiny_path), NoCompression(), name="tiny", dtype="float32", device="cpu")
