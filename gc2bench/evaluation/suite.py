@@ -48,23 +48,35 @@ def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0) -> T
     import time
 
     from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.tasks import TaskManager
+    from lmms_eval.tasks import TaskManager, get_task_dict
 
+    name = entry["task"]
+    task = get_task_dict([task_spec(entry)], TaskManager())[name]
     lm.sample_stats.clear()
     lm.failures.clear()
     start = time.perf_counter()
-    output = simple_evaluate(model=lm, tasks=[task_spec(entry)], task_manager=TaskManager(), limit=limit,
-                             log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                             fewshot_random_seed=seed, bootstrap_iters=0)
+    output = simple_evaluate(model=lm, tasks=[task], limit=limit, log_samples=True, random_seed=seed,
+                             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                             bootstrap_iters=0)
     wall_s = time.perf_counter() - start
-    name = entry["task"]
     raw = output["results"][name]
     metrics = {key.split(",")[0]: value for key, value in raw.items()
                if isinstance(value, (int, float)) and not key.startswith(("alias", "sample"))
                and "_stderr" not in key}
+    failed = {failure["doc_id"] for failure in lm.failures}
+    logged = output.get("samples", {}).get(name, [])
+    if failed:
+        # Failed samples are skipped, not scored: re-aggregate the task's own metrics without them.
+        kept = [sample for sample in logged if sample["doc_id"] not in failed]
+        for metric, aggregate in task.aggregation().items():
+            if metric in metrics:
+                values = [sample[metric] for sample in kept if metric in sample]
+                metrics[metric] = aggregate(values) if values else None
     samples = []
-    for sample in output.get("samples", {}).get(name, []):
+    for sample in logged:
         doc_id = sample["doc_id"]
+        if doc_id in failed:
+            continue
         row = {"doc_id": doc_id, "answer": _first(sample.get("filtered_resps")), "target": sample.get("target")}
         row.update(lm.sample_stats.get((name, doc_id), {}))
         samples.append(row)
