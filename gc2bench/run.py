@@ -75,9 +75,10 @@ def print_summary(records: list[dict]) -> None:
         before, kept = r["tokens"]["visual_tokens_before"], r["tokens"]["visual_tokens_kept"]
         prefill = r["efficiency"]["prefill_ms"]
         score = r["metrics"]["score"]
+        score = "–" if score is None else f"{score:.2f}"
         tokens = f"{before['mean']:.1f} → {kept['mean']:.1f}" if before and kept else "–"
-        print(f"{r['task']:<14} {r['metrics']['metric']:<16} {score if score is None else round(score, 2):>7}  "
-              f"{tokens:>28}  {prefill['median'] if prefill else float('nan'):>10.2f}")
+        prefill = "–" if not prefill else f"{prefill['median']:.2f}"
+        print(f"{r['task']:<14} {r['metrics']['metric']:<16} {score:>7}  {tokens:>28}  {prefill:>10}")
     failed = sum(r["efficiency"]["failed_samples"] for r in records)
     if failed:
         print(f"{failed} sample(s) failed; see `failures` in the records")

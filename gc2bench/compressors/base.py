@@ -63,6 +63,8 @@ def gather_tokens(view_features: torch.Tensor, image_newline: torch.Tensor, toke
     """Emitted LLM tokens of one image.
 
     view_features: [V, N, D]; image_newline: [D]; token_sources: [M] (no PAD) → [M, D].
+    Only the M emitted rows are copied (the V·N rows are not).
     """
-    table = torch.cat([view_features.flatten(0, 1), image_newline.to(view_features.dtype)[None]], dim=0)
-    return table[torch.where(token_sources == NEWLINE, table.shape[0] - 1, token_sources)]
+    tokens = view_features.flatten(0, 1).index_select(0, token_sources.clamp(min=0))
+    tokens[token_sources == NEWLINE] = image_newline.to(tokens.dtype)
+    return tokens

@@ -104,7 +104,8 @@ class LlavaNextAdapter:
         return layout_for(self.config, tuple(int(v) for v in image_size_hw))
 
     def _vision_layer(self, index: int):
-        return self.model.model.vision_tower.vision_model.encoder.layers[index]
+        tower = self.model.model.vision_tower
+        return getattr(tower, "vision_model", tower).encoder.layers[index]
 
     def encode_views(self, pixel_values: torch.Tensor, request: ScoreRequest):
         """Per-view projected features [V, N, D] and the requested per-view scores [V, N] (or None)."""

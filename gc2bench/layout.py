@@ -1,0 +1,174 @@
+"""AnyRes geometry of one image: grid choice, unpadded region, packed token sources.
+
+Conventions:
+
+- Sizes are (height, width), as transformers' ``image_sizes``; the original LLaVA code (and
+  the GlobalCom² authors' code built on it) passes (width, height) — convert before calling.
+- A layout has ``1 + rows * cols`` views (view 0 = thumbnail, then crops row-major), each
+  ``patches_per_side ** 2`` tokens. The crop grid is ``rows * pps`` patches high and
+  ``cols * pps`` wide; the *unpadded region* is the part of it showing the image.
+- Token sources follow ``gc2bench.compressors.base``: ``v * N + p``, ``NEWLINE`` = -1.
+
+Two places where implementations differ (both handled, see ``select_grid`` and
+``unpadded_region``):
+
+- Grid pinpoints are (height, width) in transformers and (width, height) in LLaVA; lists are
+  usually symmetric, so only ties change (a 336×336 image gets 2 crops side by side in
+  transformers, stacked in LLaVA).
+- The unpadded extent is ``int(round(x, 7))`` in transformers and ``int(x)`` in LLaVA's
+  ``unpad_image`` (what the GlobalCom² authors use); they differ when ``x`` lands just below
+  an integer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from gc2bench.compressors.base import NEWLINE
+
+UNPAD_ARITHMETIC = ("transformers", "llava")
+PINPOINT_ORDERS = ("hw", "wh")
+
+
+def select_best_resolution(image_size_hw: tuple[int, int], pinpoints_hw) -> tuple[int, int]:
+    """The pinpoint (height, width) that keeps the most image pixels, then wastes the fewest.
+
+    Same rule as transformers' and LLaVA's ``select_best_resolution``; the first pinpoint in
+    list order wins a tie.
+    """
+    height, width = image_size_hw
+    best, best_effective, best_wasted = None, 0, float("inf")
+    for pin_h, pin_w in pinpoints_hw:
+        scale = min(pin_w / width, pin_h / height)
+        effective = min(int(width * scale) * int(height * scale), width * height)
+        wasted = pin_w * pin_h - effective
+        if effective > best_effective or (effective == best_effective and wasted < best_wasted):
+            best, best_effective, best_wasted = (pin_h, pin_w), effective, wasted
+    return best
+
+
+def select_grid(image_size_hw, grid_pinpoints, crop_size: int, pinpoint_order: str = "hw") -> tuple[int, int]:
+    """(rows, cols) of crops chosen for an image; ``pinpoint_order`` says how pinpoints are written."""
+    if pinpoint_order not in PINPOINT_ORDERS:
+        raise ValueError(f"pinpoint_order={pinpoint_order!r}: expected one of {PINPOINT_ORDERS}")
+    pins = [(int(a), int(b)) if pinpoint_order == "hw" else (int(b), int(a)) for a, b in grid_pinpoints]
+    if not pins:
+        raise ValueError("grid_pinpoints is empty")
+    pin_h, pin_w = select_best_resolution(image_size_hw, pins)
+    return pin_h // crop_size, pin_w // crop_size
+
+
+def unpadded_region(image_size_hw, grid: tuple[int, int], patches_per_side: int,
+                    arithmetic: str = "transformers") -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), half-open, of the image inside the crop grid, in patches.
+
+    ``arithmetic``: ``transformers`` (``int(round(x, 7))``) or ``llava`` (``int(x)``).
+    """
+    if arithmetic not in UNPAD_ARITHMETIC:
+        raise ValueError(f"unpad={arithmetic!r}: expected one of {UNPAD_ARITHMETIC}")
+    height, width = image_size_hw
+    grid_h, grid_w = grid[0] * patches_per_side, grid[1] * patches_per_side
+    to_int = (lambda x: int(round(x, 7))) if arithmetic == "transformers" else int
+    if width / height > grid_w / grid_h:
+        new_h = to_int(height * (grid_w / width))
+        pad = (grid_h - new_h) // 2
+        return pad, grid_h - pad, 0, grid_w
+    new_w = to_int(width * (grid_h / height))
+    pad = (grid_w - new_w) // 2
+    return 0, grid_h, pad, grid_w - pad
+
+
+@dataclass(frozen=True)
+class AnyResLayout:
+    """Geometry of one AnyRes image.
+
+    image_size: (height, width) in pixels; grid: (rows, cols) of crops; crop_size: crop side
+    in pixels (informational, None if unknown).
+    """
+
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+    patches_per_side: int
+    crop_size: int | None = None
+
+    def __post_init__(self):
+        h, w = self.image_size
+        if h < 1 or w < 1:
+            raise ValueError(f"image_size={self.image_size}: height and width must be >= 1")
+        if self.grid[0] < 1 or self.grid[1] < 1:
+            raise ValueError(f"grid={self.grid}: rows and cols must be >= 1")
+        if self.patches_per_side < 1:
+            raise ValueError(f"patches_per_side={self.patches_per_side} must be >= 1")
+
+    @property
+    def num_crops(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_views(self) -> int:
+        return 1 + self.num_crops
+
+    @property
+    def tokens_per_view(self) -> int:
+        return self.patches_per_side ** 2
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """(rows, cols) of patches in the whole crop grid."""
+        return self.grid[0] * self.patches_per_side, self.grid[1] * self.patches_per_side
+
+    def unpadded_region(self, arithmetic: str = "transformers") -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) in grid patches; see module ``unpadded_region``."""
+        return unpadded_region(self.image_size, self.grid, self.patches_per_side, arithmetic)
+
+    def grid_sources(self) -> torch.Tensor:
+        """[rows*pps, cols*pps] long: the token source of every patch of the crop grid."""
+        pps, cols = self.patches_per_side, self.grid[1]
+        r = torch.arange(self.padded_size[0])[:, None]
+        c = torch.arange(self.padded_size[1])[None, :]
+        view = 1 + (r // pps) * cols + c // pps
+        return view * self.tokens_per_view + (r % pps) * pps + c % pps
+
+    def sources(self, arithmetic: str = "transformers", newlines: str = "unpadded") -> torch.Tensor:
+        """[P] long: thumbnail then unpadded crop grid row by row, each row followed by NEWLINE.
+
+        ``newlines``: ``unpadded`` (one per unpadded row, transformers) or ``padded`` (one per
+        row of the whole grid, as the GlobalCom² authors' code emits them).
+        """
+        top, bottom, left, right = self.unpadded_region(arithmetic)
+        body = self.grid_sources()[top:bottom, left:right]
+        rows = torch.cat([body, torch.full((body.shape[0], 1), NEWLINE)], dim=1).flatten()
+        if newlines == "padded":
+            rows = torch.cat([torch.full((top,), NEWLINE), rows, torch.full((self.padded_size[0] - bottom,), NEWLINE)])
+        elif newlines != "unpadded":
+            raise ValueError(f"newlines={newlines!r}: expected 'unpadded' or 'padded'")
+        return torch.cat([torch.arange(self.tokens_per_view), rows])
+
+    @cached_property
+    def packed_sources(self) -> torch.Tensor:
+        """[P] long: exactly transformers' ``pack_image_features`` order (per-unpadded-row newlines)."""
+        return self.sources("transformers", "unpadded")
+
+
+def anyres_layout(image_size_hw, grid_pinpoints, crop_size: int, patches_per_side: int,
+                  pinpoint_order: str = "hw") -> AnyResLayout:
+    """Layout of an image of ``image_size_hw`` (height, width) under AnyRes with these pinpoints.
+
+    ``pinpoint_order``: ``hw`` (transformers configs and processors) or ``wh`` (LLaVA's own code).
+    """
+    size = (int(image_size_hw[0]), int(image_size_hw[1]))
+    if size[0] < 1 or size[1] < 1:
+        raise ValueError(f"image_size={size}: height and width must be >= 1")
+    grid = select_grid(size, grid_pinpoints, crop_size, pinpoint_order)
+    return AnyResLayout(size, grid, int(patches_per_side), int(crop_size))
+
+
+def layout_for(config, image_size_hw) -> AnyResLayout:
+    """Layout for a transformers ``LlavaNextConfig`` (reads ``image_grid_pinpoints``,
+    ``vision_config.image_size`` and ``vision_config.patch_size``)."""
+    crop = int(config.vision_config.image_size)
+    return anyres_layout(image_size_hw, config.image_grid_pinpoints, crop,
+                         crop // int(config.vision_config.patch_size), "hw")
