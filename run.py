@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from gc2bench.config import ConfigError
-    from gc2bench.models.llava_next import ModelLoadError
+    from gc2bench.models.adapter import ModelLoadError
     from gc2bench.run import run
 
     try:

@@ -32,7 +32,7 @@ def run(cfg: DictConfig) -> list[dict]:
     if all(entry.get("fixture") for entry in todo):
         use_offline_hub()
     from gc2bench.evaluation.lmms_model import GC2BenchLMM
-    from gc2bench.models.llava_next import ModelLoadError
+    from gc2bench.models.adapter import ModelLoadError
 
     try:
         adapter = instantiate(cfg.model, compressor=compressor, _convert_="all")

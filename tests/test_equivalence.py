@@ -55,7 +55,7 @@ def test_no_compression_logits_match_plain_forward(tiny_adapter):
     with torch.no_grad():
         expected = tiny_adapter.model(**inputs).logits
         stats = [None] * len(texts)
-        from gc2bench.models.llava_next import SampleStats
+        from gc2bench.models.adapter import SampleStats
         stats = [SampleStats() for _ in texts]
         ids, mask, features = tiny_adapter._compress(inputs, images, stats)
         from transformers.modeling_outputs import BaseModelOutputWithPooling

@@ -1,100 +1,27 @@
-"""LLaVA-NeXT through transformers, with vision-stage compression between the tower and the LLM.
+"""LLaVA-NeXT (CLIP + Llama/Vicuna/Mistral) through transformers.
 
-The adapter owns every hook. Per batch it
-1. runs the CLIP tower on all views and projects the chosen hidden layer (as
-   ``get_image_features`` does, but without packing),
-2. computes the per-view score the compressor asks for (CLS attention from a hook on the
-   chosen layer's ``layer_norm1``: q/k projections of that input, no eager attention),
-3. asks the compressor which token sources to emit (``Selection``),
-4. shrinks each image's run of ``<image>`` tokens to the kept count and calls ``generate``
-   with the kept features through ``mm_encoder_outputs``; transformers is not patched.
+The adapter captures the CLS attention of one CLIP layer with a forward hook on that
+layer's ``layer_norm1`` (its attention input x): q = q_proj(x_CLS), k = k_proj(x), per-head
+q·kᵀ·scale, then (optionally) softmax, CLS column dropped, mean over heads. No eager
+attention, no ``output_attentions``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import torch
 
-from gc2bench.compressors.base import NEWLINE, ScoreRequest, gather_tokens
-from gc2bench.config import check_model_path
-from gc2bench.efficiency.timing import PrefillTimer, now
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+from gc2bench.compressors.base import ScoreRequest
+from gc2bench.models.adapter import VisionStageAdapter
 
 
-class ModelLoadError(RuntimeError):
-    """The model could not be found or loaded; the message names the path or id."""
-
-
-@dataclass
-class SampleStats:
-    """Token accounting and timings of one prompt (images of the prompt summed)."""
-
-    visual_tokens_before: int = 0
-    visual_tokens_kept: int = 0
-    newline_tokens_before: int = 0
-    newline_tokens_kept: int = 0
-    kept_per_view: list[list[int]] = field(default_factory=list)
-    crop_budgets: list[list[float]] | None = None
-    vision_ms: float = 0.0
-    compression_ms: float = 0.0
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
-    new_tokens: int = 0
-
-
-@dataclass
-class Generation:
-    text: str
-    stats: SampleStats
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-class LlavaNextAdapter:
+class LlavaNextAdapter(VisionStageAdapter):
     """A LLaVA-NeXT checkpoint (hub id or local path) plus a vision-stage compressor."""
 
-    def __init__(self, path: str, compressor, name: str | None = None, revision: str | None = None,
-                 dtype: str = "float16", device: str | None = "auto", attn_implementation: str = "sdpa"):
-        from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+    @property
+    def model_class(self):
+        from transformers import LlavaNextForConditionalGeneration
 
-        path = str(path)
-        check_model_path(path)
-        if dtype not in DTYPES:
-            raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
-        self.name = name or path
-        self.path = path
-        self.revision = revision
-        self.device = resolve_device(device)
-        self.compressor = compressor
-        try:
-            self.processor = AutoProcessor.from_pretrained(path, revision=revision)
-            self.model = LlavaNextForConditionalGeneration.from_pretrained(
-                path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation
-            ).to(self.device).eval()
-        except OSError as error:
-            raise ModelLoadError(f"model.path={path}: could not load a LLaVA-NeXT checkpoint "
-                                 f"({str(error).splitlines()[0]})") from error
-        self.config = self.model.config
-        self.tokenizer = self.processor.tokenizer
-        self.tokenizer.padding_side = "left"
-        self.image_token_id = self.config.image_token_id
-        self._prefill_timer = PrefillTimer(self.device).attach(self.model.model.language_model)
-
-    def describe(self) -> dict:
-        return {"name": self.name, "path": self.path, "revision": self.revision,
-                "dtype": str(self.model.dtype).removeprefix("torch."), "device": str(self.device),
-                "attn_implementation": self.config._attn_implementation}
-
-    def prompt(self, text: str, num_images: int) -> str:
-        """The checkpoint's chat template around ``num_images`` images followed by ``text``."""
-        content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]
-        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        return LlavaNextForConditionalGeneration
 
     # -- vision stage -------------------------------------------------------------------------
 
@@ -141,100 +68,3 @@ class LlavaNextAdapter:
             logits = logits.softmax(dim=-1)
         return logits[..., 1:].mean(dim=1)
 
-    # -- generation ---------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def generate(self, texts: list[str], images: list[list], **gen_kwargs) -> list[Generation]:
-        """Answer each ``texts[i]`` about ``images[i]`` (a list of PIL images, possibly empty)."""
-        prompts = [self.prompt(text, len(imgs)) for text, imgs in zip(texts, images)]
-        flat_images = [img for imgs in images for img in imgs]
-        inputs = self.processor(images=flat_images or None, text=prompts, padding=True, return_tensors="pt")
-        input_ids = inputs["input_ids"].to(self.device)
-        attention_mask = inputs["attention_mask"].to(self.device)
-        stats = [SampleStats() for _ in texts]
-        extra = {}
-        if flat_images:
-            input_ids, attention_mask, image_features = self._compress(inputs, images, stats)
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-            extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=image_features)}
-        self._prefill_timer.reset()
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **extra, **gen_kwargs)
-        new_tokens = output[:, input_ids.shape[1]:]
-        answers = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        pad = self.model.generation_config.pad_token_id
-        for row, stat in enumerate(stats):
-            stat.prefill_ms = 1e3 * self._prefill_timer.prefill_s / len(texts)
-            stat.decode_ms = 1e3 * self._prefill_timer.decode_s / len(texts)
-            stat.new_tokens = int((new_tokens[row] != pad).sum()) if pad is not None else new_tokens.shape[1]
-        return [Generation(answer.strip(), stat) for answer, stat in zip(answers, stats)]
-
-    def _compress(self, inputs, images: list[list], stats: list[SampleStats]):
-        """Kept features per image and the prompts with each image's token run shrunk to match."""
-        image_sizes = inputs["image_sizes"].tolist()
-        layouts = [self.layout(size) for size in image_sizes]
-        pixel_values = inputs["pixel_values"]
-        flat_pixels = torch.cat([pv[: layout.num_views] for pv, layout in zip(pixel_values, layouts)])
-        flat_pixels = flat_pixels.to(self.device, self.model.dtype)
-
-        start = now(self.device)
-        features, scores = self.encode_views(flat_pixels, self.compressor.score_request)
-        vision_done = now(self.device)
-        view_counts = [layout.num_views for layout in layouts]
-        per_image_features = features.split(view_counts)
-        per_image_scores = scores.split(view_counts) if scores is not None else [None] * len(layouts)
-        selection = self.compressor.select(list(per_image_scores), layouts)
-        kept_sources = [sources.to(self.device) for sources in selection.per_image()]
-        newline = self.model.model.image_newline
-        kept_features = [gather_tokens(f, newline, s) for f, s in zip(per_image_features, kept_sources)]
-        compress_done = now(self.device)
-
-        image_owner = [row for row, imgs in enumerate(images) for _ in imgs]
-        budgets = selection.crop_budgets.tolist() if selection.crop_budgets is not None else None
-        for index, (layout, sources) in enumerate(zip(layouts, kept_sources)):
-            stat = stats[image_owner[index]]
-            is_newline = sources == NEWLINE
-            stat.visual_tokens_before += len(layout.packed_sources)
-            stat.newline_tokens_before += int((layout.packed_sources == NEWLINE).sum())
-            stat.visual_tokens_kept += len(sources)
-            stat.newline_tokens_kept += int(is_newline.sum())
-            views = sources[~is_newline].cpu() // layout.tokens_per_view
-            stat.kept_per_view.append(torch.bincount(views, minlength=layout.num_views).tolist())
-            if budgets is not None:
-                stat.crop_budgets = (stat.crop_budgets or []) + [[b for b in budgets[index] if b == b]]
-        share = 1e3 / len(stats)
-        for stat in stats:
-            stat.vision_ms = (vision_done - start) * share
-            stat.compression_ms = (compress_done - vision_done) * share
-
-        before = [len(layout.packed_sources) for layout in layouts]
-        after = [len(s) for s in kept_sources]
-        input_ids, attention_mask = self._shrink_image_runs(inputs["input_ids"], inputs["attention_mask"],
-                                                            before, after)
-        return input_ids.to(self.device), attention_mask.to(self.device), kept_features
-
-    def _shrink_image_runs(self, input_ids, attention_mask, before: list[int], after: list[int]):
-        """Drop image placeholders so that image k's run has ``after[k]`` tokens instead of ``before[k]``.
-
-        Images are numbered in reading order over the batch; the result is left-padded again.
-        """
-        is_image = input_ids == self.image_token_id
-        positions = is_image.flatten().nonzero().squeeze(1)
-        before_t = torch.tensor(before)
-        image_index = torch.repeat_interleave(torch.arange(len(before)), before_t)
-        rank = torch.arange(len(positions)) - torch.repeat_interleave(before_t.cumsum(0) - before_t, before_t)
-        drop = rank >= torch.tensor(after)[image_index]
-        keep = attention_mask.bool().flatten().clone()
-        keep[positions[drop]] = False
-        keep = keep.view_as(input_ids)
-        lengths = keep.sum(1)
-        width = int(lengths.max())
-        pad_id = self.tokenizer.pad_token_id
-        new_ids = torch.full((input_ids.shape[0], width), pad_id, dtype=input_ids.dtype)
-        new_mask = torch.zeros((input_ids.shape[0], width), dtype=attention_mask.dtype)
-        # Left padding: row r's kept tokens occupy the last lengths[r] columns.
-        columns = width - lengths[:, None] + (keep.cumsum(1) - 1)
-        rows = torch.arange(input_ids.shape[0])[:, None].expand_as(input_ids)
-        new_ids[rows[keep], columns[keep]] = input_ids[keep]
-        new_mask[rows[keep], columns[keep]] = 1
-        return new_ids, new_mask

@@ -1,0 +1,237 @@
+"""What every vision-stage model adapter shares: loading, prompting, compression between the
+vision tower and the LLM, and generation through transformers' own ``generate``.
+
+Per batch, ``VisionStageAdapter.generate``
+1. runs the processor (images converted to RGB first),
+2. asks the subclass for per-view features and the per-view scores the compressor requests
+   (``encode_views``; the subclass owns every hook into the vision tower),
+3. asks the compressor which token sources to emit (``Selection``) and packs them,
+4. shrinks each image's run of image placeholders to the kept count and calls ``generate``
+   with the kept features through ``mm_encoder_outputs``; transformers is not patched.
+Subclasses define ``model_class``, ``layout``, ``encode_views`` and, if their packing is not
+a plain gather of view tokens, ``pack``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gc2bench.compressors.base import NEWLINE, ScoreRequest, gather_tokens
+from gc2bench.config import check_model_path
+from gc2bench.efficiency.timing import PrefillTimer, now
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded; the message names the path or id."""
+
+
+@dataclass
+class SampleStats:
+    """Token accounting and timings of one prompt (images of the prompt summed)."""
+
+    visual_tokens_before: int = 0
+    visual_tokens_kept: int = 0
+    newline_tokens_before: int = 0
+    newline_tokens_kept: int = 0
+    kept_per_view: list[list[int]] = field(default_factory=list)
+    crop_budgets: list[list[float]] | None = None
+    ratio_convention: str = ""
+    vision_ms: float = 0.0
+    compression_ms: float = 0.0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    new_tokens: int = 0
+
+
+@dataclass
+class Generation:
+    text: str
+    stats: SampleStats
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode: grey, palette, CMYK, alpha (composited on white), 16/32-bit, float."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F" and values.size and values.max() <= 1.0:
+            values = values * 255.0
+        elif values.size and values.max() > 255:
+            values = values / 257.0
+        return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class VisionStageAdapter:
+    """A transformers multimodal checkpoint (hub id or local path) plus a vision-stage compressor."""
+
+    model_class: type = None  # set by subclasses, e.g. LlavaNextForConditionalGeneration
+
+    def __init__(self, path: str, compressor, name: str | None = None, revision: str | None = None,
+                 dtype: str = "float16", device: str | None = "auto", attn_implementation: str = "sdpa"):
+        from transformers import AutoProcessor
+
+        path = str(path)
+        check_model_path(path)
+        if dtype not in DTYPES:
+            raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+        self.name = name or path
+        self.path = path
+        self.revision = revision
+        self.device = resolve_device(device)
+        self.compressor = compressor
+        try:
+            self.processor = AutoProcessor.from_pretrained(path, revision=revision)
+            self.model = self.model_class.from_pretrained(
+                path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+            ).to(self.device).eval()
+        except OSError as error:
+            raise ModelLoadError(f"model.path={path}: could not load a {self.model_class.__name__} checkpoint "
+                                 f"({str(error).splitlines()[0]})") from error
+        self.config = self.model.config
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.image_token_id = self.config.image_token_id
+        self._prefill_timer = PrefillTimer(self.device).attach(self.model.model.language_model)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "path": self.path, "revision": self.revision,
+                "architecture": self.model_class.__name__,
+                "dtype": str(self.model.dtype).removeprefix("torch."), "device": str(self.device),
+                "attn_implementation": self.config._attn_implementation}
+
+    def prompt(self, text: str, num_images: int) -> str:
+        """The checkpoint's chat template around ``num_images`` images followed by ``text``."""
+        content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    # -- model-specific -------------------------------------------------------------------------
+
+    def layout(self, image_size_hw):
+        raise NotImplementedError
+
+    def encode_views(self, pixel_values: torch.Tensor, request: ScoreRequest):
+        """Per-view projected features [V, N, D] and the requested per-view scores [V, N] (or None)."""
+        raise NotImplementedError
+
+    def pack(self, view_features: torch.Tensor, token_sources: torch.Tensor, layout) -> torch.Tensor:
+        """LLM input features [M, D] of one image from its view features [V, N, D] and sources [M]."""
+        return gather_tokens(view_features, self.model.model.image_newline, token_sources)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, texts: list[str], images: list[list], **gen_kwargs) -> list[Generation]:
+        """Answer each ``texts[i]`` about ``images[i]`` (a list of PIL images, possibly empty)."""
+        images = [[to_rgb(image) for image in group] for group in images]
+        prompts = [self.prompt(text, len(imgs)) for text, imgs in zip(texts, images)]
+        flat_images = [img for imgs in images for img in imgs]
+        inputs = self.processor(images=flat_images or None, text=prompts, padding=True, return_tensors="pt")
+        input_ids = inputs["input_ids"].to(self.device)
+        attention_mask = inputs["attention_mask"].to(self.device)
+        stats = [SampleStats() for _ in texts]
+        extra = {}
+        if flat_images:
+            input_ids, attention_mask, image_features = self._compress(inputs, images, stats)
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=image_features)}
+        self._prefill_timer.reset()
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **extra, **gen_kwargs)
+        new_tokens = output[:, input_ids.shape[1]:]
+        answers = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        pad = self.model.generation_config.pad_token_id
+        for row, stat in enumerate(stats):
+            stat.prefill_ms = 1e3 * self._prefill_timer.prefill_s / len(texts)
+            stat.decode_ms = 1e3 * self._prefill_timer.decode_s / len(texts)
+            stat.new_tokens = int((new_tokens[row] != pad).sum()) if pad is not None else new_tokens.shape[1]
+        return [Generation(answer.strip(), stat) for answer, stat in zip(answers, stats)]
+
+    def _compress(self, inputs, images: list[list], stats: list[SampleStats]):
+        """Kept features per image and the prompts with each image's token run shrunk to match."""
+        image_sizes = inputs["image_sizes"].tolist()
+        layouts = [self.layout(size) for size in image_sizes]
+        pixel_values = inputs["pixel_values"]
+        flat_pixels = torch.cat([pv[: layout.num_views] for pv, layout in zip(pixel_values, layouts)])
+        flat_pixels = flat_pixels.to(self.device, self.model.dtype)
+
+        start = now(self.device)
+        features, scores = self.encode_views(flat_pixels, self.compressor.score_request)
+        vision_done = now(self.device)
+        view_counts = [layout.num_views for layout in layouts]
+        per_image_features = features.split(view_counts)
+        per_image_scores = scores.split(view_counts) if scores is not None else [None] * len(layouts)
+        selection = self.compressor.select(list(per_image_scores), layouts)
+        kept_sources = [sources.to(self.device) for sources in selection.per_image()]
+        kept_features = [self.pack(f, s, layout) for f, s, layout in zip(per_image_features, kept_sources, layouts)]
+        compress_done = now(self.device)
+
+        image_owner = [row for row, imgs in enumerate(images) for _ in imgs]
+        budgets = selection.crop_budgets.tolist() if selection.crop_budgets is not None else None
+        convention = self.compressor.params().get("convention", "")
+        for index, (layout, sources) in enumerate(zip(layouts, kept_sources)):
+            stat = stats[image_owner[index]]
+            stat.ratio_convention = convention
+            is_newline = sources == NEWLINE
+            stat.visual_tokens_before += len(layout.packed_sources)
+            stat.newline_tokens_before += int((layout.packed_sources == NEWLINE).sum())
+            stat.visual_tokens_kept += len(sources)
+            stat.newline_tokens_kept += int(is_newline.sum())
+            views = sources[~is_newline].cpu() // layout.tokens_per_view
+            stat.kept_per_view.append(torch.bincount(views, minlength=layout.num_views).tolist())
+            if budgets is not None:
+                stat.crop_budgets = (stat.crop_budgets or []) + [[b for b in budgets[index] if b == b]]
+        share = 1e3 / len(stats)
+        for stat in stats:
+            stat.vision_ms = (vision_done - start) * share
+            stat.compression_ms = (compress_done - vision_done) * share
+
+        before = [len(layout.packed_sources) for layout in layouts]
+        after = [len(s) for s in kept_sources]
+        input_ids, attention_mask = self._shrink_image_runs(inputs["input_ids"], inputs["attention_mask"],
+                                                            before, after)
+        return input_ids.to(self.device), attention_mask.to(self.device), kept_features
+
+    def _shrink_image_runs(self, input_ids, attention_mask, before: list[int], after: list[int]):
+        """Drop image placeholders so that image k's run has ``after[k]`` tokens instead of ``before[k]``.
+
+        Images are numbered in reading order over the batch; the result is left-padded again.
+        """
+        is_image = input_ids == self.image_token_id
+        positions = is_image.flatten().nonzero().squeeze(1)
+        before_t = torch.tensor(before)
+        image_index = torch.repeat_interleave(torch.arange(len(before)), before_t)
+        rank = torch.arange(len(positions)) - torch.repeat_interleave(before_t.cumsum(0) - before_t, before_t)
+        drop = rank >= torch.tensor(after)[image_index]
+        keep = attention_mask.bool().flatten().clone()
+        keep[positions[drop]] = False
+        keep = keep.view_as(input_ids)
+        lengths = keep.sum(1)
+        width = int(lengths.max())
+        pad_id = self.tokenizer.pad_token_id
+        new_ids = torch.full((input_ids.shape[0], width), pad_id, dtype=input_ids.dtype)
+        new_mask = torch.zeros((input_ids.shape[0], width), dtype=attention_mask.dtype)
+        # Left padding: row r's kept tokens occupy the last lengths[r] columns.
+        columns = width - lengths[:, None] + (keep.cumsum(1) - 1)
+        rows = torch.arange(input_ids.shape[0])[:, None].expand_as(input_ids)
+        new_ids[rows[keep], columns[keep]] = input_ids[keep]
+        new_mask[rows[keep], columns[keep]] = 1
+        return new_ids, new_mask
