@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> list[dict]:
 
     from gc2bench.evaluation.suite import data_description, evaluate_task, summarize, use_offline_hub
 
-    if all(entry.get("fixture") for entry in todo):
+    if all(entry.get("fixture") or entry.get("data_files") for entry in todo):
         use_offline_hub()
     from gc2bench.evaluation.lmms_model import GC2BenchLMM
     from gc2bench.models.adapter import ModelLoadError

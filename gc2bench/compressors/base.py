@@ -14,6 +14,7 @@ Conventions (shared by every compressor and model adapter):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -68,3 +69,37 @@ def gather_tokens(view_features: torch.Tensor, image_newline: torch.Tensor, toke
     tokens = view_features.flatten(0, 1).index_select(0, token_sources.clamp(min=0))
     tokens[token_sources == NEWLINE] = image_newline.to(tokens.dtype)
     return tokens
+
+
+def keep_top_per_view(candidates: list[torch.Tensor], scores: list[torch.Tensor], ratio: float,
+                      tokens_per_view: int) -> Selection:
+    """Per view, keep the top ``round(ratio · n_v)`` of its n_v candidate tokens; emit in candidate order.
+
+    candidates: B tensors [P_b] of token sources (NEWLINE entries are always kept);
+    scores: B tensors [V_b, N]. Ties go to the lower candidate position. ``round`` is
+    round-half-to-even, as Python's. No host–device sync.
+    """
+    device = scores[0].device
+    batch, n_tok = len(candidates), tokens_per_view
+    sources = torch.nn.utils.rnn.pad_sequence([c.to(device) for c in candidates], batch_first=True,
+                                              padding_value=PAD)                       # [B, P]
+    views_max = max(s.shape[0] for s in scores)
+    table = torch.full((batch, views_max * n_tok), -math.inf, device=device)
+    for b, s in enumerate(scores):
+        table[b, : s.numel()] = s.flatten().float()
+    is_token = sources >= 0
+    token_scores = table.gather(1, sources.clamp(min=0)).masked_fill(~is_token, -math.inf) + 0.0
+    groups = torch.where(is_token, torch.arange(batch, device=device)[:, None] * views_max + sources // n_tok,
+                         batch * views_max).flatten()
+    counts = torch.bincount(groups, minlength=batch * views_max + 1)
+    quotas = torch.round(counts.double() * ratio).long()
+    order = torch.sort(token_scores.flatten(), descending=True, stable=True).indices
+    order = order[torch.sort(groups[order], stable=True).indices]                        # by group, then score
+    group_start = counts.cumsum(0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=device) - group_start[groups[order]]
+    keep = ((rank < quotas[groups]) & is_token.flatten()).view_as(sources) | (sources == NEWLINE)
+    target = torch.where(keep, keep.cumsum(1) - 1, sources.shape[1])
+    token_sources = torch.full((batch, sources.shape[1] + 1), PAD, dtype=torch.long, device=device)
+    token_sources.scatter_(1, target, sources)
+    return Selection(token_sources[:, :-1], keep.sum(1))

@@ -10,6 +10,7 @@ record reports how many failed, so it is never silently scored as a wrong answer
 from __future__ import annotations
 
 import dataclasses
+import sys
 import traceback
 
 from lmms_eval.api.model import lmms
@@ -55,22 +56,25 @@ class GC2BenchLMM(lmms):
 
     def _answer(self, requests, indices: list[int], answers: list) -> None:
         texts, images, keys = [], [], []
-        for i in indices:
-            context, _gen_kwargs, doc_to_visual, doc_id, task, split = requests[i].args
-            visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
-            texts.append(context.replace(IMAGE_PLACEHOLDER, "").strip())
-            images.append([v.convert("RGB") for v in visuals])
-            keys.append((task, doc_id))
-        gen_kwargs, until = to_generate_kwargs(requests[indices[0]].args[1])
         try:
+            for i in indices:
+                context, _gen_kwargs, doc_to_visual, doc_id, task, split = requests[i].args
+                keys.append((task, doc_id))
+                visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+                texts.append(context.replace(IMAGE_PLACEHOLDER, "").strip())
+                images.append(list(visuals))
+            gen_kwargs, until = to_generate_kwargs(requests[indices[0]].args[1])
             results = self.adapter.generate(texts, images, **gen_kwargs)
-        except Exception:
+        except Exception as error:
             if len(indices) > 1:  # isolate the failing sample
                 for i in indices:
                     self._answer(requests, [i], answers)
                 return
-            task, doc_id = keys[0]
-            self.failures.append({"task": task, "doc_id": doc_id, "error": traceback.format_exc(limit=3)})
+            task, doc_id = requests[indices[0]].args[4], requests[indices[0]].args[3]
+            self.failures.append({"task": task, "doc_id": doc_id, "error": f"{type(error).__name__}: {error}",
+                                  "traceback": traceback.format_exc(limit=3)})
+            print(f"gc2bench: {task} doc {doc_id} failed and is skipped: {type(error).__name__}: {error}",
+                  file=sys.stderr)
             return
         for i, key, result in zip(indices, keys, results):
             answers[i] = cut_at_stop_strings(result.text, until)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from gc2bench.evaluation.fixtures import build_fixture, fixture_digest, fixture_split
 
@@ -29,17 +30,27 @@ def use_offline_hub() -> None:
 
 
 def task_spec(entry: dict) -> str | dict:
-    """The task name, or a dict override that points a built-in task at a local fixture."""
+    """The task name, or a dict override that points a built-in task at local data.
+
+    ``fixture``: one of gc2bench's generated fixtures; ``data_files`` + ``split``: a local
+    parquet file in the task's schema (e.g. a downloaded copy of its hub dataset).
+    """
     if entry.get("fixture"):
-        path = build_fixture(entry["fixture"])
-        return {"task": entry["task"], "dataset_path": "parquet",
-                "dataset_kwargs": {"data_files": {fixture_split(entry["fixture"]): str(path)}}}
-    return entry["task"]
+        files = {fixture_split(entry["fixture"]): str(build_fixture(entry["fixture"]))}
+    elif entry.get("data_files"):
+        if not entry.get("split"):
+            raise ValueError(f"suite task {entry['task']}: data_files needs `split` (the split the task reads)")
+        files = {entry["split"]: str(entry["data_files"])}
+    else:
+        return entry["task"]
+    return {"task": entry["task"], "dataset_path": "parquet", "dataset_kwargs": {"data_files": files}}
 
 
 def data_description(entry: dict) -> dict:
     if entry.get("fixture"):
         return {"source": "fixture", "fixture": entry["fixture"], "digest": fixture_digest(entry["fixture"])}
+    if entry.get("data_files"):
+        return {"source": "local parquet", "data_files": str(entry["data_files"]), "split": entry.get("split")}
     return {"source": "lmms-eval task dataset"}
 
 
@@ -55,9 +66,11 @@ def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0) -> T
     lm.sample_stats.clear()
     lm.failures.clear()
     start = time.perf_counter()
+    # Scoring reads documents without decoding their images (lmms-eval's CLI default), so an
+    # unreadable image fails its own sample only.
     output = simple_evaluate(model=lm, tasks=[task], limit=limit, log_samples=True, random_seed=seed,
                              numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                             bootstrap_iters=0)
+                             bootstrap_iters=0, cli_args=SimpleNamespace(process_with_media=False))
     wall_s = time.perf_counter() - start
     raw = output["results"][name]
     metrics = {key.split(",")[0]: value for key, value in raw.items()

@@ -206,32 +206,35 @@ class VisionStageAdapter:
 
         before = [len(layout.packed_sources) for layout in layouts]
         after = [len(s) for s in kept_sources]
-        input_ids, attention_mask = self._shrink_image_runs(inputs["input_ids"], inputs["attention_mask"],
+        input_ids, attention_mask = self._resize_image_runs(inputs["input_ids"], inputs["attention_mask"],
                                                             before, after)
         return input_ids.to(self.device), attention_mask.to(self.device), kept_features
 
-    def _shrink_image_runs(self, input_ids, attention_mask, before: list[int], after: list[int]):
-        """Drop image placeholders so that image k's run has ``after[k]`` tokens instead of ``before[k]``.
+    def _resize_image_runs(self, input_ids, attention_mask, before: list[int], after: list[int]):
+        """Re-size image k's run of placeholders from ``before[k]`` to ``after[k]`` tokens.
 
-        Images are numbered in reading order over the batch; the result is left-padded again.
+        Images are numbered in reading order over the batch; ``after`` may exceed ``before``
+        (the GlobalCom² authors' padded-row newlines). The result is left-padded again.
         """
-        is_image = input_ids == self.image_token_id
-        positions = is_image.flatten().nonzero().squeeze(1)
-        before_t = torch.tensor(before)
+        is_image = (input_ids == self.image_token_id) & attention_mask.bool()
+        before_t, after_t = torch.tensor(before), torch.tensor(after)
         image_index = torch.repeat_interleave(torch.arange(len(before)), before_t)
-        rank = torch.arange(len(positions)) - torch.repeat_interleave(before_t.cumsum(0) - before_t, before_t)
-        drop = rank >= torch.tensor(after)[image_index]
-        keep = attention_mask.bool().flatten().clone()
-        keep[positions[drop]] = False
-        keep = keep.view_as(input_ids)
-        lengths = keep.sum(1)
+        rank = torch.arange(int(before_t.sum())) - torch.repeat_interleave(before_t.cumsum(0) - before_t, before_t)
+        copies = (rank < after_t[image_index]).long()
+        last = rank == before_t[image_index] - 1
+        copies[last] += (after_t - before_t).clamp(min=0)[image_index[last]]
+        repeats = attention_mask.long().clone()
+        repeats[is_image] = copies
+        lengths = repeats.sum(1)
         width = int(lengths.max())
-        pad_id = self.tokenizer.pad_token_id
-        new_ids = torch.full((input_ids.shape[0], width), pad_id, dtype=input_ids.dtype)
+        rows = torch.arange(input_ids.shape[0])
+        row_of = torch.repeat_interleave(rows, lengths)
+        tokens = torch.repeat_interleave(input_ids.flatten(), repeats.flatten())
+        # Left padding: row r's tokens occupy its last lengths[r] columns.
+        column = torch.arange(len(tokens)) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+        column += (width - lengths)[row_of]
+        new_ids = torch.full((input_ids.shape[0], width), self.tokenizer.pad_token_id, dtype=input_ids.dtype)
         new_mask = torch.zeros((input_ids.shape[0], width), dtype=attention_mask.dtype)
-        # Left padding: row r's kept tokens occupy the last lengths[r] columns.
-        columns = width - lengths[:, None] + (keep.cumsum(1) - 1)
-        rows = torch.arange(input_ids.shape[0])[:, None].expand_as(input_ids)
-        new_ids[rows[keep], columns[keep]] = input_ids[keep]
-        new_mask[rows[keep], columns[keep]] = 1
+        new_ids[row_of, column] = tokens
+        new_mask[row_of, column] = 1
         return new_ids, new_mask
