@@ -20,10 +20,23 @@ def _conformance(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.what == "selection":
+        if not args.file:
+            raise SystemExit("gc2bench bench selection: give the vectors FILE")
         from gc2bench.efficiency.bench_selection import bench_selection
 
         return bench_selection(args.file, dim=args.dim, repeats=args.repeats)
+    if args.what == "hooks":
+        from gc2bench.efficiency.bench_hooks import bench_hooks
+
+        return bench_hooks(views=args.views, layers=args.layers, width=args.width, repeats=args.repeats,
+                           device=args.device, dtype=args.dtype)
     raise SystemExit(f"gc2bench bench: unknown benchmark {args.what!r}")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from gc2bench.inspect import main as inspect_main
+
+    return inspect_main(args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="vectors JSON, e.g. ../shared/vectors/globalcom2_reference.json")
     p.set_defaults(func=_conformance)
 
+    p = sub.add_parser("inspect", help="one image through a model and compressor, as JSON",
+                       description="Run one image through the configured model and compressor and print one JSON "
+                                   "object (tokens before/kept, newline tokens, kept per view, crop budgets, answer). "
+                                   "Own keys: image=PATH (required), prompt=TEXT, viz=OUT.png (figure of the kept "
+                                   "tokens), max_new_tokens=N. Every other KEY=VALUE is a Hydra override as for "
+                                   "run.py, e.g. compressor=globalcom2 ratio=0.1 model=tiny.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_inspect)
+
     p = sub.add_parser("bench", help="micro-benchmarks (see BENCHMARKS.md)")
-    p.add_argument("what", choices=["selection"], help="selection: GlobalCom² selection + packing, ms/image on CPU")
-    p.add_argument("file", help="vectors JSON whose cases give the image sizes, scores and ratios")
+    p.add_argument("what", choices=["selection", "hooks"],
+                   help="selection: GlobalCom² selection + packing, ms/image on CPU; "
+                        "hooks: CLS-attention capture cost next to the CLIP tower")
+    p.add_argument("file", nargs="?", help="selection: vectors JSON whose cases give the image sizes, scores, ratios")
     p.add_argument("--dim", type=int, default=4096, help="feature dimension D (4096 = LLaVA-NeXT-7B)")
-    p.add_argument("--repeats", type=int, default=20, help="timed repeats per case (median taken)")
+    p.add_argument("--repeats", type=int, default=20, help="timed repeats (median taken)")
+    p.add_argument("--views", type=int, default=1, help="hooks: views per forward")
+    p.add_argument("--layers", type=int, default=24, help="hooks: CLIP layers (24 = CLIP-L)")
+    p.add_argument("--width", type=int, default=1024, help="hooks: CLIP width (1024 = CLIP-L)")
+    p.add_argument("--device", default="cpu", help="hooks: cpu or cuda")
+    p.add_argument("--dtype", default="float32", help="hooks: float32, float16 or bfloat16")
     p.set_defaults(func=_bench)
     return parser
 

@@ -183,6 +183,7 @@ class VisionStageAdapter:
         kept_sources = [sources.to(self.device) for sources in selection.per_image()]
         kept_features = [self.pack(f, s, layout) for f, s, layout in zip(per_image_features, kept_sources, layouts)]
         compress_done = now(self.device)
+        self.last_selection = [(layout, sources.cpu()) for layout, sources in zip(layouts, kept_sources)]
 
         image_owner = [row for row, imgs in enumerate(images) for _ in imgs]
         budgets = selection.crop_budgets.tolist() if selection.crop_budgets is not None else None

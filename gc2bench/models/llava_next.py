@@ -8,10 +8,43 @@ attention, no ``output_attentions``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from gc2bench.compressors.base import ScoreRequest
 from gc2bench.models.adapter import VisionStageAdapter
+
+
+def clip_encoder_layers(tower) -> torch.nn.ModuleList:
+    """The encoder layers of a CLIP vision tower (with or without a ``vision_model`` wrapper)."""
+    return getattr(tower, "vision_model", tower).encoder.layers
+
+
+@contextmanager
+def captured_attention_input(encoder_layer):
+    """Within the block, ``captured["x"]`` is the last input [V, 1+N, C] to the layer's self-attention."""
+    captured = {}
+    handle = encoder_layer.layer_norm1.register_forward_hook(lambda m, a, out: captured.__setitem__("x", out))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def cls_attention_scores(attention, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Head-mean CLS attention of a CLIP self-attention module from its input x [V, 1+N, C] → [V, N].
+
+    kind: ``cls_logit`` (pre-softmax q·k·scale) or ``cls_softmax`` (softmax over all 1+N keys);
+    the CLS column is dropped after the softmax. Computed in float32.
+    """
+    views, length, _ = x.shape
+    q = attention.q_proj(x[:, :1]).view(views, 1, attention.num_heads, attention.head_dim).transpose(1, 2)
+    k = attention.k_proj(x).view(views, length, attention.num_heads, attention.head_dim).transpose(1, 2)
+    logits = (q.float() @ k.float().transpose(-1, -2)).squeeze(-2) * attention.scale
+    if kind == "cls_softmax":
+        logits = logits.softmax(dim=-1)
+    return logits[..., 1:].mean(dim=1)
 
 
 class LlavaNextAdapter(VisionStageAdapter):
@@ -31,40 +64,21 @@ class LlavaNextAdapter(VisionStageAdapter):
         return layout_for(self.config, tuple(int(v) for v in image_size_hw))
 
     def _vision_layer(self, index: int):
-        tower = self.model.model.vision_tower
-        return getattr(tower, "vision_model", tower).encoder.layers[index]
+        return clip_encoder_layers(self.model.model.vision_tower)[index]
 
     def encode_views(self, pixel_values: torch.Tensor, request: ScoreRequest):
         """Per-view projected features [V, N, D] and the requested per-view scores [V, N] (or None)."""
-        captured = {}
-        handle = None
-        if request.kind in ("cls_logit", "cls_softmax"):
-            norm = self._vision_layer(request.layer).layer_norm1
-            handle = norm.register_forward_hook(lambda m, a, out: captured.__setitem__("x", out))
-        try:
+        uses_cls = request.kind in ("cls_logit", "cls_softmax")
+        layer = self._vision_layer(request.layer)
+        with captured_attention_input(layer) as captured:
             outputs = self.model.model.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
-        finally:
-            if handle is not None:
-                handle.remove()
         selected = outputs.hidden_states[self.config.vision_feature_layer]
         if self.config.vision_feature_select_strategy == "default":
             selected = selected[:, 1:]
         features = self.model.model.multi_modal_projector(selected)
         scores = None
-        if request.kind in ("cls_logit", "cls_softmax"):
-            scores = self._cls_scores(captured["x"], request)
+        if uses_cls:
+            scores = cls_attention_scores(layer.self_attn, captured["x"], request.kind)
         elif request.kind == "cosine":
             scores = -torch.nn.functional.cosine_similarity(selected, selected.mean(1, keepdim=True), dim=-1).float()
         return features, scores
-
-    def _cls_scores(self, x: torch.Tensor, request: ScoreRequest) -> torch.Tensor:
-        """Head-mean CLS attention of one CLIP layer from its normalised input x [V, 1+N, C] → [V, N]."""
-        attn = self._vision_layer(request.layer).self_attn
-        views, length, _ = x.shape
-        q = attn.q_proj(x[:, :1]).view(views, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(views, length, attn.num_heads, attn.head_dim).transpose(1, 2)
-        logits = (q.float() @ k.float().transpose(-1, -2)).squeeze(-2) * attn.scale
-        if request.kind == "cls_softmax":
-            logits = logits.softmax(dim=-1)
-        return logits[..., 1:].mean(dim=1)
-

@@ -1,0 +1,109 @@
+"""`gc2bench inspect`: one image through one model and compressor, as JSON (and a figure).
+
+    gc2bench inspect image=photo.jpg prompt="What is this?" compressor=globalcom2 ratio=0.1 viz=kept.png
+
+``image``, ``prompt``, ``viz`` and ``max_new_tokens`` are inspect's own keys; every other
+argument is a Hydra override of the run config (conf/config.yaml), exactly as for run.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+OWN_KEYS = {"image": None, "prompt": "Describe the image.", "viz": None, "max_new_tokens": "16"}
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class InspectError(ValueError):
+    pass
+
+
+def split_arguments(argv: list[str]) -> tuple[dict, list[str]]:
+    own, overrides = dict(OWN_KEYS), []
+    for argument in argv:
+        key, _, value = argument.partition("=")
+        if key in OWN_KEYS and "=" in argument:
+            own[key] = value
+        else:
+            overrides.append(argument)
+    if not own["image"]:
+        raise InspectError("image=PATH is required (e.g. gc2bench inspect image=photo.jpg prompt=\"What is this?\")")
+    try:
+        own["max_new_tokens"] = int(own["max_new_tokens"])
+    except ValueError:
+        raise InspectError(f"max_new_tokens={own['max_new_tokens']} is not an integer") from None
+    return own, overrides
+
+
+def load_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except FileNotFoundError:
+        raise InspectError(f"image={path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise InspectError(f"image={path}: cannot read image ({error})") from None
+
+
+def inspect(argv: list[str]) -> dict:
+    """Run one image and return the JSON-ready report (also writes the figure if ``viz=``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from gc2bench.config import validate
+    from gc2bench.models.adapter import to_rgb
+
+    own, overrides = split_arguments(argv)
+    if not CONF_DIR.is_dir():
+        raise InspectError(f"config directory {CONF_DIR} not found (inspect runs from a source checkout)")
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    except HydraException as error:
+        raise InspectError(str(error).strip().replace("\n", " ")) from None
+    validate(cfg)
+    image = to_rgb(load_image(own["image"]))
+    compressor = instantiate(cfg.compressor)
+    adapter = instantiate(cfg.model, compressor=compressor, _convert_="all")
+    result = adapter.generate([own["prompt"]], [[image]], max_new_tokens=own["max_new_tokens"], do_sample=False)[0]
+    layout, kept = adapter.last_selection[0]
+    stats = result.stats
+    report = {
+        "image": own["image"], "image_size": [image.height, image.width], "grid": list(layout.grid),
+        "model": adapter.describe(), "compressor": {"name": compressor.name, "params": compressor.params()},
+        "visual_tokens_before": stats.visual_tokens_before, "visual_tokens_kept": stats.visual_tokens_kept,
+        "newline_tokens": stats.newline_tokens_kept, "newline_tokens_before": stats.newline_tokens_before,
+        "kept_per_view": stats.kept_per_view[0], "crop_budgets": stats.crop_budgets[0] if stats.crop_budgets else None,
+        "ratio_convention": stats.ratio_convention, "answer": result.text,
+        "timing_ms": {"vision": stats.vision_ms, "compression": stats.compression_ms, "prefill": stats.prefill_ms,
+                      "decode": stats.decode_ms},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if own["viz"]:
+        from gc2bench.results.plots import draw_kept_tokens
+
+        ratio = compressor.params().get("ratio", 1.0)
+        title = (f"{compressor.name} R={ratio:g}: {stats.visual_tokens_kept}/{stats.visual_tokens_before} "
+                 f"visual tokens kept")
+        report["viz"] = str(draw_kept_tokens(image, layout, kept, own["viz"], title))
+    return report
+
+
+def main(argv: list[str]) -> int:
+    from gc2bench.config import ConfigError
+    from gc2bench.models.adapter import ModelLoadError
+
+    try:
+        report = inspect(argv)
+    except (InspectError, ConfigError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, default=str))
+    return 0

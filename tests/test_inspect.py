@@ -1,0 +1,68 @@
+"""`gc2bench inspect`: one image, Hydra overrides, JSON on stdout, optional figure."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gc2bench.cli import main
+from gc2bench.results.plots import CROP_PIXELS, GAP
+
+KEYS = {"visual_tokens_before", "visual_tokens_kept", "newline_tokens", "kept_per_view", "crop_budgets", "answer"}
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inspect") / "photo.png"
+    Image.new("RGB", (150, 90), (255, 0, 0)).save(path)
+    return path
+
+
+def run_inspect(capsys, *arguments):
+    code = main(["inspect", *arguments])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("compressor", ["none", "globalcom2", "fastervlm", "random"])
+def test_inspect_prints_json_and_draws_the_kept_tokens(capsys, cache_dir, photo, tmp_path, compressor):
+    figure = tmp_path / f"{compressor}.png"
+    code, out, _ = run_inspect(capsys, f"image={photo}", "prompt=What is this?", f"compressor={compressor}",
+                               "ratio=0.25", f"viz={figure}", "max_new_tokens=3")
+    assert code == 0
+    report = json.loads(out)
+    assert KEYS <= set(report)
+    assert report["compressor"]["name"] == compressor
+    kept = report["visual_tokens_kept"]
+    assert kept == sum(report["kept_per_view"]) + report["newline_tokens"]
+    if compressor == "none":
+        assert kept == report["visual_tokens_before"] and report["crop_budgets"] is None
+    else:
+        assert report["kept_per_view"][0] == 4  # 16 thumbnail tokens at R = 0.25
+        assert kept < report["visual_tokens_before"]
+    assert (report["crop_budgets"] is not None) == (compressor == "globalcom2")
+    with Image.open(figure) as image:
+        rows, cols = report["grid"]
+        assert image.width > 224 * (1 + cols) and image.height > 224 * rows
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    # The thumbnail panel (224 px, 4x4 patches of 56 px) sits at (16, 16 + 24): count greyed cells.
+    cell = CROP_PIXELS // 4
+    centres = [pixels[GAP + 24 + cell * r + cell // 2, GAP + cell * c + cell // 2] for r in range(4) for c in range(4)]
+    greyed = sum(1 for rgb in centres if rgb[1] > 100)
+    assert greyed == 16 - report["kept_per_view"][0]
+
+
+def test_inspect_errors_name_the_bad_value(capsys, cache_dir, tmp_path):
+    code, out, err = run_inspect(capsys, f"image={tmp_path / 'missing.jpg'}")
+    assert code == 2 and "missing.jpg: no such file" in err and out == ""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    code, _, err = run_inspect(capsys, f"image={broken}")
+    assert code == 2 and "broken.jpg: cannot read image" in err
+    code, _, err = run_inspect(capsys, "prompt=hi")
+    assert code == 2 and "image=PATH is required" in err
+    code, _, err = run_inspect(capsys, f"image={broken}", "ratio=2")
+    assert code == 2 and "ratio=2 is out of range" in err
+    code, _, err = run_inspect(capsys, f"image={broken}", "compressor=nope")
+    assert code == 2 and "compressor/nope" in err and "globalcom2" in err
