@@ -59,6 +59,7 @@ def inspect(argv: list[str]) -> dict:
 
     from gc2bench.config import validate
     from gc2bench.models.adapter import to_rgb
+    from gc2bench.run import build_model
 
     own, overrides = split_arguments(argv)
     if not CONF_DIR.is_dir():
@@ -71,7 +72,7 @@ def inspect(argv: list[str]) -> dict:
     validate(cfg)
     image = to_rgb(load_image(own["image"]))
     compressor = instantiate(cfg.compressor)
-    adapter = instantiate(cfg.model, compressor=compressor, _convert_="all")
+    adapter = build_model(cfg, compressor)
     result = adapter.generate([own["prompt"]], [[image]], max_new_tokens=own["max_new_tokens"], do_sample=False)[0]
     layout, kept = adapter.last_selection[0]
     stats = result.stats

@@ -9,6 +9,10 @@ Conventions:
   ``cols * pps`` wide; the *unpadded region* is the part of it showing the image.
 - Token sources follow ``gc2bench.compressors.base``: ``v * N + p``, ``NEWLINE`` = -1.
 
+LLaVA-OneVision (``OneVisionLayout``, ``onevision_layout``) packs the same AnyRes grid with
+transformers' unpad arithmetic, then bilinearly downsamples it (``anyres_max_n``); its crop views
+are *virtual*: see ``OneVisionLayout``.
+
 Two places where implementations differ (both handled, see ``select_grid`` and
 ``unpadded_region``):
 
@@ -22,6 +26,8 @@ Two places where implementations differ (both handled, see ``select_grid`` and
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -172,3 +178,152 @@ def layout_for(config, image_size_hw) -> AnyResLayout:
     crop = int(config.vision_config.image_size)
     return anyres_layout(image_size_hw, config.image_grid_pinpoints, crop,
                          crop // int(config.vision_config.patch_size), "hw")
+
+
+# ----------------------------------------------------------------------------- LLaVA-OneVision
+
+ANYRES_MAX_THRESHOLD = 1.1  # transformers' pack_image_features downsamples only when ratio > 1.1
+
+
+def parse_anyres_max(vision_aspect_ratio: str) -> int:
+    """The 9 of ``anyres_max_9`` (the only aspect-ratio mode transformers' OneVision packing accepts)."""
+    match = re.fullmatch(r"anyres_max_(\d+)", str(vision_aspect_ratio))
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"vision_aspect_ratio={vision_aspect_ratio!r}: expected 'anyres_max_<n>' with n >= 1")
+    return int(match.group(1))
+
+
+@dataclass(frozen=True)
+class OneVisionLayout:
+    """Geometry of one LLaVA-OneVision image, as transformers' ``pack_image_features`` lays it out.
+
+    image_size: (height, width) in pixels; grid: (rows, cols) of crops, ``(0, 0)`` for an image
+    given as its base view only (transformers does this for each image of a prompt with several
+    images: one view, then one newline); patches_per_side: pps of every view; crop_size: crop
+    side in pixels (informational); anyres_max: the n of ``anyres_max_n``.
+
+    The packed grid is the unpadded crop grid (``int(round(x, 7))`` arithmetic), bilinearly
+    downsampled to ``packed_size`` when ``sqrt(H_u·W_u / (n·pps²)) > 1.1``. Its token (i, k) is
+    attributed to a *virtual crop view*: the crop-grid patch (y, x) holding its sampling centre,
+    y = top + ⌊(2i+1)·H_u / (2h')⌋, x = left + ⌊(2k+1)·W_u / (2w')⌋ (of the two bilinear
+    neighbours along each axis, the one with the larger weight; the later one on a tie), so its token source is
+    ``(1 + crop(y, x))·N + patch(y, x)``. Without downsampling this is the patch itself. Slots
+    of a crop view that hold no packed token never appear in ``packed_sources``.
+    """
+
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+    patches_per_side: int
+    crop_size: int | None = None
+    anyres_max: int = 9
+
+    def __post_init__(self):
+        h, w = self.image_size
+        if h < 1 or w < 1:
+            raise ValueError(f"image_size={self.image_size}: height and width must be >= 1")
+        rows, cols = self.grid
+        if not ((rows >= 1 and cols >= 1) or rows == cols == 0):
+            raise ValueError(f"grid={self.grid}: rows and cols must be >= 1 (or both 0 for a base-only image)")
+        if self.patches_per_side < 1:
+            raise ValueError(f"patches_per_side={self.patches_per_side} must be >= 1")
+        if self.anyres_max < 1:
+            raise ValueError(f"anyres_max={self.anyres_max} must be >= 1")
+
+    @property
+    def num_crops(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_views(self) -> int:
+        return 1 + self.num_crops
+
+    @property
+    def tokens_per_view(self) -> int:
+        return self.patches_per_side ** 2
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """(rows, cols) of patches in the whole crop grid ((0, 0) for a base-only image)."""
+        return self.grid[0] * self.patches_per_side, self.grid[1] * self.patches_per_side
+
+    def unpadded_region(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) in grid patches, transformers' arithmetic; zeros for a base-only image."""
+        if self.num_crops == 0:
+            return 0, 0, 0, 0
+        return unpadded_region(self.image_size, self.grid, self.patches_per_side, "transformers")
+
+    @property
+    def unpadded_size(self) -> tuple[int, int]:
+        top, bottom, left, right = self.unpadded_region()
+        return bottom - top, right - left
+
+    @cached_property
+    def packed_size(self) -> tuple[int, int]:
+        """(h', w') of the packed crop grid: the unpadded size, or its anyres_max downsampling."""
+        height, width = self.unpadded_size
+        # transformers LlavaOnevisionModel.pack_image_features: same float arithmetic.
+        ratio = math.sqrt(height * width / (self.anyres_max * self.patches_per_side ** 2))
+        if ratio > ANYRES_MAX_THRESHOLD:
+            return int(height // ratio), int(width // ratio)
+        return height, width
+
+    @property
+    def downsampled(self) -> bool:
+        return self.packed_size != self.unpadded_size
+
+    def grid_sources(self) -> torch.Tensor:
+        """[rows*pps, cols*pps] long: the token source of every patch of the crop grid (before unpadding)."""
+        pps, cols = self.patches_per_side, self.grid[1]
+        r = torch.arange(self.padded_size[0])[:, None]
+        c = torch.arange(self.padded_size[1])[None, :]
+        view = 1 + (r // pps) * cols + c // pps
+        return view * self.tokens_per_view + (r % pps) * pps + c % pps
+
+    @cached_property
+    def packed_grid_sources(self) -> torch.Tensor:
+        """[h', w'] long: the token source of every token of the packed crop grid (virtual crop views)."""
+        (height, width), (out_h, out_w) = self.unpadded_size, self.packed_size
+        top, _, left, _ = self.unpadded_region()
+        pps, cols = self.patches_per_side, max(self.grid[1], 1)
+        y = top + (2 * torch.arange(out_h) + 1) * height // (2 * out_h) if out_h else torch.zeros(0, dtype=torch.long)
+        x = left + (2 * torch.arange(out_w) + 1) * width // (2 * out_w) if out_w else torch.zeros(0, dtype=torch.long)
+        y, x = y[:, None], x[None, :]
+        view = 1 + (y // pps) * cols + x // pps
+        return view * self.tokens_per_view + (y % pps) * pps + x % pps
+
+    @cached_property
+    def packed_sources(self) -> torch.Tensor:
+        """[P] long: thumbnail, then the packed grid row by row, each row followed by NEWLINE (transformers' order).
+
+        A base-only image is its view then one NEWLINE.
+        """
+        thumbnail = torch.arange(self.tokens_per_view)
+        if self.num_crops == 0:
+            return torch.cat([thumbnail, torch.tensor([NEWLINE])])
+        body = self.packed_grid_sources
+        rows = torch.cat([body, torch.full((body.shape[0], 1), NEWLINE)], dim=1).flatten()
+        return torch.cat([thumbnail, rows])
+
+    @cached_property
+    def source_rows(self) -> torch.Tensor:
+        """[V·N] long: row of each token source in [thumbnail tokens; packed grid tokens row-major]; -1: no token."""
+        n_tok = self.tokens_per_view
+        rows = torch.full((self.num_views * n_tok,), -1, dtype=torch.long)
+        rows[:n_tok] = torch.arange(n_tok)
+        grid = self.packed_grid_sources.flatten()
+        rows[grid] = n_tok + torch.arange(grid.numel())
+        return rows
+
+
+def onevision_layout(config, image_size_hw, anyres: bool = True) -> OneVisionLayout:
+    """Layout for a transformers ``LlavaOnevisionConfig`` (pinpoints, crop and patch size, vision_aspect_ratio).
+
+    ``anyres=False``: the image is given as its base view only (an image of a multi-image prompt).
+    """
+    size = (int(image_size_hw[0]), int(image_size_hw[1]))
+    if size[0] < 1 or size[1] < 1:
+        raise ValueError(f"image_size={size}: height and width must be >= 1")
+    crop = int(config.vision_config.image_size)
+    pps = crop // int(config.vision_config.patch_size)
+    grid = select_grid(size, config.image_grid_pinpoints, crop, "hw") if anyres else (0, 0)
+    return OneVisionLayout(size, grid, pps, crop, parse_anyres_max(config.vision_aspect_ratio))

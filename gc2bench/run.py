@@ -32,12 +32,8 @@ def run(cfg: DictConfig) -> list[dict]:
     if all(entry.get("fixture") or entry.get("data_files") for entry in todo):
         use_offline_hub()
     from gc2bench.evaluation.lmms_model import GC2BenchLMM
-    from gc2bench.models.adapter import ModelLoadError
 
-    try:
-        adapter = instantiate(cfg.model, compressor=compressor, _convert_="all")
-    except InstantiationException as error:
-        raise (error.__cause__ if isinstance(error.__cause__, (ConfigError, ModelLoadError)) else error)
+    adapter = build_model(cfg, compressor)
     lm = GC2BenchLMM(adapter, batch_size=cfg.suite.batch_size)
     config = OmegaConf.to_container(cfg, resolve=True)
     records = []
@@ -66,6 +62,16 @@ def run(cfg: DictConfig) -> list[dict]:
         print(f"wrote {path}", file=sys.stderr)
     print_summary(records)
     return records
+
+
+def build_model(cfg: DictConfig, compressor):
+    """The model adapter of ``cfg.model`` around ``compressor``; config and load errors surface as themselves."""
+    from gc2bench.models.adapter import ModelLoadError
+
+    try:
+        return instantiate(cfg.model, compressor=compressor, _convert_="all")
+    except InstantiationException as error:
+        raise (error.__cause__ if isinstance(error.__cause__, (ConfigError, ModelLoadError)) else error)
 
 
 def print_summary(records: list[dict]) -> None:

@@ -66,3 +66,23 @@ def test_inspect_errors_name_the_bad_value(capsys, cache_dir, tmp_path):
     assert code == 2 and "ratio=2 is out of range" in err
     code, _, err = run_inspect(capsys, f"image={broken}", "compressor=nope")
     assert code == 2 and "compressor/nope" in err and "globalcom2" in err
+
+
+@pytest.mark.parametrize("compressor", [["compressor=none"], ["compressor=globalcom2", "compressor.score=cosine"],
+                                        ["compressor=fastervlm", "compressor.score=cosine"], ["compressor=random"]])
+def test_inspect_on_the_tiny_onevision(capsys, cache_dir, photo, tmp_path, compressor):
+    figure = tmp_path / "kept.png"
+    code, out, err = run_inspect(capsys, "model=tiny_onevision", f"image={photo}", *compressor, "ratio=0.25",
+                                 f"viz={figure}", "max_new_tokens=2")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["model"]["architecture"] == "LlavaOnevisionForConditionalGeneration"
+    assert report["visual_tokens_kept"] == sum(report["kept_per_view"]) + report["newline_tokens"]
+    assert (report["visual_tokens_kept"] == report["visual_tokens_before"]) == (compressor == ["compressor=none"])
+    with Image.open(figure) as image:
+        assert image.width > 224 * (1 + report["grid"][1])
+
+
+def test_inspect_refuses_cls_scores_on_onevision(capsys, cache_dir, photo):
+    code, _, err = run_inspect(capsys, "model=tiny_onevision", f"image={photo}", "compressor=fastervlm")
+    assert code == 2 and "has no CLS token; add compressor.score=cosine" in err

@@ -9,6 +9,9 @@ unpadding, newlines kept, as the GlobalCom² papers compare it (R applied after 
 every view, no unpadding, no newlines, crops emitted in raster order over the padded grid
 (their ``mm_patch_merge_type = 'spatial'``). FasterVLM takes k as a token count; round()
 reproduces their counts for the usual ratios (R = 0.1 → 58 of 576).
+
+``score=cosine`` replaces the CLS attention by −cos(x_i, mean x) for towers without CLS
+(LLaVA-OneVision); it is a gc2bench extension, recorded in every result's parameters.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import torch
 
 from gc2bench.compressors.base import ScoreRequest, Selection, keep_top_per_view
 from gc2bench.config import validate_ratio
+
+# cls_softmax: the method itself. cosine: a stand-in for vision towers without CLS (SigLIP in
+# LLaVA-OneVision), the GlobalCom² AAAI paper's §4.3 score; not part of FasterVLM.
+SCORES = ("cls_softmax", "cosine")
 
 
 def all_view_tokens(layout) -> torch.Tensor:
@@ -27,17 +34,21 @@ def all_view_tokens(layout) -> torch.Tensor:
 
 
 class FasterVLM:
-    def __init__(self, ratio: float = 0.25, name: str = "fastervlm", unpad: bool = True, layer: int = -2):
+    def __init__(self, ratio: float = 0.25, name: str = "fastervlm", unpad: bool = True, layer: int = -2,
+                 score: str = "cls_softmax"):
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.unpad = bool(unpad)
         self.layer = int(layer)
-        self.score_request = ScoreRequest("cls_softmax", self.layer)
+        if score not in SCORES:
+            raise ValueError(f"fastervlm: score={score!r} is not one of {', '.join(SCORES)}")
+        self.score = score
+        self.score_request = ScoreRequest(score, self.layer)
 
     def params(self) -> dict:
         convention = ("R of each view's unpadded tokens (round), newlines kept" if self.unpad else
                       "R of all 576-style patches of every view (round), no unpadding, no newlines")
-        return {"ratio": self.ratio, "unpad": self.unpad, "layer": self.layer, "score": "cls_softmax",
+        return {"ratio": self.ratio, "unpad": self.unpad, "layer": self.layer, "score": self.score,
                 "convention": convention}
 
     def select(self, scores: list[torch.Tensor], layouts: list) -> Selection:

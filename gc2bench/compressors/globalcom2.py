@@ -14,6 +14,18 @@ Defaults reproduce the authors' code (github.com/xuyang-liu16/GlobalCom2,
   resized bilinearly (align_corners=False) to the unpadded grid and cut per crop;
 - crop-side emission as their code lays it out (``crop_layout=authors``, ``newlines=padded``).
 
+On LLaVA-OneVision (``OneVisionLayout``; AAAI paper §4.3, no authors' code) GlobalCom² is
+defined as follows. Scores are ``cosine`` (−cos to the view mean, SigLIP has no CLS). The crops
+are the layout's virtual crop views: crop j's N_j tokens are the tokens of the packed grid
+(the unpadded grid after the ``anyres_max_n`` bilinear downsampling) attributed to it. The
+thumbnail step and the budgets r_j are computed exactly as above from the thumbnail's map. Crop j
+keeps the top ⌊N_j·r_j⌋ of its N_j packed tokens by α·global + (1−α)·local (each L2-normalised
+over the crop), where global = the thumbnail map resized bilinearly to the packed grid (h', w')
+and local = the crops' own score map over the unpadded grid resized bilinearly to (h', w'), as
+transformers resizes the features (no resize where transformers does not downsample). Kept crop
+tokens are emitted in transformers' packed order with one newline per packed row; ``newlines``,
+``unpad`` and ``crop_layout`` reproduce LLaVA-NeXT code and do not apply.
+
 Every choice is an option (see ``conf/compressor/globalcom2.yaml``). ``select`` is
 vectorised over a batch of images of different sizes: host-side geometry is cached per
 layout, the device work is a fixed sequence of tensor ops with no host–device sync (except
@@ -31,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from gc2bench.compressors.base import NEWLINE, PAD, ScoreRequest, Selection, gather_tokens
-from gc2bench.layout import UNPAD_ARITHMETIC, AnyResLayout
+from gc2bench.layout import UNPAD_ARITHMETIC, AnyResLayout, OneVisionLayout
 
 SCORES = ("cls_logit", "cls_softmax", "cosine")
 ALLOCATIONS = ("uniform", "n_topk", "softmax_max", "softmax_sum")
@@ -55,6 +67,9 @@ class CropGeometry:
     global_index:   [C, N] long, index into the flattened H_u×W_u resized thumbnail map (-1: padded).
     canvas_flag:    [L] long, per emission slot: c*N + p (crop token) or -1 (newline).
     canvas_source:  [L] long, per emission slot: its token source ((1+c)*N + p or NEWLINE).
+    map_size:       (h, w) the thumbnail map is resized to and global_index points into (None: unpadded_size).
+    local_source:   [H_u·W_u] long c*N + p of every unpadded-grid patch, for local scores resampled to
+                    map_size like the features (OneVision anyres_max downsampling); None: scores stay per patch.
     """
 
     unpadded_size: tuple[int, int]
@@ -64,6 +79,8 @@ class CropGeometry:
     global_index: torch.Tensor
     canvas_flag: torch.Tensor
     canvas_source: torch.Tensor
+    map_size: tuple[int, int] | None = None
+    local_source: torch.Tensor | None = None
 
     @property
     def num_newlines(self) -> int:
@@ -73,7 +90,12 @@ class CropGeometry:
 @lru_cache(maxsize=4096)
 def crop_geometry(layout: AnyResLayout, unpad: str = "llava", newlines: str = "padded",
                   crop_layout: str = "authors") -> CropGeometry:
-    """Geometry of ``layout`` under one unpad arithmetic / newline mode / crop layout (cached)."""
+    """Geometry of ``layout`` under one unpad arithmetic / newline mode / crop layout (cached).
+
+    A ``OneVisionLayout`` has a single geometry (transformers' packing); the three modes do not apply.
+    """
+    if isinstance(layout, OneVisionLayout):
+        return onevision_crop_geometry(layout)
     rows, cols = layout.grid
     pps, n_tok = layout.patches_per_side, layout.tokens_per_view
     top, bottom, left, right = layout.unpadded_region(unpad)
@@ -95,10 +117,7 @@ def crop_geometry(layout: AnyResLayout, unpad: str = "llava", newlines: str = "p
     unpad_mask = ((pr >= row_lo[:, None, None]) & (pr < row_hi[:, None, None])
                   & (pc >= col_lo[None, :, None]) & (pc < col_hi[None, :, None]))  # [rows, cols, N]
 
-    # generate_scale_for_crop_features: cell side = max(pps // grid, 1), remainder to the last cell.
-    cell_h, cell_w = max(pps // rows, 1), max(pps // cols, 1)
-    cell_of = (pr // cell_h).clamp(max=rows - 1) * cols + (pc // cell_w).clamp(max=cols - 1)
-    cell_member = cell_of[None, :] == torch.arange(rows * cols)[:, None]
+    cell_member = _cell_member(rows, cols, pps)
 
     # Where each crop's slice of the resized thumbnail map starts.
     if crop_layout == "authors":
@@ -158,6 +177,48 @@ def crop_geometry(layout: AnyResLayout, unpad: str = "llava", newlines: str = "p
     )
 
 
+def _cell_member(rows: int, cols: int, pps: int) -> torch.Tensor:
+    """[rows·cols, pps²] bool: thumbnail patch p lies in crop j's cell of the thumbnail map."""
+    p = torch.arange(pps * pps)
+    pr, pc = p // pps, p % pps
+    # generate_scale_for_crop_features: cell side = max(pps // grid, 1), remainder to the last cell.
+    cell_h, cell_w = max(pps // max(rows, 1), 1), max(pps // max(cols, 1), 1)
+    cell_of = (pr // cell_h).clamp(max=rows - 1) * cols + (pc // cell_w).clamp(max=cols - 1)
+    return cell_of[None, :] == torch.arange(rows * cols)[:, None]
+
+
+@lru_cache(maxsize=4096)
+def onevision_crop_geometry(layout: OneVisionLayout) -> CropGeometry:
+    """Crop-stage geometry of a OneVision layout: the crops' tokens are its virtual crop views.
+
+    N_j = packed-grid tokens attributed to crop j; the global map is the thumbnail map resized to the
+    packed grid (h', w'); emission is transformers' packed order (raster, one newline per packed row).
+    """
+    rows, cols = layout.grid
+    n_tok, num_crops = layout.tokens_per_view, layout.num_crops
+    grid = layout.packed_grid_sources.flatten() - n_tok        # c*N + p of each packed-grid token
+    occupied = torch.zeros(num_crops * n_tok, dtype=torch.bool)
+    occupied[grid] = True
+    global_index = torch.full((num_crops * n_tok,), -1, dtype=torch.long)
+    global_index[grid] = torch.arange(grid.numel())
+    tail = layout.packed_sources[n_tok:]
+    local_source = None
+    if layout.downsampled:
+        top, bottom, left, right = layout.unpadded_region()
+        local_source = layout.grid_sources()[top:bottom, left:right].flatten() - n_tok
+    return CropGeometry(
+        unpadded_size=layout.unpadded_size,
+        token_counts=occupied.view(num_crops, n_tok).sum(1),
+        unpad_mask=occupied.view(num_crops, n_tok),
+        cell_member=_cell_member(rows, cols, layout.patches_per_side),
+        global_index=global_index.view(num_crops, n_tok),
+        canvas_flag=torch.where(tail == NEWLINE, -1, tail - n_tok),
+        canvas_source=tail,
+        map_size=layout.packed_size,
+        local_source=local_source,
+    )
+
+
 @dataclass(frozen=True)
 class _BatchGeometry:
     """Stacked geometry of B layouts (Cmax = most crops), on one device."""
@@ -179,6 +240,8 @@ class _BatchGeometry:
     global_size: int              # total resized-map length before the sentinel
     canvas_flag: torch.Tensor     # [B, Lmax] long into keep [B, Cmax*N] + [True, False] sentinels
     canvas_source: torch.Tensor   # [B, Lmax] long
+    local_groups: tuple = ()      # ((H_u, W_u), (h, w), sources [m, H_u*W_u] into crops.flatten(), targets [m*h*w])
+    local_resampled: torch.Tensor | None = None  # [B] bool: the image's local scores come from local_groups
 
 
 @lru_cache(maxsize=256)
@@ -195,7 +258,7 @@ def _batch_geometry(layouts: tuple, unpad: str, newlines: str, crop_layout: str,
     def pad_crops(t, fill):
         return torch.cat([t, t.new_full((c_max - t.shape[0], *t.shape[1:]), fill)]) if t.shape[0] < c_max else t
 
-    sizes = [g.unpadded_size for g in geoms]
+    sizes = [g.map_size or g.unpadded_size for g in geoms]
     groups, map_offset, total = {}, [0] * batch, 0
     for b, size in enumerate(sizes):
         groups.setdefault(size, []).append(b)
@@ -210,6 +273,17 @@ def _batch_geometry(layouts: tuple, unpad: str, newlines: str, crop_layout: str,
     global_index = torch.stack([
         pad_crops(torch.where(g.global_index >= 0, g.global_index + map_offset[b], total), total)
         for b, g in enumerate(geoms)])
+
+    local_groups = {}
+    for b, g in enumerate(geoms):
+        if g.local_source is not None:
+            key = (g.unpadded_size, sizes[b])
+            area = sizes[b][0] * sizes[b][1]
+            local_groups.setdefault(key, ([], []))
+            local_groups[key][0].append(b * c_max * n_tok + g.local_source)
+            local_groups[key][1].append(map_offset[b] + torch.arange(area))
+    local_groups = tuple((key[0], key[1], torch.stack(src).to(device), torch.cat(dst).to(device))
+                         for key, (src, dst) in local_groups.items())
 
     sentinel_true, sentinel_false = c_max * n_tok, c_max * n_tok + 1
     canvas_len = max(g.canvas_flag.numel() for g in geoms)
@@ -241,12 +315,15 @@ def _batch_geometry(layouts: tuple, unpad: str, newlines: str, crop_layout: str,
         global_size=total,
         canvas_flag=dev(canvas_flag),
         canvas_source=dev(canvas_source),
+        local_groups=local_groups,
+        local_resampled=dev(torch.tensor([g.local_source is not None for g in geoms])) if local_groups else None,
     )
 
 
 def clear_geometry_cache() -> None:
     """Forget cached geometry (for timing the uncached path)."""
     crop_geometry.cache_clear()
+    onevision_crop_geometry.cache_clear()
     _batch_geometry.cache_clear()
 
 
@@ -309,7 +386,7 @@ class GlobalCom2:
     token_score: crop token ranking (Table IV): ``local``, ``global`` or ``both``.
     thumbnail_order: kept thumbnail tokens in ``score`` (descending) or ``spatial`` order.
     newlines: ``padded`` (one per row of the whole crop grid, authors) or ``unpadded`` (one per
-        unpadded row, transformers).
+        unpadded row, transformers). LLaVA-NeXT layouts only, as are ``unpad`` and ``crop_layout``.
     unpad: unpadded-extent arithmetic, ``llava`` (``int(x)``, authors) or ``transformers``.
     crop_layout: ``authors`` (kept crop tokens in the slots compress_crops writes them to) or
         ``spatial`` (their true positions, raster order over the grid).
@@ -362,8 +439,9 @@ class GlobalCom2:
             raise ValueError(f"globalcom2: got {len(scores)} score tensors for {len(layouts)} layouts "
                              "(need one per image, at least one image)")
         for b, (s, layout) in enumerate(zip(scores, layouts)):
-            if not isinstance(layout, AnyResLayout):
-                raise TypeError(f"globalcom2: image {b}: layout is {type(layout).__name__}, not AnyResLayout")
+            if not isinstance(layout, (AnyResLayout, OneVisionLayout)):
+                raise TypeError(f"globalcom2: image {b}: layout is {type(layout).__name__}, "
+                                "not AnyResLayout or OneVisionLayout")
             expected = (layout.num_views, layout.tokens_per_view)
             if not isinstance(s, torch.Tensor) or tuple(s.shape) != expected:
                 shape = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
@@ -374,6 +452,8 @@ class GlobalCom2:
                     "(views x patches)")
             if not s.is_floating_point():
                 raise ValueError(f"globalcom2: image {b}: scores must be floating point, got {s.dtype}")
+        if len({type(layout) for layout in layouts}) > 1:
+            raise TypeError("globalcom2: a batch mixes AnyResLayout and OneVisionLayout images")
         if len({layout.tokens_per_view for layout in layouts}) > 1:
             raise ValueError("globalcom2: all images of a batch must have the same patches_per_side, got "
                              f"{sorted({layout.patches_per_side for layout in layouts})}")
@@ -449,6 +529,8 @@ class GlobalCom2:
     def _crop_budgets(self, thumb: torch.Tensor, thumb_order: torch.Tensor, geo: _BatchGeometry) -> torch.Tensor:
         """r_j [B, Cmax] float64 (NaN for padding), as generate_scale_for_crop_features computes it."""
         valid = geo.crop_valid
+        if valid.shape[1] == 0:  # OneVision base-only images (multi-image prompts) have no crops
+            return torch.empty(valid.shape, dtype=torch.float64, device=thumb.device)
         if self.allocation == "uniform":
             budgets = torch.full(valid.shape, self.ratio, dtype=torch.float64, device=thumb.device)
             return budgets.masked_fill(~valid, math.nan)
@@ -485,12 +567,25 @@ class GlobalCom2:
             resized = torch.cat(maps + [thumb.new_zeros(1)])
             parts.append(F.normalize(resized[geo.global_index], p=2, dim=-1))
         if self.token_score in ("local", "both"):
+            if geo.local_groups:
+                crops = self._resampled_local_scores(crops, geo)
             parts.append(F.normalize(torch.where(mask, crops, 0.0), p=2, dim=-1))
         if self.token_score == "both":
             combined = self.alpha * parts[0] + (1.0 - self.alpha) * parts[1]
         else:
             combined = parts[0]
         return combined.masked_fill(~mask, -math.inf)
+
+    @staticmethod
+    def _resampled_local_scores(crops: torch.Tensor, geo: _BatchGeometry) -> torch.Tensor:
+        """[B, Cmax, N] local scores of OneVision virtual crop views: each downsampled image's crop score map
+        over the unpadded grid, bilinearly resized to the packed grid as transformers resizes the features."""
+        flat = crops.flatten()
+        resized = crops.new_zeros(geo.global_size + 1)
+        for size, packed_size, sources, targets in geo.local_groups:
+            maps = flat[sources].view(-1, 1, *size)
+            resized[targets] = F.interpolate(maps, size=packed_size, mode="bilinear", align_corners=False).flatten()
+        return torch.where(geo.local_resampled[:, None, None], resized[geo.global_index], crops)
 
     # -- convenience ----------------------------------------------------------------------------
 
@@ -505,6 +600,9 @@ class GlobalCom2:
             if image_newline.shape != f.shape[2:]:
                 raise ValueError(f"globalcom2: image_newline has shape {tuple(image_newline.shape)}, "
                                  f"features of image {b} have D={f.shape[2]}")
+        if any(isinstance(layout, OneVisionLayout) and layout.downsampled for layout in layouts):
+            raise ValueError("globalcom2: compress() gathers view features, but a downsampled OneVision image's "
+                             "tokens are built from its packed grid: use LlavaOneVisionAdapter.pack")
         selection = self.select(scores, layouts)
         packed = [gather_tokens(f, image_newline, s) for f, s in zip(view_features, selection.per_image())]
         return packed, selection

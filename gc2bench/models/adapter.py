@@ -87,9 +87,8 @@ class VisionStageAdapter:
 
     def __init__(self, path: str, compressor, name: str | None = None, revision: str | None = None,
                  dtype: str = "float16", device: str | None = "auto", attn_implementation: str = "sdpa"):
-        from transformers import AutoProcessor
-
         path = str(path)
+        self.check_compressor(compressor, name or path)
         check_model_path(path)
         if dtype not in DTYPES:
             raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
@@ -99,7 +98,7 @@ class VisionStageAdapter:
         self.device = resolve_device(device)
         self.compressor = compressor
         try:
-            self.processor = AutoProcessor.from_pretrained(path, revision=revision)
+            self.processor = self.load_processor(path, revision)
             self.model = self.model_class.from_pretrained(
                 path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation
             ).to(self.device).eval()
@@ -125,8 +124,24 @@ class VisionStageAdapter:
 
     # -- model-specific -------------------------------------------------------------------------
 
+    def check_compressor(self, compressor, model_name: str) -> None:
+        """Raise a ConfigError if this model cannot serve the compressor's score request."""
+
+    def load_processor(self, path: str, revision: str | None):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, revision=revision)
+
+    def processor_images(self, images: list[list]):
+        """Images as the processor takes them: a flat list (each image gets full AnyRes)."""
+        return [image for group in images for image in group] or None
+
     def layout(self, image_size_hw):
         raise NotImplementedError
+
+    def layouts(self, inputs) -> list:
+        """Layouts of every image of a processor output, in order."""
+        return [self.layout(size) for size in inputs["image_sizes"].tolist()]
 
     def encode_views(self, pixel_values: torch.Tensor, request: ScoreRequest):
         """Per-view projected features [V, N, D] and the requested per-view scores [V, N] (or None)."""
@@ -143,13 +158,13 @@ class VisionStageAdapter:
         """Answer each ``texts[i]`` about ``images[i]`` (a list of PIL images, possibly empty)."""
         images = [[to_rgb(image) for image in group] for group in images]
         prompts = [self.prompt(text, len(imgs)) for text, imgs in zip(texts, images)]
-        flat_images = [img for imgs in images for img in imgs]
-        inputs = self.processor(images=flat_images or None, text=prompts, padding=True, return_tensors="pt")
+        inputs = self.processor(images=self.processor_images(images), text=prompts, padding=True,
+                                return_tensors="pt")
         input_ids = inputs["input_ids"].to(self.device)
         attention_mask = inputs["attention_mask"].to(self.device)
         stats = [SampleStats() for _ in texts]
         extra = {}
-        if flat_images:
+        if any(images):
             input_ids, attention_mask, image_features = self._compress(inputs, images, stats)
             from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -167,8 +182,7 @@ class VisionStageAdapter:
 
     def _compress(self, inputs, images: list[list], stats: list[SampleStats]):
         """Kept features per image and the prompts with each image's token run shrunk to match."""
-        image_sizes = inputs["image_sizes"].tolist()
-        layouts = [self.layout(size) for size in image_sizes]
+        layouts = self.layouts(inputs)
         pixel_values = inputs["pixel_values"]
         flat_pixels = torch.cat([pv[: layout.num_views] for pv, layout in zip(pixel_values, layouts)])
         flat_pixels = flat_pixels.to(self.device, self.model.dtype)

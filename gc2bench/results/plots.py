@@ -25,6 +25,23 @@ def _shade(canvas: np.ndarray, keep: np.ndarray, cell: float, colour: int, mask:
     canvas[dropped] = (0.2 * canvas[dropped] + 0.8 * colour).astype(np.uint8)
 
 
+def patch_sources(layout) -> np.ndarray:
+    """[rows·pps, cols·pps]: for every patch of the crop grid, the source of the LLM token that
+    represents it (PAD in the padding). After OneVision's downsampling a token covers several patches."""
+    from gc2bench.compressors.base import PAD
+
+    top, bottom, left, right = layout.unpadded_region()
+    sources = np.full(layout.padded_size, PAD, dtype=np.int64)
+    if getattr(layout, "downsampled", False):
+        packed = layout.packed_grid_sources.numpy()
+        ys = np.arange(bottom - top) * packed.shape[0] // max(bottom - top, 1)
+        xs = np.arange(right - left) * packed.shape[1] // max(right - left, 1)
+        sources[top:bottom, left:right] = packed[ys][:, xs]
+    else:
+        sources[top:bottom, left:right] = layout.grid_sources().numpy()[top:bottom, left:right]
+    return sources
+
+
 def _grid_lines(draw: ImageDraw.ImageDraw, origin: tuple[int, int], rows: int, cols: int, size: int) -> None:
     x0, y0 = origin
     for r in range(rows + 1):
@@ -50,7 +67,7 @@ def draw_kept_tokens(image: Image.Image, layout, kept_sources: torch.Tensor, pat
 
     panels = [Image.fromarray(thumbnail)]
     grid_size = None
-    if hasattr(layout, "grid_sources"):
+    if layout.num_crops:
         rows, cols = layout.grid
         height, width = rows * CROP_PIXELS, cols * CROP_PIXELS
         scale = min(width / image.width, height / image.height)
@@ -59,11 +76,9 @@ def draw_kept_tokens(image: Image.Image, layout, kept_sources: torch.Tensor, pat
         canvas = Image.new("RGB", (width, height), (0, 0, 0))
         canvas.paste(resized, ((width - resized.width) // 2, (height - resized.height) // 2))
         crops = np.asarray(canvas).copy()
-        sources = layout.grid_sources()
-        crop_keep = np.isin(sources.numpy(), np.array(sorted(kept), dtype=np.int64))
-        top, bottom, left, right = layout.unpadded_region()
-        inside = np.zeros(sources.shape, dtype=bool)
-        inside[top:bottom, left:right] = True
+        sources = patch_sources(layout)
+        crop_keep = np.isin(sources, np.array(sorted(kept), dtype=np.int64))
+        inside = sources >= 0
         _shade(crops, crop_keep | ~inside, cell, DROPPED_GREY)
         _shade(crops, inside, cell, PAD_GREY, mask=~inside)
         panels.append(Image.fromarray(crops))
