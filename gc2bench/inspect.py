@@ -83,6 +83,8 @@ def inspect(argv: list[str]) -> dict:
         "newline_tokens": stats.newline_tokens_kept, "newline_tokens_before": stats.newline_tokens_before,
         "kept_per_view": stats.kept_per_view[0], "crop_budgets": stats.crop_budgets[0] if stats.crop_budgets else None,
         "ratio_convention": stats.ratio_convention, "answer": result.text,
+        "image_tokens_per_layer": stats.image_tokens_per_layer,
+        "layer_averaged_image_tokens": stats.layer_averaged_image_tokens,
         "timing_ms": {"vision": stats.vision_ms, "compression": stats.compression_ms, "prefill": stats.prefill_ms,
                       "decode": stats.decode_ms},
         "config": OmegaConf.to_container(cfg, resolve=True),

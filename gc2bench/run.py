@@ -75,7 +75,7 @@ def build_model(cfg: DictConfig, compressor):
 
 
 def print_summary(records: list[dict]) -> None:
-    header = f"{'task':<14} {'metric':<16} {'score':>7}  {'visual tokens before → kept':>28}  {'prefill ms':>10}"
+    header = f"{'task':<14} {'metric':<16} {'score':>7}  {'visual tokens before → kept':>40}  {'prefill ms':>10}"
     print(header)
     for r in records:
         before, kept = r["tokens"]["visual_tokens_before"], r["tokens"]["visual_tokens_kept"]
@@ -83,8 +83,11 @@ def print_summary(records: list[dict]) -> None:
         score = r["metrics"]["score"]
         score = "–" if score is None else f"{score:.2f}"
         tokens = f"{before['mean']:.1f} → {kept['mean']:.1f}" if before and kept else "–"
+        averaged = r["tokens"].get("layer_averaged_image_tokens")
+        if averaged:
+            tokens += f" (layer avg {averaged['mean']:.1f})"
         prefill = "–" if not prefill else f"{prefill['median']:.2f}"
-        print(f"{r['task']:<14} {r['metrics']['metric']:<16} {score:>7}  {tokens:>28}  {prefill:>10}")
+        print(f"{r['task']:<14} {r['metrics']['metric']:<16} {score:>7}  {tokens:>40}  {prefill:>10}")
     failed = sum(r["efficiency"]["failed_samples"] for r in records)
     if failed:
         print(f"{failed} sample(s) failed; see `failures` in the records")

@@ -103,3 +103,90 @@ def keep_top_per_view(candidates: list[torch.Tensor], scores: list[torch.Tensor]
     token_sources = torch.full((batch, sources.shape[1] + 1), PAD, dtype=torch.long, device=device)
     token_sources.scatter_(1, target, sources)
     return Selection(token_sources[:, :-1], keep.sum(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM-stage compressors (FastV, PDrop, SparseVLM, "+GlobalCom²"): pruning inside the decoder.
+#
+# The model adapter owns the mechanism (gc2bench/models/decoder_pruning.py): at prefill it asks
+# the compressor for its stages, recomputes the attention rows of the stage's query tokens at
+# ``score_layer`` (head-mean, post-softmax, over every key; no eager attention), asks the
+# compressor which tokens to keep, and drops them (plus positions, masks, KV cache) at
+# ``prune_layer``'s input. A compressor is pure tensor code on the tensors below.
+# ---------------------------------------------------------------------------------------------
+
+# Segment ids of image tokens (``LLMContext.segment``): the thumbnail is 0, crop j is 1 + j.
+SEGMENT_TEXT = -1      # not an image token
+SEGMENT_NEWLINE = -2   # an image_newline token
+SEGMENT_RECYCLED = -3  # a token a compressor inserted (SparseVLM's cluster means)
+
+
+@dataclass(frozen=True)
+class DecoderStage:
+    """One pruning step: attention rows from ``score_layer``'s q/k (at its input), tokens dropped
+    at ``prune_layer``'s input; ``prune_layer`` is ``score_layer`` (PDrop, SparseVLM) or
+    ``score_layer + 1`` (FastV: layer K−1's attention, pruned before layer K)."""
+
+    score_layer: int
+    prune_layer: int
+
+
+@dataclass
+class LLMContext:
+    """What a compressor sees at one stage of one prefill (B rows, L positions, left padding).
+
+    hidden:       [B, L, D] residual stream entering ``score_layer`` (for ``query_rows``) or
+                  ``prune_layer`` (for ``prune``).
+    input_embeds: [B, L0, D] the LLM's input embeddings (layer 0 input, before any pruning);
+                  ``original_index`` maps current positions into it.
+    original_index: [B, L] long, each current position's index in the unpruned prompt
+                  (-1 for a recycled token or padding added by re-padding).
+    image:        [B, L] bool, image tokens (patch tokens, newlines and recycled tokens).
+    valid:        [B, L] bool, non-padding.
+    segment:      [B, L] long, SEGMENT_* or the view (0 thumbnail, 1 + j crop j) of an image token.
+    image_tokens_at_start: [B] long, image tokens of each row before any pruning.
+    segment_budgets: [B, S] float or None, per-segment retention (index = segment id) when a
+                  vision-stage selection supplied crop budgets ("+GlobalCom²"); NaN-padded.
+    attention:    [B, L] float or None, head-mean post-softmax attention of the stage's query
+                  rows to every key, averaged over the query rows (0 at padding); set for ``prune``.
+    generator:    a seeded torch.Generator for methods with randomness.
+    """
+
+    stage_index: int
+    stage: DecoderStage
+    hidden: torch.Tensor
+    input_embeds: torch.Tensor
+    original_index: torch.Tensor
+    image: torch.Tensor
+    valid: torch.Tensor
+    segment: torch.Tensor
+    image_tokens_at_start: torch.Tensor
+    segment_budgets: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class PruneDecision:
+    """keep: [B, L] bool — which positions survive (text and padding must stay True; the
+    mechanism checks). recycled: None, or B tensors [E_b, D] of new hidden states inserted
+    right after each row's last kept image token (compacted positions only)."""
+
+    keep: torch.Tensor
+    recycled: list[torch.Tensor] | None = None
+
+
+class LLMStageCompressor:
+    """Protocol (documentation only) of an LLM-stage compressor.
+
+    kind = "llm"; name; params() -> dict (with "convention");
+    score_request: ScoreRequest for the vision stage ("none", or CLS for "+GlobalCom²");
+    select(scores, layouts) -> Selection: the vision-stage selection (usually every packed
+        token; "+GlobalCom²" also returns crop_budgets);
+    positions: "keep" (kept tokens keep their position ids, FastV) or "compact" (renumbered);
+    stages(num_layers) -> list[DecoderStage], in increasing layer order;
+    query_rows(ctx) -> [B, L] bool, the query tokens whose attention rows the stage needs;
+    prune(ctx) -> PruneDecision.
+    """
+
+    kind = "llm"

@@ -110,7 +110,7 @@ def summarize(samples: list[dict], failures: list[dict], wall_s: float) -> tuple
                 "p90": values[min(len(values) - 1, int(0.9 * len(values)))]}
 
     tokens = {key: stat(key) for key in ("visual_tokens_before", "visual_tokens_kept", "newline_tokens_before",
-                                         "newline_tokens_kept")}
+                                         "newline_tokens_kept", "layer_averaged_image_tokens")}
     efficiency = {key: stat(key) for key in ("vision_ms", "compression_ms", "prefill_ms", "decode_ms")}
     efficiency.update({"wall_s": wall_s, "samples": len(samples), "failed_samples": len(failures),
                        "samples_per_s": len(samples) / wall_s if wall_s > 0 else None})

@@ -43,6 +43,8 @@ class SampleStats:
     kept_per_view: list[list[int]] = field(default_factory=list)
     crop_budgets: list[list[float]] | None = None
     ratio_convention: str = ""
+    image_tokens_per_layer: list[int] | None = None      # LLM-stage methods: image tokens entering each layer
+    layer_averaged_image_tokens: float | None = None     # their mean over layers ("equivalent" count)
     vision_ms: float = 0.0
     compression_ms: float = 0.0
     prefill_ms: float = 0.0
@@ -54,6 +56,8 @@ class SampleStats:
 class Generation:
     text: str
     stats: SampleStats
+    token_ids: list[int] = field(default_factory=list)
+    scores: torch.Tensor | None = None   # [steps, vocab] logits, when generate(output_scores=True)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -110,6 +114,11 @@ class VisionStageAdapter:
         self.tokenizer.padding_side = "left"
         self.image_token_id = self.config.image_token_id
         self._prefill_timer = PrefillTimer(self.device).attach(self.model.model.language_model)
+        self.pruner = None
+        if getattr(compressor, "kind", "vision") == "llm":
+            from gc2bench.models.decoder_pruning import DecoderPruner
+
+            self.pruner = DecoderPruner(self.model.model.language_model, compressor, seed=getattr(compressor, "seed", 0))
 
     def describe(self) -> dict:
         return {"name": self.name, "path": self.path, "revision": self.revision,
@@ -154,8 +163,12 @@ class VisionStageAdapter:
     # -- generation ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, texts: list[str], images: list[list], **gen_kwargs) -> list[Generation]:
-        """Answer each ``texts[i]`` about ``images[i]`` (a list of PIL images, possibly empty)."""
+    def generate(self, texts: list[str], images: list[list], prune_replay=None, **gen_kwargs) -> list[Generation]:
+        """Answer each ``texts[i]`` about ``images[i]`` (a list of PIL images, possibly empty).
+
+        ``prune_replay`` (LLM-stage compressors, for verification): the ``records`` of an earlier
+        call's ``last_plan``; every prefill then prunes the prompt exactly as that call did.
+        """
         images = [[to_rgb(image) for image in group] for group in images]
         prompts = [self.prompt(text, len(imgs)) for text, imgs in zip(texts, images)]
         inputs = self.processor(images=self.processor_images(images), text=prompts, padding=True,
@@ -164,13 +177,26 @@ class VisionStageAdapter:
         attention_mask = inputs["attention_mask"].to(self.device)
         stats = [SampleStats() for _ in texts]
         extra = {}
+        self.last_selection, self.last_crop_budgets = [], None
         if any(images):
             input_ids, attention_mask, image_features = self._compress(inputs, images, stats)
             from transformers.modeling_outputs import BaseModelOutputWithPooling
 
             extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=image_features)}
         self._prefill_timer.reset()
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **extra, **gen_kwargs)
+        if self.pruner is not None:
+            self.last_plan = self._pruning_plan(input_ids, attention_mask, images, prune_replay)
+            self.pruner.begin(self.last_plan)
+        want_scores = bool(gen_kwargs.get("output_scores"))
+        if want_scores:
+            gen_kwargs["return_dict_in_generate"] = True
+        try:
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **extra, **gen_kwargs)
+        finally:
+            if self.pruner is not None:
+                self.pruner.begin(None)
+        scores = torch.stack(output.scores, dim=1) if want_scores else None
+        output = output.sequences if want_scores else output
         new_tokens = output[:, input_ids.shape[1]:]
         answers = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         pad = self.model.generation_config.pad_token_id
@@ -178,7 +204,12 @@ class VisionStageAdapter:
             stat.prefill_ms = 1e3 * self._prefill_timer.prefill_s / len(texts)
             stat.decode_ms = 1e3 * self._prefill_timer.decode_s / len(texts)
             stat.new_tokens = int((new_tokens[row] != pad).sum()) if pad is not None else new_tokens.shape[1]
-        return [Generation(answer.strip(), stat) for answer, stat in zip(answers, stats)]
+            if self.pruner is not None and self.last_plan.image_tokens_per_layer is not None:
+                per_layer = self.last_plan.image_tokens_per_layer[:, row].tolist()
+                stat.image_tokens_per_layer = per_layer
+                stat.layer_averaged_image_tokens = sum(per_layer) / len(per_layer)
+        return [Generation(answer.strip(), stat, new_tokens[row].tolist(), None if scores is None else scores[row])
+                for row, (answer, stat) in enumerate(zip(answers, stats))]
 
     def _compress(self, inputs, images: list[list], stats: list[SampleStats]):
         """Kept features per image and the prompts with each image's token run shrunk to match."""
@@ -198,6 +229,7 @@ class VisionStageAdapter:
         kept_features = [self.pack(f, s, layout) for f, s, layout in zip(per_image_features, kept_sources, layouts)]
         compress_done = now(self.device)
         self.last_selection = [(layout, sources.cpu()) for layout, sources in zip(layouts, kept_sources)]
+        self.last_crop_budgets = selection.crop_budgets
 
         image_owner = [row for row, imgs in enumerate(images) for _ in imgs]
         budgets = selection.crop_budgets.tolist() if selection.crop_budgets is not None else None
@@ -224,6 +256,30 @@ class VisionStageAdapter:
         input_ids, attention_mask = self._resize_image_runs(inputs["input_ids"], inputs["attention_mask"],
                                                             before, after)
         return input_ids.to(self.device), attention_mask.to(self.device), kept_features
+
+    def _pruning_plan(self, input_ids, attention_mask, images: list[list], replay):
+        """What the decoder pruner needs about this batch: image positions, segments, crop budgets."""
+        from gc2bench.compressors.base import SEGMENT_NEWLINE, SEGMENT_TEXT
+        from gc2bench.models.decoder_pruning import PrefillPlan
+
+        valid = attention_mask.bool()
+        image = (input_ids == self.image_token_id) & valid
+        segment = torch.full_like(input_ids, SEGMENT_TEXT)
+        if self.last_selection:
+            segment[image] = torch.cat([torch.where(s == NEWLINE, SEGMENT_NEWLINE, s // layout.tokens_per_view)
+                                        for layout, s in self.last_selection]).to(segment.device)
+        budgets = None
+        if self.last_crop_budgets is not None:
+            crops = self.last_crop_budgets.to(self.device, torch.float64)
+            first_image = [sum(len(g) for g in images[:row]) if images[row] else -1 for row in range(len(images))]
+            ratio = float(self.compressor.params().get("ratio", 1.0))
+            budgets = torch.full((len(images), 1 + crops.shape[1]), float("nan"), dtype=torch.float64,
+                                 device=self.device)
+            for row, index in enumerate(first_image):
+                if index >= 0:
+                    budgets[row, 0] = ratio
+                    budgets[row, 1:] = crops[index]
+        return PrefillPlan(image=image, valid=valid, segment=segment, segment_budgets=budgets, replay=replay)
 
     def _resize_image_runs(self, input_ids, attention_mask, before: list[int], after: list[int]):
         """Re-size image k's run of placeholders from ``before[k]`` to ``after[k]`` tokens.

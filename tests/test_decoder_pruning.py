@@ -1,0 +1,108 @@
+"""LLM-stage compression inside the tiny LLaVA-NeXT (Llama) and LLaVA-OneVision (Qwen2, GQA) decoders."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gc2bench.compressors.fastv import FastV
+from gc2bench.compressors.none import NoCompression
+
+MAX_NEW = 5
+METHODS = {
+    "fastv": lambda ratio: FastV(ratio, layer=2),
+    "fastv_layer1_2880": lambda ratio: FastV(ratio, layer=1, budget_of=2880),
+}
+SCHEDULES = {  # image tokens entering each of the 4 layers, from N image tokens at ratio R
+    "fastv": lambda n, r: [n, n] + [min(n, round(r * n))] * 2,
+    "fastv_layer1_2880": lambda n, r: [n] + [min(n, round(r * 2880))] * 3,
+}
+
+
+def picture(height, width, seed):
+    return Image.fromarray((np.random.RandomState(seed).rand(height, width, 3) * 255).astype("uint8"))
+
+
+TEXTS = ["Is there a cat?", "What color is it?", "How many?"]
+IMAGES = [[picture(80, 120, 1)], [picture(60, 200, 2)], [picture(150, 150, 3)]]
+
+
+@pytest.fixture(scope="module")
+def build(cache_dir):
+    from gc2bench.models.llava_next import LlavaNextAdapter
+    from gc2bench.models.tiny import tiny_llava_next_path
+    from gc2bench.models.tiny_onevision import load_tiny_onevision
+
+    def make(model, compressor, attn="sdpa"):
+        options = dict(dtype="float32", device="cpu", attn_implementation=attn)
+        if model == "next":
+            return LlavaNextAdapter(str(tiny_llava_next_path(0, cache_dir)), compressor, **options)
+        return load_tiny_onevision(compressor, **options)
+    return make
+
+
+def run(adapter, texts=TEXTS, images=IMAGES, **kwargs):
+    return adapter.generate(texts, images, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, do_sample=False,
+                            output_scores=True, **kwargs)
+
+
+def assert_same(got, expected, atol=1e-5):
+    assert [g.token_ids for g in got] == [e.token_ids for e in expected]
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.scores, e.scores, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("model", ["next", "onevision"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_full_ratio_equals_no_compression(build, model, method):
+    assert_same(run(build(model, METHODS[method](1.0))), run(build(model, NoCompression())))
+
+
+@pytest.mark.parametrize("model", ["next", "onevision"])
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_kv_cache_generation_equals_recomputation_of_the_pruned_sequence(build, model, method, attn):
+    adapter = build(model, METHODS[method](0.25), attn)
+    cached = run(adapter)
+    records = adapter.last_plan.records
+    assert records and all(not bool(r.keep.all()) for r in records)
+    recomputed = run(adapter, use_cache=False, prune_replay=records)
+    assert_same(recomputed, cached, atol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["next", "onevision"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_recomputed_attention_rows_equal_eager_attentions(build, model, method):
+    adapter = build(model, METHODS[method](0.5), "eager")
+    adapter.generate(TEXTS, IMAGES, max_new_tokens=1, do_sample=False)
+    rows = adapter.last_plan.attention_rows[0]
+    stage = adapter.pruner.stages[0]
+    plain = build(model, NoCompression(), "eager")
+    prompts = [plain.prompt(t, 1) for t in TEXTS]
+    inputs = plain.processor(images=plain.processor_images(IMAGES), text=prompts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = plain.model(**inputs, output_attentions=True)
+    expected = out.attentions[stage.score_layer][:, :, -1, :].mean(1)
+    torch.testing.assert_close(rows, expected.float(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["next", "onevision"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_batch_equals_one_at_a_time(build, model, method):
+    adapter = build(model, METHODS[method](0.25))
+    batched = run(adapter)
+    single = [run(adapter, [t], [i])[0] for t, i in zip(TEXTS, IMAGES)]
+    assert_same(batched, single, atol=1e-4)
+    assert [b.stats.image_tokens_per_layer for b in batched] == [s.stats.image_tokens_per_layer for s in single]
+
+
+@pytest.mark.parametrize("model", ["next", "onevision"])
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.9])
+def test_kept_counts_per_layer_follow_the_schedule(build, model, method, ratio):
+    results = build(model, METHODS[method](ratio)).generate(TEXTS, IMAGES, max_new_tokens=1, do_sample=False)
+    for result in results:
+        stats = result.stats
+        n = stats.visual_tokens_kept
+        assert stats.image_tokens_per_layer == SCHEDULES[method](n, ratio)
+        assert stats.layer_averaged_image_tokens == sum(stats.image_tokens_per_layer) / 4
