@@ -79,6 +79,8 @@ def inspect(argv: list[str]) -> dict:
     report = {
         "image": own["image"], "image_size": [image.height, image.width], "grid": list(layout.grid),
         "model": adapter.describe(), "compressor": {"name": compressor.name, "params": compressor.params()},
+        "schedule": (compressor.schedule_info(len(adapter.pruner.layers))
+                     if adapter.pruner is not None and hasattr(compressor, "schedule_info") else None),
         "visual_tokens_before": stats.visual_tokens_before, "visual_tokens_kept": stats.visual_tokens_kept,
         "newline_tokens": stats.newline_tokens_kept, "newline_tokens_before": stats.newline_tokens_before,
         "kept_per_view": stats.kept_per_view[0], "crop_budgets": stats.crop_budgets[0] if stats.crop_budgets else None,

@@ -34,6 +34,9 @@ def run(cfg: DictConfig) -> list[dict]:
     from gc2bench.evaluation.lmms_model import GC2BenchLMM
 
     adapter = build_model(cfg, compressor)
+    compressor_record = {"name": compressor.name, "params": params}
+    if adapter.pruner is not None and hasattr(compressor, "schedule_info"):
+        compressor_record["schedule"] = compressor.schedule_info(len(adapter.pruner.layers))
     lm = GC2BenchLMM(adapter, batch_size=cfg.suite.batch_size)
     config = OmegaConf.to_container(cfg, resolve=True)
     records = []
@@ -42,7 +45,7 @@ def run(cfg: DictConfig) -> list[dict]:
         tokens, efficiency = summarize(result.samples, result.failures, result.wall_s)
         record = {
             "model": adapter.describe(),
-            "compressor": {"name": compressor.name, "params": params},
+            "compressor": compressor_record,
             "ratio": params.get("ratio", 1.0),
             "task": entry["task"],
             "suite": cfg.suite.name,

@@ -6,17 +6,21 @@ import torch
 from PIL import Image
 
 from gc2bench.compressors.fastv import FastV
+from gc2bench.compressors.hybrid import FastVGlobalCom2, SparseVLMGlobalCom2
 from gc2bench.compressors.none import NoCompression
+from gc2bench.compressors.pdrop import PDrop
+from gc2bench.compressors.sparsevlm import SparseVLM
 
 MAX_NEW = 5
-METHODS = {
-    "fastv": lambda ratio: FastV(ratio, layer=2),
-    "fastv_layer1_2880": lambda ratio: FastV(ratio, layer=1, budget_of=2880),
+METHODS = {  # (ratio, model) → compressor; the tiny LLMs have 4 layers, "auto" layers scale to them
+    "fastv": lambda ratio, model: FastV(ratio, layer=2),
+    "fastv_layer1_2880": lambda ratio, model: FastV(ratio, layer=1, budget_of=2880),
+    "pdrop": lambda ratio, model: PDrop(max(ratio, 0.3)),
+    "sparsevlm": lambda ratio, model: SparseVLM(max(ratio, 0.3)),
+    "fastv_globalcom2": lambda ratio, model: FastVGlobalCom2(ratio, **COSINE[model]),
+    "sparsevlm_globalcom2": lambda ratio, model: SparseVLMGlobalCom2(max(ratio, 0.3), **COSINE[model]),
 }
-SCHEDULES = {  # image tokens entering each of the 4 layers, from N image tokens at ratio R
-    "fastv": lambda n, r: [n, n] + [min(n, round(r * n))] * 2,
-    "fastv_layer1_2880": lambda n, r: [n] + [min(n, round(r * 2880))] * 3,
-}
+COSINE = {"next": {}, "onevision": {"score": "cosine"}}
 
 
 def picture(height, width, seed):
@@ -55,14 +59,14 @@ def assert_same(got, expected, atol=1e-5):
 @pytest.mark.parametrize("model", ["next", "onevision"])
 @pytest.mark.parametrize("method", list(METHODS))
 def test_full_ratio_equals_no_compression(build, model, method):
-    assert_same(run(build(model, METHODS[method](1.0))), run(build(model, NoCompression())))
+    assert_same(run(build(model, METHODS[method](1.0, model))), run(build(model, NoCompression())))
 
 
 @pytest.mark.parametrize("model", ["next", "onevision"])
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_kv_cache_generation_equals_recomputation_of_the_pruned_sequence(build, model, method, attn):
-    adapter = build(model, METHODS[method](0.25), attn)
+    adapter = build(model, METHODS[method](0.25, model), attn)
     cached = run(adapter)
     records = adapter.last_plan.records
     assert records and all(not bool(r.keep.all()) for r in records)
@@ -73,7 +77,7 @@ def test_kv_cache_generation_equals_recomputation_of_the_pruned_sequence(build, 
 @pytest.mark.parametrize("model", ["next", "onevision"])
 @pytest.mark.parametrize("method", list(METHODS))
 def test_recomputed_attention_rows_equal_eager_attentions(build, model, method):
-    adapter = build(model, METHODS[method](0.5), "eager")
+    adapter = build(model, METHODS[method](0.5, model), "eager")
     adapter.generate(TEXTS, IMAGES, max_new_tokens=1, do_sample=False)
     rows = adapter.last_plan.attention_rows[0]
     stage = adapter.pruner.stages[0]
@@ -82,14 +86,17 @@ def test_recomputed_attention_rows_equal_eager_attentions(build, model, method):
     inputs = plain.processor(images=plain.processor_images(IMAGES), text=prompts, padding=True, return_tensors="pt")
     with torch.no_grad():
         out = plain.model(**inputs, output_attentions=True)
-    expected = out.attentions[stage.score_layer][:, :, -1, :].mean(1)
-    torch.testing.assert_close(rows, expected.float(), rtol=0, atol=1e-5)
+    queries = adapter.last_plan.query_rows[0].float()
+    assert queries.sum() > 0
+    per_query = out.attentions[stage.score_layer].mean(1).float()            # [B, Q=L, K=L]
+    expected = (per_query * queries[:, :, None]).sum(1) / queries.sum(1, keepdim=True)
+    torch.testing.assert_close(rows, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("model", ["next", "onevision"])
 @pytest.mark.parametrize("method", list(METHODS))
 def test_batch_equals_one_at_a_time(build, model, method):
-    adapter = build(model, METHODS[method](0.25))
+    adapter = build(model, METHODS[method](0.25, model))
     batched = run(adapter)
     single = [run(adapter, [t], [i])[0] for t, i in zip(TEXTS, IMAGES)]
     assert_same(batched, single, atol=1e-4)
@@ -97,12 +104,15 @@ def test_batch_equals_one_at_a_time(build, model, method):
 
 
 @pytest.mark.parametrize("model", ["next", "onevision"])
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", ["fastv", "fastv_layer1_2880", "pdrop", "sparsevlm"])
 @pytest.mark.parametrize("ratio", [0.1, 0.5, 0.9])
 def test_kept_counts_per_layer_follow_the_schedule(build, model, method, ratio):
-    results = build(model, METHODS[method](ratio)).generate(TEXTS, IMAGES, max_new_tokens=1, do_sample=False)
+    compressor = METHODS[method](ratio, model)
+    results = build(model, compressor).generate(TEXTS, IMAGES, max_new_tokens=1, do_sample=False)
     for result in results:
         stats = result.stats
-        n = stats.visual_tokens_kept
-        assert stats.image_tokens_per_layer == SCHEDULES[method](n, ratio)
+        assert stats.image_tokens_per_layer == compressor.layer_counts(stats.visual_tokens_kept, 4)
         assert stats.layer_averaged_image_tokens == sum(stats.image_tokens_per_layer) / 4
+    if method == "fastv":  # the formula, independently of layer_counts
+        n = results[0].stats.visual_tokens_kept
+        assert results[0].stats.image_tokens_per_layer == [n, n] + [min(n, round(ratio * n))] * 2

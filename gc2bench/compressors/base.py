@@ -124,8 +124,9 @@ SEGMENT_RECYCLED = -3  # a token a compressor inserted (SparseVLM's cluster mean
 @dataclass(frozen=True)
 class DecoderStage:
     """One pruning step: attention rows from ``score_layer``'s q/k (at its input), tokens dropped
-    at ``prune_layer``'s input; ``prune_layer`` is ``score_layer`` (PDrop, SparseVLM) or
-    ``score_layer + 1`` (FastV: layer K−1's attention, pruned before layer K)."""
+    at ``prune_layer``'s input; ``prune_layer`` is ``score_layer`` (PDrop: scored and dropped
+    before layer l) or ``score_layer + 1`` (FastV: layer K−1's attention, pruned before layer K;
+    SparseVLM: layer l's attention, dropped from layer l's output)."""
 
     score_layer: int
     prune_layer: int

@@ -58,6 +58,18 @@ class FastV:
             raise ValueError(f"fastv: layer={self.layer} but the LLM has {num_layers} layers")
         return [DecoderStage(self.layer - 1, self.layer)]
 
+    def schedule_info(self, num_layers: int) -> dict:
+        """JSON record of the schedule on a ``num_layers``-layer LLM (for run records)."""
+        self.stages(num_layers)
+        share = (self.layer + (num_layers - self.layer) * self.ratio) / num_layers
+        return {"num_layers": num_layers, "layers": [self.layer], "layer_share": share}
+
+    def layer_counts(self, num_image_tokens: int, num_layers: int) -> list[int]:
+        """Image tokens entering each layer for a prompt with ``num_image_tokens`` of them."""
+        base = num_image_tokens if self.budget_of == "block" else self.budget_of
+        kept = min(num_image_tokens, round(base * self.ratio))
+        return [num_image_tokens] * self.layer + [kept] * (num_layers - self.layer)
+
     def query_rows(self, ctx: LLMContext) -> torch.Tensor:
         rows = torch.zeros_like(ctx.valid)
         rows[:, -1] = True  # left padding: the last position is every row's last prompt token

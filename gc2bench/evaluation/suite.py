@@ -102,7 +102,7 @@ def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0) -> T
 def summarize(samples: list[dict], failures: list[dict], wall_s: float) -> tuple[dict, dict]:
     """Token accounting and efficiency figures of a task from its per-sample rows."""
     def stat(key):
-        values = [s[key] for s in samples if key in s]
+        values = [s[key] for s in samples if s.get(key) is not None]
         if not values:
             return None
         values.sort()

@@ -78,6 +78,7 @@ class PrefillPlan:
     records: list[PruneRecord] = field(default_factory=list)
     image_tokens_per_layer: torch.Tensor | None = None   # [num_layers, B], filled at prefill
     attention_rows: dict = field(default_factory=dict)    # stage → [B, L] rows the compressor saw
+    query_rows: dict = field(default_factory=dict)        # stage → [B, L] bool, their query positions
 
 
 class DecoderPruner:
@@ -225,6 +226,7 @@ class DecoderPruner:
         """[B, L] head-mean post-softmax attention of the stage's query rows, averaged over them."""
         state = self.state
         queries = self.compressor.query_rows(self._context(number, hidden)) & state.valid
+        self.plan.query_rows[number] = queries
         count = queries.sum(1)
         width = int(count.max())
         order = torch.sort(queries.long(), dim=1, descending=True, stable=True).indices[:, :width]  # query positions
