@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 from dataclasses import dataclass
+from functools import lru_cache
 from types import SimpleNamespace
 
 from gc2bench.evaluation.fixtures import build_fixture, fixture_digest, fixture_split
@@ -54,23 +55,32 @@ def data_description(entry: dict) -> dict:
     return {"source": "lmms-eval task dataset"}
 
 
+@lru_cache(maxsize=1)
+def task_manager():
+    """lmms-eval's task index (building it scans every task YAML: seconds), once per process."""
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
 def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0) -> TaskResult:
     """Evaluate ``lm`` on one suite entry; metrics keyed as lmms-eval names them (without filter)."""
     import time
 
     from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.tasks import TaskManager, get_task_dict
+    from lmms_eval.tasks import get_task_dict
 
     name = entry["task"]
-    task = get_task_dict([task_spec(entry)], TaskManager())[name]
+    task = get_task_dict([task_spec(entry)], task_manager())[name]
     lm.sample_stats.clear()
     lm.failures.clear()
     start = time.perf_counter()
     # Scoring reads documents without decoding their images (lmms-eval's CLI default), so an
     # unreadable image fails its own sample only.
-    output = simple_evaluate(model=lm, tasks=[task], limit=limit, log_samples=True, random_seed=seed,
-                             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                             bootstrap_iters=0, cli_args=SimpleNamespace(process_with_media=False))
+    output = simple_evaluate(model=lm, tasks=[task], task_manager=task_manager(), limit=limit, log_samples=True,
+                             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                             fewshot_random_seed=seed, bootstrap_iters=0,
+                             cli_args=SimpleNamespace(process_with_media=False))
     wall_s = time.perf_counter() - start
     raw = output["results"][name]
     metrics = {key.split(",")[0]: value for key, value in raw.items()

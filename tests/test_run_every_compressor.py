@@ -1,0 +1,35 @@
+"""Every compressor runs through the main path (run.py's recipe) on both tiny models."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO
+from gc2bench.run import run
+
+COMPRESSORS = sorted(path.stem for path in (REPO / "conf" / "compressor").glob("*.yaml"))
+NEEDS_COSINE_ON_ONEVISION = {"globalcom2", "fastervlm", "fastv_globalcom2", "sparsevlm_globalcom2"}
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny_onevision"])
+@pytest.mark.parametrize("compressor", COMPRESSORS)
+def test_compressor_runs_and_records(tmp_path, cache_dir, model, compressor):
+    overrides = [f"model={model}", f"compressor={compressor}", "ratio=0.5", f"results_dir={tmp_path}",
+                 "suite.limit=2"]
+    if model == "tiny_onevision" and compressor in NEEDS_COSINE_ON_ONEVISION:
+        overrides.append("compressor.score=cosine")
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    records = run(cfg)
+    assert [r["task"] for r in records] == ["pope", "vqav2_val"]
+    for record in records:
+        assert record["status"] == "done" and record["efficiency"]["failed_samples"] == 0
+        assert record["efficiency"]["samples"] == 2
+        tokens = record["tokens"]
+        if compressor == "none":
+            assert tokens["visual_tokens_kept"]["mean"] == tokens["visual_tokens_before"]["mean"]
+        in_llm = tokens["layer_averaged_image_tokens"]
+        if compressor in ("fastv", "pdrop", "sparsevlm", "fastv_globalcom2", "sparsevlm_globalcom2"):
+            assert in_llm["mean"] < tokens["visual_tokens_kept"]["mean"]
+            assert record["compressor"]["schedule"]["num_layers"] == 4
+        elif compressor != "none":
+            assert in_llm is None and tokens["visual_tokens_kept"]["mean"] < tokens["visual_tokens_before"]["mean"]
