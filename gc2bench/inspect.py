@@ -54,12 +54,11 @@ def inspect(argv: list[str]) -> dict:
     """Run one image and return the JSON-ready report (also writes the figure if ``viz=``)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from gc2bench.config import validate
     from gc2bench.models.adapter import to_rgb
-    from gc2bench.run import build_model
+    from gc2bench.run import build_compressor, build_model
 
     own, overrides = split_arguments(argv)
     if not CONF_DIR.is_dir():
@@ -71,7 +70,7 @@ def inspect(argv: list[str]) -> dict:
         raise InspectError(str(error).strip().replace("\n", " ")) from None
     validate(cfg)
     image = to_rgb(load_image(own["image"]))
-    compressor = instantiate(cfg.compressor)
+    compressor = build_compressor(cfg)
     adapter = build_model(cfg, compressor)
     result = adapter.generate([own["prompt"]], [[image]], max_new_tokens=own["max_new_tokens"], do_sample=False)[0]
     layout, kept = adapter.last_selection[0]

@@ -16,7 +16,7 @@ from gc2bench.results.records import (git_commit, is_done, package_versions, rec
 
 def run(cfg: DictConfig) -> list[dict]:
     validate(cfg)
-    compressor = instantiate(cfg.compressor)
+    compressor = build_compressor(cfg)
     params = compressor.params()
     directory = run_dir(cfg.results_dir, cfg.model.name, compressor.name, params)
     entries = [OmegaConf.to_container(entry, resolve=True) for entry in cfg.suite.tasks]
@@ -67,14 +67,28 @@ def run(cfg: DictConfig) -> list[dict]:
     return records
 
 
-def build_model(cfg: DictConfig, compressor):
-    """The model adapter of ``cfg.model`` around ``compressor``; config and load errors surface as themselves."""
+def _instantiate(node, **kwargs):
+    """``hydra.utils.instantiate`` whose config and load errors surface as one clear error, not a wrapper."""
     from gc2bench.models.adapter import ModelLoadError
 
     try:
-        return instantiate(cfg.model, compressor=compressor, _convert_="all")
+        return instantiate(node, **kwargs)
     except InstantiationException as error:
-        raise (error.__cause__ if isinstance(error.__cause__, (ConfigError, ModelLoadError)) else error)
+        cause = error.__cause__
+        if isinstance(cause, (ConfigError, ModelLoadError)):
+            raise cause
+        if isinstance(cause, ValueError):  # a component rejected its options
+            raise ConfigError(str(cause)) from cause
+        raise
+
+
+def build_compressor(cfg: DictConfig):
+    return _instantiate(cfg.compressor)
+
+
+def build_model(cfg: DictConfig, compressor):
+    """The model adapter of ``cfg.model`` around ``compressor``."""
+    return _instantiate(cfg.model, compressor=compressor, _convert_="all")
 
 
 def print_summary(records: list[dict]) -> None:

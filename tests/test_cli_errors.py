@@ -49,3 +49,14 @@ def test_gc2bench_table_on_a_missing_directory(tmp_path):
     result = subprocess.run([sys.executable, "-m", "gc2bench.cli", "table", str(tmp_path / "nope")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "no such directory" in result.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["compressor=globalcom2", "compressor.allocation=bogus"], "error: globalcom2: allocation='bogus' is not one of"),
+    (["compressor=pdrop", "ratio=0.1"], "error: pdrop: ratio=0.1 cannot be reached with layers=[1, 2, 3]"),
+    (["model=tiny_onevision", "compressor=globalcom2"], "has no CLS token; add compressor.score=cosine"),
+])
+def test_component_errors_are_one_line(tmp_path, overrides, message):
+    result = run_py(*overrides, f"results_dir={tmp_path}", cache=tmp_path / "cache")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
