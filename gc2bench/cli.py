@@ -9,7 +9,14 @@ import sys
 def _table(args: argparse.Namespace) -> int:
     from gc2bench.results.table import print_table
 
-    return print_table(args.results_dir, fmt=args.format)
+    return print_table(args.results_dir, fmt=args.format, paper=args.paper, ci=args.ci, model=args.model,
+                       iterations=args.ci_iterations)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from gc2bench.results.plots import plot_results
+
+    return plot_results(args.results_dir, args.kind, args.out, model=args.model, method=args.method)
 
 
 def _conformance(args: argparse.Namespace) -> int:
@@ -18,7 +25,24 @@ def _conformance(args: argparse.Namespace) -> int:
     return run_conformance(args.method, args.file)
 
 
+BENCH_REPEATS = {"selection": 20, "hooks": 20, "prefill": 3}
+
+
+def _flops(args: argparse.Namespace) -> int:
+    from gc2bench.efficiency.flops import print_flops
+
+    return print_flops(args.model, args.visual_tokens, args.text_tokens, as_json=args.json,
+                       bytes_per_element=args.bytes)
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.repeats is None:
+        args.repeats = BENCH_REPEATS[args.what]
+    if args.what == "prefill":
+        from gc2bench.efficiency.bench_prefill import bench_prefill
+
+        return bench_prefill(args.model, args.compressors, args.ratios, repeats=args.repeats, images=args.images,
+                             device=args.device, dtype=args.dtype, threads=args.threads, as_json=args.json)
     if args.what == "selection":
         if not args.file:
             raise SystemExit("gc2bench bench selection: give the vectors FILE")
@@ -29,7 +53,7 @@ def _bench(args: argparse.Namespace) -> int:
         from gc2bench.efficiency.bench_hooks import bench_hooks
 
         return bench_hooks(views=args.views, layers=args.layers, width=args.width, repeats=args.repeats,
-                           device=args.device, dtype=args.dtype)
+                           device=args.device, dtype=args.dtype or "float32")
     raise SystemExit(f"gc2bench bench: unknown benchmark {args.what!r}")
 
 
@@ -47,11 +71,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("table", help="paper-style table from run records",
-                       description="Read the JSON records under DIR and print one row per method x ratio, "
-                                   "one column per benchmark, and Average (%% of the uncompressed run).")
+                       description="Read the finished JSON records under DIR and print, per model, one row per "
+                                   "method x ratio (baseline first), one column per benchmark in the papers' order, "
+                                   "and Average (mean over benchmarks of score / uncompressed score, %). "
+                                   "Missing runs show as -, never 0.")
     p.add_argument("results_dir", metavar="DIR", help="a results directory (searched recursively for records)")
     p.add_argument("--format", choices=["md", "csv", "latex"], default="md")
+    p.add_argument("--paper", metavar="FILE",
+                   help="a published table (CSV as in ../shared/paper_tables: ratio, method, benchmark columns, "
+                        "average_pct): adds per row the paper's numbers and ours - paper")
+    p.add_argument("--ci", action="store_true",
+                   help="95%% confidence intervals of each score, of its difference to the uncompressed run and of "
+                        "Average, by a paired bootstrap over documents (needs samples[].metric_value in records)")
+    p.add_argument("--ci-iterations", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
+    p.add_argument("--model", metavar="NAME", help="only this model's table (the records' model.name)")
     p.set_defaults(func=_table)
+
+    p = sub.add_parser("plot", help="figures from run records (PNG)",
+                       description="ratio: Average (% of the uncompressed run) vs retention ratio R, one line per "
+                                   "method (the papers' Fig. 1). sensitivity: Average vs tau and vs alpha for "
+                                   "GlobalCom2, one line per ratio, from the records' compressor parameters "
+                                   "(TCSVT Fig. 3). Average is taken over the benchmarks every plotted run has.")
+    p.add_argument("results_dir", metavar="DIR", help="a results directory (searched recursively for records)")
+    p.add_argument("--kind", choices=["ratio", "sensitivity"], default="ratio")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="where to write the figure")
+    p.add_argument("--model", metavar="NAME", help="only this model (default: one panel per model)")
+    p.add_argument("--method", default="globalcom2", help="sensitivity: the compressor whose tau/alpha vary")
+    p.set_defaults(func=_plot)
 
     p = sub.add_parser("conformance", help="check a compressor against reference vectors",
                        description="Run a compressor's selection in its default (reference) mode on every case "
@@ -69,18 +115,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=_inspect)
 
+    p = sub.add_parser("flops", help="analytic LLM prefill TFLOPs and KV cache",
+                       description="TFLOPs of the LLM prefill (per layer 4Td*d_q + 4Td*d_kv + 4T^2*d_q + 6Tdm; "
+                                   "= the papers' 8Td^2 + 4T^2d + 6Tdm for MHA) and the KV cache after it (K and V, "
+                                   "all layers, MB = 10^6 bytes), for T = visual + text tokens.")
+    p.add_argument("--model", required=True,
+                   help="a preset (llava_next_7b, llava_next_13b, llava_onevision_7b, cpu_small, tiny) or a local "
+                        "checkpoint/config directory (its text_config for multimodal models)")
+    p.add_argument("--visual-tokens", type=int, required=True, help="visual tokens entering the LLM, e.g. 2880")
+    p.add_argument("--text-tokens", type=int, default=0, help="text tokens (the papers count none)")
+    p.add_argument("--bytes", type=int, default=2, help="bytes per KV-cache element (2 = fp16/bf16, the papers')")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    p.set_defaults(func=_flops)
+
     p = sub.add_parser("bench", help="micro-benchmarks (see BENCHMARKS.md)")
-    p.add_argument("what", choices=["selection", "hooks"],
+    p.add_argument("what", choices=["selection", "hooks", "prefill"],
                    help="selection: GlobalCom² selection + packing, ms/image on CPU; "
-                        "hooks: CLS-attention capture cost next to the CLIP tower")
+                        "hooks: CLS-attention capture cost next to the CLIP tower; "
+                        "prefill: measured LLM prefill vs analytic TFLOPs per method and ratio (random weights)")
     p.add_argument("file", nargs="?", help="selection: vectors JSON whose cases give the image sizes, scores, ratios")
     p.add_argument("--dim", type=int, default=4096, help="feature dimension D (4096 = LLaVA-NeXT-7B)")
-    p.add_argument("--repeats", type=int, default=20, help="timed repeats (median taken)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repeats, median taken (default: 20; prefill: 3 rounds)")
     p.add_argument("--views", type=int, default=1, help="hooks: views per forward")
     p.add_argument("--layers", type=int, default=24, help="hooks: CLIP layers (24 = CLIP-L)")
     p.add_argument("--width", type=int, default=1024, help="hooks: CLIP width (1024 = CLIP-L)")
-    p.add_argument("--device", default="cpu", help="hooks: cpu or cuda")
-    p.add_argument("--dtype", default="float32", help="hooks: float32, float16 or bfloat16")
+    p.add_argument("--device", default="cpu", help="hooks, prefill: cpu or cuda")
+    p.add_argument("--dtype", default=None,
+                   help="hooks, prefill: float32, float16 or bfloat16 (default float32; prefill on cuda: bfloat16)")
+    p.add_argument("--model", default="cpu_small",
+                   help="prefill: a LLaVA-NeXT preset (cpu_small, tiny, llava_next_7b, llava_next_13b) or a directory "
+                        "with a LLaVA-NeXT config.json; weights are random")
+    p.add_argument("--compressors", default="none,globalcom2,fastervlm,fastv,pdrop,sparsevlm",
+                   help="prefill: comma-separated conf/compressor names (none is always run as the reference)")
+    p.add_argument("--ratios", default="1,0.5,0.25,0.1", help="prefill: comma-separated retention ratios R")
+    p.add_argument("--images", type=int, default=1, help="prefill: synthetic images per round")
+    p.add_argument("--threads", type=int, default=None,
+                   help="prefill: torch CPU threads (default: torch's, one per core; 1 is steadier on a shared "
+                        "machine)")
+    p.add_argument("--json", action="store_true", help="prefill: one JSON list of rows instead of the table")
     p.set_defaults(func=_bench)
     return parser
 

@@ -1,70 +1,420 @@
 """One run, top to bottom: validate, build the compressor, skip finished tasks, load the
-model, evaluate each task through lmms-eval, write one record per task, print a summary."""
+model, evaluate each task through lmms-eval, write one record per task, print a summary.
+
+``run_job`` is what ``run.py`` calls for every Hydra job (one run, or one run of a ``-m``
+sweep). A task that raises gets a ``status: failed`` record and the run goes on with its
+other tasks; the job then fails (a sweep runs its other jobs and exits 1 at the end). A
+restarted run skips tasks whose record is done, retries failed ones, and serves the answers
+a killed attempt already generated from the run directory's answer cache.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
+import time
+import traceback
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
 
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gc2bench.config import ConfigError, validate
-from gc2bench.results.records import (git_commit, is_done, package_versions, record_path, run_dir,
-                                      write_record)
+from gc2bench.results.records import (AnswerCache, CachingAdapter, environment, git_commit, package_versions,
+                                      read_record, record_path, run_dir, run_lock, write_record)
+
+SWEEP_SIZE_ENV = "GC2BENCH_SWEEP_SIZE"
+SWEEP_ID_ENV = "GC2BENCH_SWEEP_ID"
+CLAIM_GPU_ENV = "GC2BENCH_CLAIM_GPU"
+GPU_LOCKS_ENV = "GC2BENCH_GPU_LOCKS"
+JOB_REPORT = "gc2bench_job.json"
 
 
-def run(cfg: DictConfig) -> list[dict]:
+class RunFailed(RuntimeError):
+    """Tasks of a run failed; their records (status: failed) say why, and a restart retries them."""
+
+
+# -- one Hydra job ------------------------------------------------------------------------------
+
+def run_job(cfg: DictConfig) -> str:
+    """Run ``cfg`` as one Hydra job; returns ``done``, ``skipped`` (all done before) or ``failed``.
+
+    Errors print one line (unexpected ones their traceback too). Outside a sweep they exit
+    (2: bad config or model, 1: a task failed) or propagate. Inside a sweep the job returns
+    ``failed`` so the other jobs run; ``SweepProgress`` then fails the sweep at its end.
+    """
+    job = SweepJob.current()
+    claim_gpu()
+    from gc2bench.models.adapter import ModelLoadError
+
+    status, error = "failed", None
+    try:
+        status = "done" if run(cfg, label=job.label) else "skipped"
+    except (ConfigError, ModelLoadError, RunFailed) as failure:
+        error = str(failure)
+        print(f"error: {job.label + ' ' if job.label else ''}{error}", file=sys.stderr, flush=True)
+        if not job.in_sweep:
+            sys.exit(1 if isinstance(failure, RunFailed) else 2)
+    except Exception as failure:
+        error = f"{type(failure).__name__}: {failure}"
+        if not job.in_sweep:
+            raise
+        traceback.print_exc()
+    finally:
+        job.report(status, error)
+    return status
+
+
+class SweepJob:
+    """Where this job stands in a ``-m`` sweep (number, total), and its end-of-job report."""
+
+    def __init__(self, num: int | None = None, total: int | None = None, output_dir: str | None = None,
+                 overrides: list[str] | None = None):
+        self.num, self.total, self.output_dir, self.overrides = num, total, output_dir, overrides or []
+
+    @classmethod
+    def current(cls) -> SweepJob:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return cls()
+        hydra_cfg = HydraConfig.get()
+        total = os.environ.get(SWEEP_SIZE_ENV)
+        return cls(hydra_cfg.job.num, int(total) if total else None, hydra_cfg.runtime.output_dir,
+                   list(hydra_cfg.overrides.task))
+
+    @property
+    def in_sweep(self) -> bool:
+        return self.num is not None
+
+    @property
+    def label(self) -> str:
+        if not self.in_sweep:
+            return ""
+        return f"[run {self.num + 1}/{self.total}]" if self.total else f"[run {self.num + 1}]"
+
+    def report(self, status: str, error: str | None) -> None:
+        """``gc2bench_job.json`` in the job's output directory, for the sweep's closing summary."""
+        if not self.in_sweep:
+            return
+        report = {"sweep": os.environ.get(SWEEP_ID_ENV), "num": self.num, "overrides": self.overrides,
+                  "status": status, "error": error}
+        path = Path(self.output_dir) / JOB_REPORT
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report))
+
+
+class SweepProgress(Callback):
+    """Hydra callback: announces a sweep's size (so jobs print ``[run 3/10]``) and ends it with
+    a summary of done, skipped (done before) and failed runs; the process then exits 1 if any
+    run failed or did not report."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex
+        total = sweep_size(config)
+        if total:
+            os.environ[SWEEP_SIZE_ENV] = str(total)
+        print(f"sweep: {total or 'several'} runs, job outputs in {config.hydra.sweep.dir}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = os.environ.get(SWEEP_ID_ENV)
+        reports = []
+        for path in Path(str(config.hydra.sweep.dir)).glob(f"**/{JOB_REPORT}"):
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                report = json.loads(path.read_text())
+                if report.get("sweep") == sweep:
+                    reports.append(report)
+        counts = {status: sum(r["status"] == status for r in reports) for status in ("done", "skipped", "failed")}
+        total = int(os.environ.get(SWEEP_SIZE_ENV, len(reports)))
+        missing = total - len(reports)
+        line = (f"sweep: {total} runs: {counts['done']} ran, {counts['skipped']} already done, "
+                f"{counts['failed']} failed")
+        print(line + (f", {missing} did not report (killed?)" if missing > 0 else ""), flush=True)
+        for report in sorted(reports, key=lambda r: r["num"]):
+            if report["status"] == "failed":
+                print(f"  failed run {report['num'] + 1}: {' '.join(report['overrides'])}: {report['error']}",
+                      flush=True)
+        if counts["failed"] or missing > 0:
+            print("sweep: run the same command again to retry what failed; finished runs are skipped", flush=True)
+            print(f"error: sweep: {counts['failed'] + max(missing, 0)} of {total} runs did not finish", file=sys.stderr,
+                  flush=True)
+            sys.exit(1)  # Hydra turns a callback's exceptions into warnings; the sweep is over here anyway
+
+
+def sweep_size(config: DictConfig) -> int | None:
+    """How many jobs Hydra's basic sweeper makes of this multirun config (None for other sweepers)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+
+
+_claimed_gpu = None
+
+
+def claim_gpu() -> str | None:
+    """With ``GC2BENCH_CLAIM_GPU=1`` (``hydra/launcher=gpus`` sets it): this process takes one free
+    GPU of ``CUDA_VISIBLE_DEVICES`` (or of all GPUs) for its lifetime and sees only that one.
+
+    A GPU is taken by locking ``<lock dir>/gpu<id>.lock``; the lock goes when the process exits.
+    """
+    global _claimed_gpu
+    if os.environ.get(CLAIM_GPU_ENV) != "1" or _claimed_gpu is not None:
+        return None if _claimed_gpu is None else _claimed_gpu[0]
+    import fcntl
+    import tempfile
+
+    pool = visible_gpus()
+    if not pool:
+        print("gpus: no GPU visible; running on what model.device says", file=sys.stderr, flush=True)
+        return None
+    locks = Path(os.environ.get(GPU_LOCKS_ENV) or Path(tempfile.gettempdir()) / f"gc2bench-gpus-{os.getuid()}")
+    locks.mkdir(parents=True, exist_ok=True)
+    waiting = False
+    while True:
+        for gpu in pool:
+            handle = open(locks / f"gpu{gpu}.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            _claimed_gpu = (gpu, handle)
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+            print(f"gpus: this worker (pid {os.getpid()}) uses GPU {gpu}", file=sys.stderr, flush=True)
+            return gpu
+        if not waiting:
+            print(f"gpus: all of {','.join(pool)} are taken; waiting for one", file=sys.stderr, flush=True)
+            waiting = True
+        time.sleep(2)
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids from ``CUDA_VISIBLE_DEVICES``, else from ``nvidia-smi -L``; empty without GPUs."""
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu.strip() for gpu in visible.split(",") if gpu.strip() and gpu.strip() != "-1"]
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
+
+
+# -- one run ------------------------------------------------------------------------------------
+
+def run(cfg: DictConfig, label: str = "") -> list[dict]:
+    """Evaluate ``cfg``'s model × compressor on the suite's tasks that have no done record.
+
+    Returns the records written (done, or skipped with a reason such as a missing API key);
+    raises ``RunFailed`` after the last task if any failed.
+    """
+    from gc2bench.results.tracking import check_tracking
+
     validate(cfg)
+    check_tracking(cfg)
+    entries = suite_entries(cfg)
     compressor = build_compressor(cfg)
     params = compressor.params()
     directory = run_dir(cfg.results_dir, cfg.model.name, compressor.name, params)
-    entries = [OmegaConf.to_container(entry, resolve=True) for entry in cfg.suite.tasks]
-    todo = [e for e in entries if cfg.overwrite or not is_done(record_path(directory, e["task"]))]
-    for entry in entries:
-        if entry not in todo:
-            print(f"skip {entry['task']}: record exists in {directory} (overwrite=true to redo)")
+    rank, world_size = data_parallel_rank()
+    head = " ".join(filter(None, [label, f"{cfg.model.name} · {compressor.name} r={params.get('ratio', 1.0):g}"]))
+    print(f"{head} → {directory}", flush=True)
+    with run_lock(directory) if rank == 0 else contextlib.nullcontext():
+        todo = [entry for entry in entries if cfg.overwrite or not _done(directory, entry, cfg.suite.limit)]
+        if not todo:
+            return []
+        if cfg.overwrite and rank == 0:
+            AnswerCache.clear(directory)
+        return _evaluate(cfg, compressor, directory, todo, head, rank, world_size)
+
+
+def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, rank: int, world_size: int):
+    from gc2bench.evaluation.suite import (TaskSkipped, data_description, evaluate_task, skip_reason, summarize,
+                                           use_offline_hub)
+    from gc2bench.results.tracking import start_tracking
+
+    params = compressor.params()
+    common = {"compressor": {"name": compressor.name, "params": params}, "ratio": params.get("ratio", 1.0),
+              "suite": cfg.suite.name, "versions": package_versions(), "git_commit": git_commit(),
+              "config": OmegaConf.to_container(cfg, resolve=True)}
+    model = {"name": cfg.model.name, "path": cfg.model.get("path"), "revision": cfg.model.get("revision")}
+    records, failed = [], []
+    for entry in list(todo):
+        reason = skip_reason(entry)
+        if reason:
+            todo.remove(entry)
+            print(f"skip {entry['task']}: {reason}", flush=True)
+            if rank == 0:
+                records.append(_write_skipped(directory, entry, reason,
+                                              {**common, "model": model, "environment": environment()}))
     if not todo:
-        return []
-
-    from gc2bench.evaluation.suite import data_description, evaluate_task, summarize, use_offline_hub
-
+        return records
     if all(entry.get("fixture") or entry.get("data_files") for entry in todo):
         use_offline_hub()
     from gc2bench.evaluation.lmms_model import GC2BenchLMM
 
-    adapter = build_model(cfg, compressor)
-    compressor_record = {"name": compressor.name, "params": params}
+    if world_size > 1:
+        _init_data_parallel()
+    started = time.perf_counter()
+    try:
+        adapter = build_model(cfg, compressor)
+    except Exception as error:
+        for entry in todo if rank == 0 else []:
+            _write_failed(directory, entry, error, {**common, "model": model, "environment": environment()})
+        raise
+    load_s = time.perf_counter() - started
+    model = {**adapter.describe(), "resolved_revision": getattr(adapter.model.config, "_commit_hash", None)}
     if adapter.pruner is not None and hasattr(compressor, "schedule_info"):
-        compressor_record["schedule"] = compressor.schedule_info(len(adapter.pruner.layers))
-    lm = GC2BenchLMM(adapter, batch_size=cfg.suite.batch_size)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    records = []
-    for entry in todo:
-        result = evaluate_task(lm, entry, limit=cfg.suite.limit, seed=cfg.seed)
-        tokens, efficiency = summarize(result.samples, result.failures, result.wall_s)
-        record = {
-            "model": adapter.describe(),
-            "compressor": compressor_record,
-            "ratio": params.get("ratio", 1.0),
-            "task": entry["task"],
-            "suite": cfg.suite.name,
-            "data": data_description(entry),
-            "metrics": result.metrics,
-            "tokens": tokens,
-            "efficiency": efficiency,
-            "failures": result.failures,
-            "samples": result.samples,
-            "versions": package_versions(),
-            "git_commit": git_commit(),
-            "config": config,
-            "status": "done",
-        }
-        path = write_record(record_path(directory, entry["task"]), record)
-        records.append(record)
-        print(f"wrote {path}", file=sys.stderr)
-    print_summary(records)
+        common["compressor"]["schedule"] = compressor.schedule_info(len(adapter.pruner.layers))
+    common.update(model=model, environment=environment())
+    cache = AnswerCache(directory, rank, world_size)
+    if cache.loaded:
+        print(f"{head}: {cache.loaded} answers cached by an earlier attempt are reused", flush=True)
+    scope = {"model": {k: v for k, v in model.items() if k != "device"}, "compressor": common["compressor"]}
+    lm = GC2BenchLMM(CachingAdapter(adapter, cache, scope), batch_size=cfg.suite.batch_size)
+    tracker = start_tracking(cfg, name=directory.name, group=_sweep_name())
+    try:
+        for index, entry in enumerate(todo, 1):
+            task_head = f"{head} · task {index}/{len(todo)} {entry['task']}"
+            print(f"{task_head} …", flush=True)
+            started_at, hits = _now(), cache.hits
+            started = time.perf_counter()
+            outputs = directory / "outputs" / entry["task"]  # submission files some tasks write
+            outputs.mkdir(parents=True, exist_ok=True)
+            try:
+                result = evaluate_task(lm, entry, limit=cfg.suite.limit, seed=cfg.seed, output_dir=outputs)
+            except TaskSkipped as skipped:
+                print(f"{task_head}: skipped: {skipped.reason}", flush=True)
+                if rank == 0:
+                    records.append(_write_skipped(directory, entry, skipped.reason, common))
+                continue
+            except Exception as error:
+                print(f"{task_head}: failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+                if rank == 0:
+                    failed.append(_write_failed(directory, entry, error, common))
+                continue
+            finally:
+                with contextlib.suppress(OSError):
+                    outputs.rmdir()
+                    outputs.parent.rmdir()
+            if result is None or rank != 0:  # a data-parallel rank other than 0: rank 0 writes the record
+                continue
+            tokens, efficiency = summarize(result.samples, result.failures, result.wall_s)
+            record = {**common, "task": entry["task"], "entry": entry, "limit": cfg.suite.limit,
+                      "data": data_description(entry), "metrics": result.metrics,
+                      "tokens": tokens, "efficiency": efficiency, "failures": result.failures,
+                      "samples": result.samples, "status": "done",
+                      "timing": {"started": started_at, "finished": _now(), "wall_s": time.perf_counter() - started,
+                                 "model_load_s": load_s, "answers_from_cache": cache.hits - hits}}
+            record.update(tracker.info())
+            path = write_record(record_path(directory, entry["task"]), record)
+            records.append(record)
+            tracker.log_record(record)
+            score = result.metrics.get("score")
+            reused = f", {cache.hits - hits} answers from the cache" if cache.hits > hits else ""
+            print(f"{task_head}: {result.metrics['metric']} {'–' if score is None else f'{score:.2f}'} "
+                  f"({efficiency['samples']} samples, {record['timing']['wall_s']:.1f} s{reused}) → {path}",
+                  flush=True)
+    finally:
+        tracker.finish(failed=bool(failed))
+    if any(record["status"] == "done" for record in records):
+        print_summary([record for record in records if record["status"] == "done"])
+    if failed:
+        names = ", ".join(f"{r['task']} ({r['error']})" for r in failed)
+        raise RunFailed(f"{len(failed)} of {len(todo)} tasks failed in {directory}: {names}; "
+                        f"their records say why, and running again retries them")
     return records
+
+
+def _done(directory: Path, entry: dict, limit) -> bool:
+    """Whether ``entry``'s task has a done record made with the same suite entry and limit (printed)."""
+    record = read_record(record_path(directory, entry["task"]))
+    if record is None or record.get("status") != "done":
+        return False
+    suite = (record.get("config") or {}).get("suite") or {}
+    made_with = record.get("entry") or next((e for e in suite.get("tasks") or [] if e.get("task") == entry["task"]), None)
+    made_limit = record["limit"] if "limit" in record else suite.get("limit")
+    if made_limit != limit:
+        print(f"redo {entry['task']}: its record was made with suite.limit={made_limit} (now {limit})", flush=True)
+        return False
+    if made_with != entry:
+        print(f"redo {entry['task']}: its record was made with the suite entry {made_with} (now {entry})", flush=True)
+        return False
+    print(f"skip {entry['task']}: record exists in {directory} (overwrite=true to redo)", flush=True)
+    return True
+
+
+def _write_failed(directory: Path, entry: dict, error: BaseException, common: dict) -> dict:
+    record = {**common, "task": entry["task"], "metrics": None, "tokens": None, "efficiency": None,
+              "status": "failed", "error": f"{type(error).__name__}: {error}",
+              "traceback": traceback.format_exc(limit=8), "timing": {"finished": _now()}}
+    write_record(record_path(directory, entry["task"]), record)
+    return record
+
+
+def _write_skipped(directory: Path, entry: dict, reason: str, common: dict) -> dict:
+    record = {**common, "task": entry["task"], "metrics": None, "tokens": None, "efficiency": None,
+              "status": "skipped", "reason": reason, "timing": {"finished": _now()}}
+    write_record(record_path(directory, entry["task"]), record)
+    return record
+
+
+def suite_entries(cfg: DictConfig) -> list[dict]:
+    """The suite's task entries, or the ones ``tasks`` names (in the suite's order)."""
+    entries = [OmegaConf.to_container(entry, resolve=True) for entry in cfg.suite.tasks]
+    wanted = cfg.get("tasks")
+    if not wanted:
+        return entries
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    names = [entry["task"] for entry in entries]
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise ConfigError(f"tasks={unknown} are not in suite={cfg.suite.name} (its tasks: {', '.join(names)})")
+    return [entry for entry in entries if entry["task"] in wanted]
+
+
+def data_parallel_rank() -> tuple[int, int]:
+    """(rank, world size) of a torchrun / accelerate launch; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _init_data_parallel() -> None:
+    """Under torchrun: this rank's GPU is ``LOCAL_RANK`` and the process group is up (NCCL on GPUs,
+    gloo on CPUs) before lmms-eval shards the documents and gathers the answers."""
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _sweep_name() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(str(HydraConfig.get().sweep.dir)).name
+    return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _instantiate(node, **kwargs):

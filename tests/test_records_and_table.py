@@ -51,7 +51,7 @@ def test_average_is_mean_of_ratios_to_the_uncompressed_run():
                record("globalcom2", 0.1, "pope", 60.0), record("globalcom2", 0.1, "vqav2_val", 45.0)]
     rows = rows_with_average(collect(records)["m"])
     assert rows[0][:2] == ("none", 1.0) and rows[0][3] == pytest.approx(100.0)
-    assert rows[1][:3] == ("globalcom2", 0.1, [60.0, 45.0])
+    assert rows[1][:3] == ("globalcom2", 0.1, [45.0, 60.0])  # the papers' order: VQAv2 before POPE
     assert rows[1][3] == pytest.approx((60 / 80 + 45 / 50) / 2 * 100)  # 82.5
 
 
@@ -61,9 +61,10 @@ def test_missing_baseline_or_cell_is_missing_not_zero():
                record("fastv", 0.1, "vqav2_val", 1.0, status="failed")]
     rows = {r[0]: r for r in rows_with_average(collect(records)["m"])}
     assert rows["globalcom2"][3] is None  # no baseline for vqav2_val
-    assert rows["fastv"][2] == [70.0, None] and rows["fastv"][3] is None
+    assert rows["fastv"][2] == [None, 70.0] and rows["fastv"][3] is None
     text = render(collect(records), "md")
-    assert f"| fastv | 0.1 | 70.0 | {MISSING} | {MISSING} |" in text
+    assert "| Method | R | VQAv2 | POPE | Average (%) |" in text
+    assert f"| fastv | 0.1 | {MISSING} | 70.0 | {MISSING} |" in text
     assert "| 0.0 |" not in text and "| 0 |" not in text
 
 
@@ -82,3 +83,23 @@ def test_iter_records_ignores_other_json(tmp_path):
     write_record(tmp_path / "a" / "pope.json", record("none", 1.0, "pope", 80.0))
     assert [p.name for p, _ in iter_records(tmp_path)] == ["pope.json"]
     assert set(REQUIRED_KEYS) <= set(read_record(tmp_path / "a" / "pope.json"))
+
+
+def test_rows_split_by_the_parameters_a_sweep_varies():
+    records = [record("none", 1.0, "pope", 80.0), record("globalcom2", 0.25, "pope", 76.0),
+               record("globalcom2", 0.25, "pope", 72.0), record("globalcom2", 0.1, "pope", 60.0),
+               record("pdrop", 0.5, "pope", 70.0), record("pdrop", 0.25, "pope", 66.0)]
+    for r, tau in zip(records[1:4], (10.0, 1.0, 10.0)):
+        r["compressor"]["params"].update(tau=tau, alpha=0.5)
+    for r, lam in zip(records[4:], (0.7, 0.4)):
+        r["compressor"]["params"]["lam"] = lam  # derived from the ratio: not a variant
+    rows = [(label, ratio, scores) for label, ratio, scores, _ in rows_with_average(collect(records)["m"])]
+    assert rows == [("none", 1.0, [80.0]), ("pdrop", 0.5, [70.0]), ("pdrop", 0.25, [66.0]),
+                    ("globalcom2 (tau=1)", 0.25, [72.0]), ("globalcom2 (tau=10)", 0.25, [76.0]),
+                    ("globalcom2 (tau=10)", 0.1, [60.0])]
+
+
+def test_a_duplicate_record_is_noted_not_summed():
+    table = collect([record("none", 1.0, "pope", 80.0), record("none", 1.0, "pope", 10.0)])["m"]
+    assert rows_with_average(table) == [("none", 1.0, [80.0], 100.0)]
+    assert table.notes == ["m: several finished records for none R=1 pope; the first found is used"]

@@ -49,7 +49,7 @@ def test_run_records_and_table(tmp_path, cache_dir, capsys):
 
     table = subprocess.run([sys.executable, "-m", "gc2bench.cli", "table", str(tmp_path), "--format", "csv"],
                            capture_output=True, text=True, check=True).stdout.splitlines()
-    assert table[0] == "model,Method,R,pope,vqav2_val,Average (%)"
+    assert table[0] == "model,Method,R,vqav2_val,pope,Average (%)"
     rows = {line.split(",")[1]: line.split(",") for line in table[1:]}
     assert rows["none"][-1] == "100.0"
     expected = [100 * c["metrics"]["score"] / b["metrics"]["score"] for c, b in zip(compressed, baseline)]

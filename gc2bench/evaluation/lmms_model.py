@@ -5,6 +5,11 @@ adapter (which applies the compressor) for answers, and keeps per-sample token a
 and timings in ``sample_stats`` for the run record. A sample that raises is recorded in
 ``failures`` and answered with an empty string so the rest of the task proceeds; the run
 record reports how many failed, so it is never silently scored as a wrong answer.
+
+``GC2BenchModel`` is the same class as an lmms-eval plugin (entry point ``lmms_eval.models`` →
+``gc2bench``): ``python -m lmms_eval --model gc2bench --model_args compressor=globalcom2,ratio=0.1``
+composes gc2bench's run config (conf/config.yaml) with the model_args as Hydra overrides,
+validates it and builds the compressor and model adapter as ``run.py`` does.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 import sys
 import traceback
+from pathlib import Path
 
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 IMAGE_PLACEHOLDER = "<image>"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 class GC2BenchLMM(lmms):
@@ -32,6 +39,14 @@ class GC2BenchLMM(lmms):
     def __str__(self) -> str:  # lmms-eval's response cache is keyed on str(model)
         compressor = self.adapter.compressor
         return f"gc2bench({self.adapter.name}, {compressor.name}, {sorted(compressor.params().items())})"
+
+    def clean(self) -> None:
+        """Called by lmms-eval after each evaluation. The adapter stays loaded for the run's next task,
+        so only the CUDA cache is released (lmms-eval's default also runs two full ``gc.collect``)."""
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def loglikelihood(self, requests):
         raise NotImplementedError("gc2bench evaluates generation tasks only (output_type: generate_until)")
@@ -101,3 +116,103 @@ def cut_at_stop_strings(text: str, until: list[str]) -> str:
         if stop:
             text = text.split(stop)[0]
     return text
+
+
+class GC2BenchModel(GC2BenchLMM):
+    """``--model gc2bench`` for lmms-eval: each model_arg is a Hydra override of gc2bench's run config.
+
+    ``model_args="compressor=globalcom2,ratio=0.1,model=tiny"`` builds what ``python run.py
+    compressor=globalcom2 ratio=0.1 model=tiny`` would (the suite part of the config is unused:
+    lmms-eval picks the tasks). lmms-eval's ``--batch_size`` (an integer) sets the batch size,
+    else the suite's; ``--device`` sets ``model.device`` unless an override does;
+    ``max_batch_size`` is accepted and unused.
+    """
+
+    def __init__(self, overrides: list[str] | tuple[str, ...] = (), batch_size=None, device: str | None = None,
+                 max_batch_size=None, **model_args):
+        from gc2bench.run import build_compressor, build_model
+
+        overrides = list(overrides) + [f"{key}={value}" for key, value in model_args.items()]
+        self.run_config = compose_run_config(overrides, device=device)
+        compressor = build_compressor(self.run_config)
+        super().__init__(build_model(self.run_config, compressor), batch_size=_batch_size(batch_size, self.run_config))
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "GC2BenchModel":
+        """``key=value,…`` → Hydra overrides, kept as written (lmms-eval's parser would retype values)."""
+        extra = {key: value for key, value in (additional_config or {}).items() if value is not None}
+        return cls(overrides=split_model_args(arg_string), **extra)
+
+
+def compose_run_config(overrides: list[str], device: str | None = None):
+    """conf/config.yaml composed with Hydra ``overrides`` and validated (ConfigError on bad values)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+
+    from gc2bench.config import ConfigError, validate
+
+    if not CONF_DIR.is_dir():
+        raise ConfigError(f"gc2bench config directory {CONF_DIR} not found (install gc2bench from a source "
+                          f"checkout: pip install -e .)")
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    except HydraException as error:
+        message = " ".join(str(error).split("Config search path")[0].split())
+        raise ConfigError(f"gc2bench model_args {','.join(overrides)}: {message}") from None
+    if device and "device" in cfg.model and not any(o.startswith("model.device=") for o in overrides):
+        with open_dict(cfg):
+            cfg.model.device = device
+    validate(cfg)
+    return cfg
+
+
+def split_model_args(arg_string: str) -> list[str]:
+    """Split ``a=1,b=[2,3],c='x,y'`` at the commas outside brackets and quotes; each part needs ``=``."""
+    from gc2bench.config import ConfigError
+
+    parts, current, depth, quote = [], "", 0, None
+    for char in arg_string.strip():
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+            continue
+        current += char
+    parts.append(current.strip())
+    parts = [part for part in parts if part]
+    bad = [part for part in parts if "=" not in part]
+    if bad:
+        raise ConfigError(f"gc2bench model_args: {bad[0]!r} is not key=value (model_args are Hydra overrides, "
+                          f"e.g. compressor=globalcom2,ratio=0.1,model=tiny)")
+    return parts
+
+
+def _batch_size(value, cfg) -> int:
+    from gc2bench.config import ConfigError
+
+    if value is None:
+        return int(cfg.suite.batch_size)
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"gc2bench: batch_size={value!r} must be a positive integer "
+                          f"(automatic batch sizes are not supported)") from None
+    if size < 1:
+        raise ConfigError(f"gc2bench: batch_size={value!r} must be a positive integer")
+    return size
+
+
+def lmms_eval_manifest():
+    """The ``lmms_eval.models`` entry point: registers ``--model gc2bench``."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="gc2bench", simple_class_path="gc2bench.evaluation.lmms_model.GC2BenchModel")

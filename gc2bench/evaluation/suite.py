@@ -1,19 +1,54 @@
 """Running one lmms-eval task of a suite through a ``GC2BenchLMM``.
 
-A suite entry names an lmms-eval task and, for offline runs, a local ``fixture`` in that
-task's schema; the task's own prompt, filters and metric are used either way. ``metric``
-and ``scale`` choose the headline score that tables show (in the papers' units).
+A suite entry names an lmms-eval task and, for offline runs, local data in that task's schema;
+the task's own prompt, filters and metric are used either way. Entry keys:
+
+- ``task``: the lmms-eval task (``textvqa_val``, ``mmbench_en_dev_lite``, …).
+- ``metric``: the headline metric as lmms-eval names it; ``a+b`` is the sum of two (MME
+  perception + cognition). ``scale``: factor to the papers' units (default 1).
+- ``average_over``: a document field; the headline is then the mean over that field's values of
+  the metric's own aggregation (POPE: F1 per category, averaged, as the papers report it).
+- ``ocr_tokens`` (TextVQA): put the dataset's OCR tokens in the prompt (lmms-eval's ``ocr``
+  prompt option; off by default).
+- ``pre_prompt`` / ``post_prompt``: replace the task's default prompt text before / after the
+  question (its ``lmms_eval_specific_kwargs``), e.g. MM-Vet's bare question as LLaVA asks it.
+- ``judge``: the API judge model. MMBench: a model maps answers no letter can be read from (as
+  the MMBench server does); ``null`` scores with lmms-eval's static option matching instead (its
+  ``_static`` scorer, no API). MM-Vet is judge-scored only. Without the key, both use
+  lmms-eval's default judge (``MODEL_VERSION``, else gpt-4o-2024-11-20), as lmms-eval would.
+  The judge's credentials come from lmms-eval's environment variables (``API_TYPE``,
+  ``OPENAI_API_KEY`` / ``OPENAI_API_URL``, ``AZURE_API_KEY`` / ``AZURE_ENDPOINT``);
+  ``skip_reason`` says, before any model is loaded, when they are missing.
+- Local data: ``fixture`` (one of gc2bench's generated fixtures), or ``data_files`` + ``split``
+  (e.g. a downloaded copy of the hub dataset); GQA also takes ``images_files`` (its image table).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import os
 import statistics
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from types import SimpleNamespace
 
-from gc2bench.evaluation.fixtures import build_fixture, fixture_digest, fixture_split
+from gc2bench.config import ConfigError
+from gc2bench.evaluation.fixtures import COMPANIONS, build_fixture, fixture_digest, fixture_split
+
+ENTRY_KEYS = {"task", "metric", "scale", "average_over", "ocr_tokens", "pre_prompt", "post_prompt", "judge", "fixture",
+              "data_files", "split", "images_files"}
+PROMPT_KEYS = ("ocr_tokens", "pre_prompt", "post_prompt")
+# API_TYPE values each judge-scored task's lmms-eval code can use, and the variables each needs.
+JUDGE_API_TYPES = {"mmbench": ("openai", "azure"),
+                   "mmvet": ("openai", "azure", "async_openai", "async_azure", "local")}
+LMMS_EVAL_DEFAULT_JUDGE = "gpt-4o-2024-11-20"
+JUDGE_CREDENTIALS = {"openai": ("OPENAI_API_KEY",), "async_openai": ("OPENAI_API_KEY",),
+                     "azure": ("AZURE_API_KEY", "AZURE_ENDPOINT"), "async_azure": ("AZURE_API_KEY", "AZURE_ENDPOINT"),
+                     "local": ()}
 
 
 @dataclass
@@ -24,36 +59,133 @@ class TaskResult:
     wall_s: float
 
 
+class TaskSkipped(RuntimeError):
+    """A task that cannot be scored here (e.g. its API judge has no key); ``reason`` says why."""
+
+    def __init__(self, task: str, reason: str):
+        super().__init__(f"{task} skipped: {reason}")
+        self.task, self.reason = task, reason
+
+
+class JudgeFailed(RuntimeError):
+    """The API judge returned no score for some documents; lmms-eval would have scored them 0."""
+
+
 def use_offline_hub() -> None:
     """Fixture-only suites never touch the hub: make that explicit before datasets is imported."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def task_spec(entry: dict) -> str | dict:
-    """The task name, or a dict override that points a built-in task at local data.
+# -- suite entries ---------------------------------------------------------------------------------
 
-    ``fixture``: one of gc2bench's generated fixtures; ``data_files`` + ``split``: a local
-    parquet file in the task's schema (e.g. a downloaded copy of its hub dataset).
+def benchmark_family(task: str) -> str | None:
+    """Which protocol options apply to ``task``: textvqa, mme, mmbench, mmvet, gqa, pope or None."""
+    for family in ("textvqa", "mmbench", "gqa", "pope"):
+        if task.startswith(family):
+            return family
+    return task if task in ("mme", "mmvet") else None
+
+
+def validate_entry(entry: dict) -> None:
+    """Raise ConfigError naming the key and value when a suite entry is malformed (no lmms-eval import)."""
+    task = entry.get("task")
+    if not task or not entry.get("metric"):
+        raise ConfigError(f"every suite task needs `task` and `metric` (got {dict(entry)})")
+    unknown = sorted(set(entry) - ENTRY_KEYS)
+    if unknown:
+        raise ConfigError(f"suite task {task}: unknown key(s) {unknown}; allowed: {sorted(ENTRY_KEYS)}")
+    family = benchmark_family(task)
+    if entry.get("ocr_tokens") is not None:
+        if family != "textvqa":
+            raise ConfigError(f"suite task {task}: ocr_tokens applies to TextVQA tasks only")
+        if not isinstance(entry["ocr_tokens"], bool):
+            raise ConfigError(f"suite task {task}: ocr_tokens={entry['ocr_tokens']!r} must be true or false")
+    for key in ("pre_prompt", "post_prompt"):
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            raise ConfigError(f"suite task {task}: {key}={entry[key]!r} must be a string")
+    if "judge" in entry:
+        if family not in JUDGE_API_TYPES:
+            raise ConfigError(f"suite task {task}: judge applies to MMBench and MM-Vet tasks only")
+        if entry["judge"] is not None and (not isinstance(entry["judge"], str) or not entry["judge"].strip()):
+            raise ConfigError(f"suite task {task}: judge={entry['judge']!r} must be a model name or null")
+    if family == "mmvet" and "judge" in entry and not entry["judge"]:
+        raise ConfigError(f"suite task {task}: MM-Vet is scored by an API judge only; set judge to a model "
+                          f"(the official MM-Vet evaluator uses gpt-4-0613) or leave it out for lmms-eval's default")
+    parts = entry["metric"].split("+")
+    if not all(parts):
+        raise ConfigError(f"suite task {task}: metric={entry['metric']!r} is not a metric or a sum a+b")
+    if entry.get("average_over") is not None and len(parts) > 1:
+        raise ConfigError(f"suite task {task}: average_over needs a single metric, not {entry['metric']!r}")
+    try:
+        float(entry.get("scale", 1))
+    except (TypeError, ValueError):
+        raise ConfigError(f"suite task {task}: scale={entry.get('scale')!r} is not a number") from None
+    if entry.get("fixture") and entry.get("data_files"):
+        raise ConfigError(f"suite task {task}: give `fixture` or `data_files`, not both")
+    if entry.get("images_files") and family != "gqa":
+        raise ConfigError(f"suite task {task}: images_files applies to GQA tasks only")
+
+
+def judge_model(entry: dict) -> str | None:
+    """The API judge model ``entry`` is scored with, or None when it needs no judge."""
+    if benchmark_family(entry["task"]) not in JUDGE_API_TYPES:
+        return None
+    if "judge" in entry:
+        return entry["judge"] or None
+    return os.environ.get("MODEL_VERSION") or LMMS_EVAL_DEFAULT_JUDGE
+
+
+def skip_reason(entry: dict) -> str | None:
+    """Why ``entry`` cannot be scored in this environment (its API judge lacks credentials), or None.
+
+    Decided from environment variables alone, before any model or dataset is loaded; a skipped
+    task is reported as skipped with this reason, never scored 0.
     """
-    if entry.get("fixture"):
-        files = {fixture_split(entry["fixture"]): str(build_fixture(entry["fixture"]))}
-    elif entry.get("data_files"):
-        if not entry.get("split"):
-            raise ValueError(f"suite task {entry['task']}: data_files needs `split` (the split the task reads)")
-        files = {entry["split"]: str(entry["data_files"])}
-    else:
-        return entry["task"]
-    return {"task": entry["task"], "dataset_path": "parquet", "dataset_kwargs": {"data_files": files}}
+    validate_entry(entry)
+    judge = judge_model(entry)
+    if judge is None:
+        return None
+    family = benchmark_family(entry["task"])
+    api_type = os.environ.get("API_TYPE", "openai").lower()
+    if api_type not in JUDGE_API_TYPES[family]:
+        return (f"{entry['task']} is scored by an API judge ({judge}), and lmms-eval's {family} judge does not "
+                f"support API_TYPE={api_type} (it supports {', '.join(JUDGE_API_TYPES[family])})")
+    missing = [name for name in JUDGE_CREDENTIALS[api_type] if not os.environ.get(name)]
+    if missing:
+        hint = "; judge: null scores it by static option matching, without an API" if family == "mmbench" else ""
+        return (f"{entry['task']} is scored by an API judge ({judge}, API_TYPE={api_type}) and "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set{hint}")
+    return None
+
+
+def protocol_description(entry: dict) -> dict:
+    """The options of ``entry`` that change published numbers, resolved to what is run."""
+    family = benchmark_family(entry["task"])
+    protocol = {"metric": entry["metric"], "scale": float(entry.get("scale", 1))}
+    if entry.get("average_over"):
+        protocol["average_over"] = entry["average_over"]
+    if family == "textvqa":
+        protocol["ocr_tokens"] = bool(entry.get("ocr_tokens", False))
+    protocol.update({key: entry[key] for key in ("pre_prompt", "post_prompt") if entry.get(key) is not None})
+    if family in JUDGE_API_TYPES:
+        protocol["judge"] = judge_model(entry)
+        if protocol["judge"] is None:
+            protocol["scoring"] = "static option matching (lmms-eval's MMBench static scorer)"
+    return protocol
 
 
 def data_description(entry: dict) -> dict:
     if entry.get("fixture"):
-        return {"source": "fixture", "fixture": entry["fixture"], "digest": fixture_digest(entry["fixture"])}
-    if entry.get("data_files"):
-        return {"source": "local parquet", "data_files": str(entry["data_files"]), "split": entry.get("split")}
-    return {"source": "lmms-eval task dataset"}
+        data = {"source": "fixture", "fixture": entry["fixture"], "digest": fixture_digest(entry["fixture"])}
+    elif entry.get("data_files"):
+        data = {"source": "local parquet", "data_files": str(entry["data_files"]), "split": entry.get("split")}
+    else:
+        data = {"source": "lmms-eval task dataset"}
+    return {**data, "protocol": protocol_description(entry)}
 
+
+# -- lmms-eval task definitions ----------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
 def task_manager():
@@ -63,50 +195,241 @@ def task_manager():
     return TaskManager()
 
 
-def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0) -> TaskResult:
-    """Evaluate ``lm`` on one suite entry; metrics keyed as lmms-eval names them (without filter)."""
+@lru_cache(maxsize=None)
+def task_yaml(task: str) -> dict:
+    """The task's YAML config with includes resolved (``!function`` values left out)."""
+    from lmms_eval.utils import load_yaml_config
+
+    index = task_manager().task_index
+    if task not in index or index[task].get("type") != "task":
+        raise ConfigError(f"{task!r} is not an lmms-eval task (lmms-eval {_lmms_eval_version()})")
+    return load_yaml_config(index[task]["yaml_path"], mode="simple")
+
+
+def _lmms_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lmms_eval")
+
+
+def task_spec(entry: dict) -> str | dict:
+    """The task name, or a dict override of that built-in task (local data, protocol options).
+
+    The override keeps the task's prompt, filters and metric; it only points the task at local
+    parquet files and sets the options ``entry`` asks for.
+    """
+    validate_entry(entry)
+    task, family = entry["task"], benchmark_family(entry["task"])
+    override: dict = {}
+    data_files, images_file = _local_data(entry)
+    if data_files:
+        override.update(dataset_path="parquet", dataset_kwargs={"data_files": data_files})
+    if images_file:
+        override["process_docs"] = functools.partial(gqa_docs_with_local_images, images_file=images_file)
+    prompt = {("ocr" if key == "ocr_tokens" else key): entry[key] for key in PROMPT_KEYS if entry.get(key) is not None}
+    if prompt:
+        kwargs = copy.deepcopy(task_yaml(task).get("lmms_eval_specific_kwargs") or {})
+        if "default" not in kwargs:
+            raise ConfigError(f"suite task {task}: its lmms-eval definition has no prompt options "
+                              f"(lmms_eval_specific_kwargs), so {sorted(prompt)} cannot be set")
+        kwargs["default"].update(prompt)
+        override["lmms_eval_specific_kwargs"] = kwargs
+    if family == "mmbench" and judge_model(entry) is None:
+        if not any(m.get("metric") == "gpt_eval_score" for m in task_yaml(task).get("metric_list") or []):
+            raise ConfigError(f"suite task {task}: judge: null applies to MMBench tasks scored by gpt_eval_score "
+                              f"(the dev splits); {task} is not")
+        # lmms-eval 0.7.3 has a static-scored variant of mmbench_en_dev only; this applies the same
+        # scorer to every MMBench task (and drops the .xlsx submission metric).
+        override["metric_list"] = [{"metric": "gpt_eval_score", "aggregation": mmbench_static_accuracy,
+                                    "higher_is_better": True}]
+    return {"task": task, **override} if override else task
+
+
+def _local_data(entry: dict) -> tuple[dict | None, str | None]:
+    """({split: parquet path}, GQA image-table path) for ``entry``'s local data, or Nones."""
+    task = entry["task"]
+    images = entry.get("images_files")
+    if entry.get("fixture"):
+        name = entry["fixture"]
+        split = task_yaml(task).get("test_split") or fixture_split(name)
+        companion = COMPANIONS.get(name)
+        if companion and not images:
+            images = build_fixture(companion)
+        return {split: str(build_fixture(name))}, (str(images) if images else None)
+    if entry.get("data_files"):
+        if not entry.get("split"):
+            raise ConfigError(f"suite task {task}: data_files needs `split` (the split the task reads)")
+        return {entry["split"]: str(entry["data_files"])}, (str(images) if images else None)
+    if images:
+        raise ConfigError(f"suite task {task}: images_files needs local instructions (`fixture` or `data_files`)")
+    return None, None
+
+
+def gqa_docs_with_local_images(dataset, images_file: str):
+    """lmms-eval's own ``gqa_process_docs`` (join on ``imageId``), reading the image table from a local file.
+
+    Its ``load_dataset("lmms-lab-encoder/GQA", "testdev_balanced_images")`` is pointed at
+    ``images_file`` (a parquet file with the hub config's ``id`` and ``image`` columns).
+    """
+    import importlib.util
+
+    import datasets
+
+    spec = importlib.util.spec_from_file_location("gc2bench_gqa_utils", _task_dir("gqa") / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.load_dataset = lambda *args, **kwargs: datasets.load_dataset("parquet", data_files=images_file,
+                                                                        split="train")
+    return module.gqa_process_docs(dataset)
+
+
+def _task_dir(task: str) -> Path:
+    return Path(task_manager().task_index[task]["yaml_path"]).parent
+
+
+def mmbench_static_accuracy(results, args=None) -> float:
+    """MMBench accuracy (%) with lmms-eval's static option matching: ``MMBench_Evaluator.eval_result``
+    with ``eval_method="static"``, the scorer of its ``mmbench_en_dev_static`` task (circular
+    variants must all be right; answers no letter is read from count as wrong; no API call)."""
+    from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
+
+    overall, _, _ = MMBench_Evaluator(sys_prompt="There are several options:").eval_result(results, "static")
+    return overall * 100
+
+
+@contextlib.contextmanager
+def judge_environment(entry: dict):
+    """Set ``MODEL_VERSION`` (the judge model lmms-eval's MMBench / MM-Vet code reads when the task
+    is loaded) to ``entry``'s judge, and restore it afterwards."""
+    judge = judge_model(entry)
+    previous = os.environ.get("MODEL_VERSION")
+    if judge:
+        os.environ["MODEL_VERSION"] = judge
+    try:
+        yield
+    finally:
+        if judge:
+            if previous is None:
+                os.environ.pop("MODEL_VERSION", None)
+            else:
+                os.environ["MODEL_VERSION"] = previous
+
+
+def load_task(entry: dict):
+    """lmms-eval's task object for ``entry`` (its real definition, with ``task_spec``'s overrides)."""
+    from lmms_eval.tasks import get_task_dict
+
+    with judge_environment(entry):
+        return get_task_dict([task_spec(entry)], task_manager())[entry["task"]]
+
+
+# -- evaluation ----------------------------------------------------------------------------------------
+
+def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0,
+                  output_dir: str | Path | None = None) -> TaskResult:
+    """Evaluate ``lm`` on one suite entry; metrics keyed as lmms-eval names them (without filter).
+
+    ``metrics["score"]`` is the headline (``entry["metric"]`` × ``scale``); each sample row
+    carries ``metric_value``, lmms-eval's per-document value of the headline metric. Files the
+    task's aggregation writes (submission files) go to ``output_dir`` (default: discarded).
+    Raises ``TaskSkipped`` when ``skip_reason(entry)`` is set, before anything runs.
+    """
     import time
 
     from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.tasks import get_task_dict
 
+    reason = skip_reason(entry)
+    if reason:
+        raise TaskSkipped(entry["task"], reason)
     name = entry["task"]
-    task = get_task_dict([task_spec(entry)], task_manager())[name]
+    task = load_task(entry)
+    parts = entry["metric"].split("+")
+    missing = [part for part in parts if part not in task.aggregation()]
+    if missing:
+        raise ConfigError(f"suite task {name}: metric {missing[0]!r} is not one of its metrics "
+                          f"({', '.join(task.aggregation())})")
     lm.sample_stats.clear()
     lm.failures.clear()
-    start = time.perf_counter()
-    # Scoring reads documents without decoding their images (lmms-eval's CLI default), so an
-    # unreadable image fails its own sample only.
-    output = simple_evaluate(model=lm, tasks=[task], task_manager=task_manager(), limit=limit, log_samples=True,
-                             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                             fewshot_random_seed=seed, bootstrap_iters=0,
-                             cli_args=SimpleNamespace(process_with_media=False))
-    wall_s = time.perf_counter() - start
-    raw = output["results"][name]
-    metrics = {key.split(",")[0]: value for key, value in raw.items()
-               if isinstance(value, (int, float)) and not key.startswith(("alias", "sample"))
-               and "_stderr" not in key}
-    failed = {failure["doc_id"] for failure in lm.failures}
-    logged = output.get("samples", {}).get(name, [])
-    if failed:
-        # Failed samples are skipped, not scored: re-aggregate the task's own metrics without them.
+    with contextlib.ExitStack() as stack:
+        if output_dir is None:
+            output_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="gc2bench-lmms-eval-"))
+        args = SimpleNamespace(process_with_media=False, output_path=str(output_dir))
+        start = time.perf_counter()
+        # Scoring reads documents without decoding their images (lmms-eval's CLI default), so an
+        # unreadable image fails its own sample only.
+        output = simple_evaluate(model=lm, tasks=[task], task_manager=task_manager(), limit=limit,
+                                 log_samples=True, random_seed=seed, numpy_random_seed=seed,
+                                 torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
+                                 cli_args=args)
+        wall_s = time.perf_counter() - start
+        raw = output["results"][name]
+        metrics = {key.split(",")[0]: value for key, value in raw.items()
+                   if isinstance(value, (int, float)) and not key.startswith(("alias", "sample"))
+                   and "_stderr" not in key}
+        failed = {failure["doc_id"] for failure in lm.failures}
+        logged = output.get("samples", {}).get(name, [])
         kept = [sample for sample in logged if sample["doc_id"] not in failed]
-        for metric, aggregate in task.aggregation().items():
-            if metric in metrics:
-                values = [sample[metric] for sample in kept if metric in sample]
-                metrics[metric] = aggregate(values) if values else None
+        if failed:
+            # Failed samples are skipped, not scored: re-aggregate the task's own metrics without them.
+            for metric in task.aggregation():
+                if metric in metrics:
+                    values = [sample[metric] for sample in kept if metric in sample]
+                    metrics[metric] = _aggregate(task, metric, values, args) if values else None
+        if benchmark_family(name) == "mmvet":
+            _check_judged(kept, judge_model(entry))
+        headline, metric_name = _headline(task, entry, metrics, kept, args)
     samples = []
-    for sample in logged:
-        doc_id = sample["doc_id"]
-        if doc_id in failed:
-            continue
-        row = {"doc_id": doc_id, "answer": _first(sample.get("filtered_resps")), "target": sample.get("target")}
-        row.update(lm.sample_stats.get((name, doc_id), {}))
+    for sample in kept:
+        row = {"doc_id": sample["doc_id"], "answer": _first(sample.get("filtered_resps")),
+               "target": sample.get("target"),
+               "metric_value": next((sample[part] for part in parts if part in sample), None)}
+        if entry.get("average_over"):
+            row["group"] = (sample.get("doc") or {}).get(entry["average_over"])
+        row.update(lm.sample_stats.get((name, sample["doc_id"]), {}))
         samples.append(row)
-    headline = metrics.get(entry["metric"])
-    metrics["metric"] = entry["metric"]
-    metrics["score"] = None if headline is None else headline * float(entry.get("scale", 1))
+    scale = float(entry.get("scale", 1))
+    metrics["metric"] = metric_name
+    metrics["scale"] = scale
+    metrics["score"] = None if headline is None else headline * scale
     return TaskResult(metrics, samples, list(lm.failures), wall_s)
+
+
+def _aggregate(task, metric: str, values: list, args):
+    import inspect
+
+    aggregate = task.aggregation()[metric]
+    if "args" in inspect.signature(aggregate).parameters:
+        return aggregate(values, args=args)
+    return aggregate(values)
+
+
+def _headline(task, entry: dict, metrics: dict, kept: list[dict], args) -> tuple[float | None, str]:
+    """(headline value before scaling, its name): one metric, a sum a+b, or a mean over groups."""
+    parts = entry["metric"].split("+")
+    field = entry.get("average_over")
+    if field:
+        metric = parts[0]
+        groups: dict = {}
+        for sample in kept:
+            if metric in sample:
+                groups.setdefault((sample.get("doc") or {}).get(field), []).append(sample[metric])
+        if None in groups:
+            raise ConfigError(f"suite task {entry['task']}: average_over={field!r} is not a field of its documents")
+        per_group = {group: _aggregate(task, metric, values, args) for group, values in sorted(groups.items())}
+        for group, value in per_group.items():
+            metrics[f"{metric}[{field}={group}]"] = value
+        return (statistics.fmean(per_group.values()) if per_group else None), f"{metric} (mean over {field})"
+    values = [metrics.get(part) for part in parts]
+    return (None if any(v is None for v in values) else sum(values)), entry["metric"]
+
+
+def _check_judged(samples: list[dict], judge: str | None) -> None:
+    unjudged = [s["doc_id"] for s in samples
+                if isinstance(s.get("gpt_eval_score"), dict) and not s["gpt_eval_score"].get("eval_model")]
+    if unjudged:
+        raise JudgeFailed(f"mmvet: the API judge ({judge}) returned no score for documents {unjudged}; "
+                          f"lmms-eval scores those 0, so no score is reported (check the judge's credentials "
+                          f"and URL)")
 
 
 def summarize(samples: list[dict], failures: list[dict], wall_s: float) -> tuple[dict, dict]:

@@ -2,15 +2,23 @@
 
 A record is written atomically (temporary file in the same directory, then ``os.replace``),
 so a crash never leaves a half-written record and a restarted sweep can trust what exists.
+A run directory also holds a lock (one process runs it at a time) and an answer cache
+(``.answers*.jsonl``): each answer is appended as soon as it is generated, so a task killed
+half-way resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import socket
 import subprocess
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -76,9 +84,13 @@ def is_done(path: str | Path) -> bool:
     return record is not None and record.get("status") == "done"
 
 
+VERSIONED_PACKAGES = ("gc2bench", "torch", "transformers", "lmms_eval", "hydra-core", "omegaconf", "accelerate",
+                      "datasets", "numpy", "pillow", "wandb")
+
+
 def package_versions() -> dict:
     versions = {"python": platform.python_version()}
-    for package in ("gc2bench", "torch", "transformers", "lmms_eval", "hydra-core"):
+    for package in VERSIONED_PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -97,3 +109,123 @@ def git_commit() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment() -> dict:
+    """Where a run ran: host, accelerator, the launcher's job ids and the data-parallel rank."""
+    env = {"hostname": socket.gethostname(), "platform": platform.platform(),
+           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+           "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "rank": int(os.environ.get("RANK", 0)),
+           "world_size": int(os.environ.get("WORLD_SIZE", 1))}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return env
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | Path):
+    """Hold ``<directory>/.lock`` so one process at a time runs this directory's tasks (parallel
+    sweeps: a second job of the same run waits, then finds the records and skips). The kernel
+    releases the lock when the process dies."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting: another process is running {directory}", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class AnswerCache:
+    """Answers with their per-sample stats, appended (and fsynced) to a JSONL file as they are made.
+
+    Reads every ``.answers*.jsonl`` of the run directory (one file per data-parallel rank); a
+    line cut short by a kill is ignored.
+    """
+
+    def __init__(self, directory: str | Path, rank: int = 0, world_size: int = 1):
+        directory = Path(directory)
+        self.path = directory / (".answers.jsonl" if world_size == 1 else f".answers.rank{rank}.jsonl")
+        self.entries: dict[str, dict] = {}
+        for path in sorted(directory.glob(".answers*.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.entries[entry["key"]] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        self.loaded = len(self.entries)
+        self.hits = 0
+
+    def get(self, key: str) -> dict | None:
+        entry = self.entries.get(key)
+        self.hits += entry is not None
+        return entry
+
+    def put(self, key: str, entry: dict) -> None:
+        entry = {"key": key, **entry}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as file:
+            file.write(json.dumps(entry, default=str) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        self.entries[key] = entry
+
+    @staticmethod
+    def clear(directory: str | Path) -> None:
+        for path in Path(directory).glob(".answers*.jsonl"):
+            path.unlink()
+
+
+def image_digest(image) -> str:
+    return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()[:16]
+
+
+class CachingAdapter:
+    """A model adapter whose deterministic answers go through an ``AnswerCache``.
+
+    The key of a sample is its prompt text, its images' pixels, the generation kwargs and
+    ``scope`` (model and compressor parameters), so a changed prompt, image or setting is a miss.
+    Everything else is the wrapped adapter's.
+    """
+
+    def __init__(self, adapter, cache: AnswerCache, scope: dict):
+        self.adapter = adapter
+        self.cache = cache
+        self.scope = json.dumps(scope, sort_keys=True, default=str)
+
+    def __getattr__(self, name):
+        if name == "adapter":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.adapter, name)
+
+    def sample_key(self, text: str, images: list, gen_kwargs: dict) -> str:
+        payload = json.dumps([self.scope, text, [image_digest(image) for image in images],
+                              sorted(gen_kwargs.items())], default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def generate(self, texts: list[str], images: list[list], prune_replay=None, **gen_kwargs):
+        if prune_replay is not None or gen_kwargs.get("do_sample") or gen_kwargs.get("output_scores"):
+            return self.adapter.generate(texts, images, prune_replay=prune_replay, **gen_kwargs)
+        from gc2bench.models.adapter import Generation, SampleStats
+
+        keys = [self.sample_key(text, imgs, gen_kwargs) for text, imgs in zip(texts, images)]
+        results = [self.cache.get(key) for key in keys]
+        results = [None if entry is None else Generation(entry["text"], SampleStats(**entry["stats"]),
+                                                         entry.get("token_ids", []))
+                   for entry in results]
+        missing = [i for i, result in enumerate(results) if result is None]
+        if missing:
+            made = self.adapter.generate([texts[i] for i in missing], [images[i] for i in missing], **gen_kwargs)
+            for i, generation in zip(missing, made):
+                self.cache.put(keys[i], {"text": generation.text, "stats": dataclasses.asdict(generation.stats),
+                                         "token_ids": list(generation.token_ids)})
+                results[i] = generation
+        return results

@@ -1,102 +1,704 @@
 """The papers' table layout from run records.
 
-One table per model; one row per method × ratio; one column per benchmark (the record's
-headline ``score``); ``Average`` = mean over benchmarks of score ÷ the uncompressed run's
-score, in %. A missing cell or baseline is shown as missing (–), never as 0, and a row's
-Average is shown only when every benchmark of the table has both.
+One table per model; one row per method × ratio (and per parameter variant where a method
+ran with several values of a parameter at one ratio, e.g. a τ sweep); one column per
+benchmark (the record's headline ``score``), in the papers' order where known; ``Average`` =
+mean over benchmarks of score ÷ the uncompressed run's score, in %. A missing cell or
+baseline is shown as missing (–), never as 0, and a row's Average is shown only when every
+benchmark of the table has both. Records whose status is not ``done`` are ignored.
+
+Options: the published numbers of one paper table next to ours (:func:`read_paper`) and 95%
+confidence intervals from a paired bootstrap against the uncompressed run
+(:func:`confidence_intervals`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import sys
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from gc2bench.results.records import iter_records
 
 MISSING = "–"
 BASELINE = "none"
+# The papers' benchmark keys (the column names of ../shared/paper_tables) in TCSVT Table I's order.
+PAPER_BENCHMARKS = {"vqav2": "VQAv2", "gqa": "GQA", "vizwiz": "VizWiz", "sqa": "SQA", "textvqa": "TextVQA",
+                    "pope": "POPE", "mme": "MME", "mmbench": "MMB", "mmbench_cn": "MMB-CN", "mmvet": "MM-Vet"}
+TASK_BENCHMARK = {
+    "vqav2_val": "vqav2", "vqav2_val_lite": "vqav2", "gqa": "gqa", "gqa_lite": "gqa",
+    "vizwiz_vqa_val": "vizwiz", "vizwiz_vqa_val_lite": "vizwiz", "scienceqa_img": "sqa",
+    "textvqa_val": "textvqa", "textvqa_val_lite": "textvqa", "pope": "pope", "mme": "mme",
+    "mmbench_en_dev": "mmbench", "mmbench_en_dev_lite": "mmbench", "mmbench_en_dev_static": "mmbench",
+    "mmbench_cn_dev": "mmbench_cn", "mmbench_cn_dev_lite": "mmbench_cn", "mmvet": "mmvet",
+}
+METHOD_ORDER = ("none", "fastv", "pdrop", "sparsevlm", "prumerge", "fastervlm", "random", "fastv_globalcom2",
+                "sparsevlm_globalcom2", "globalcom2")
+NOT_VARIANT_PARAMS = {"name", "ratio", "convention"}
+CI_ITERATIONS = 2000
+CI_SEED = 0
+CI_LEVEL = 95
 
 
-def collect(records: list[dict]) -> dict[str, dict]:
-    """Per model: ``tasks`` in first-seen order and ``cells[(method, ratio)][task] = score``."""
-    tables: dict[str, dict] = {}
+class TableError(ValueError):
+    """Bad input to a table or plot (a missing file, a CSV without the expected columns), as one line;
+    ``status``: the command's exit status (2: bad arguments, 1: nothing to show)."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
+def benchmark_of(task: str) -> str | None:
+    """The papers' benchmark key of an lmms-eval task name (``vqav2_val`` → ``vqav2``), or None."""
+    return TASK_BENCHMARK.get(task)
+
+
+def display_name(task: str) -> str:
+    benchmark = benchmark_of(task)
+    if benchmark is None:
+        return task
+    suffix = next((f" {s}" for s in ("lite", "static") if task.endswith("_" + s)), "")
+    return PAPER_BENCHMARKS[benchmark] + suffix
+
+
+def frozen(value) -> str:
+    """A comparable, hashable form of a parameter value (lists and dicts included)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _short(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass
+class Row:
+    """One method at one ratio (and one parameter variant): its records by task."""
+
+    method: str
+    ratio: float
+    variant: tuple = ()
+    records: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if not self.variant:
+            return self.method
+        return f"{self.method} ({', '.join(f'{key}={_short(value)}' for key, value in self.variant)})"
+
+    @property
+    def params(self) -> dict:
+        record = next(iter(self.records.values()), None)
+        return (record or {}).get("compressor", {}).get("params") or {}
+
+    def score(self, task: str) -> float | None:
+        record = self.records.get(task)
+        return None if record is None else float(record["metrics"]["score"])
+
+
+@dataclass
+class Table:
+    model: str
+    tasks: list
+    rows: list
+    notes: list = field(default_factory=list)
+
+    @property
+    def baseline(self) -> Row | None:
+        return next((row for row in self.rows if row.method == BASELINE), None)
+
+    def relative(self, row: Row, task: str) -> float | None:
+        """``row``'s score on ``task`` as % of the uncompressed run's, or None when either is missing."""
+        base = self.baseline.score(task) if self.baseline else None
+        score = row.score(task)
+        return None if score is None or not base else 100.0 * (score / base)
+
+    def average(self, row: Row, tasks: list | None = None) -> float | None:
+        """Mean of :meth:`relative` over ``tasks`` (default: all the table's); None if any is missing."""
+        relative = [self.relative(row, task) for task in (self.tasks if tasks is None else tasks)]
+        return None if not relative or None in relative else sum(relative) / len(relative)
+
+    def shared_tasks(self, rows: list) -> list:
+        """The tasks on which the baseline and every row of ``rows`` have a score."""
+        base = self.baseline
+        return [task for task in self.tasks
+                if base and base.score(task) and all(row.score(task) is not None for row in rows)]
+
+
+def _varying_params(records: list) -> dict:
+    """Per method, the parameters that take more than one value at some ratio (in first-seen order)."""
+    values: dict = {}
     for record in records:
-        if record.get("status") != "done":
+        compressor = record["compressor"]
+        for key, value in (compressor.get("params") or {}).items():
+            if key not in NOT_VARIANT_PARAMS:
+                values.setdefault(compressor["name"], {}).setdefault(key, {}).setdefault(
+                    float(record["ratio"]), set()).add(frozen(value))
+    return {method: [key for key, by_ratio in keys.items() if any(len(v) > 1 for v in by_ratio.values())]
+            for method, keys in values.items()}
+
+
+def _sort_value(value):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, float(value), "") if number else (1, 0.0, str(value))
+
+
+def _row_order(row: Row):
+    rank = METHOD_ORDER.index(row.method) if row.method in METHOD_ORDER else len(METHOD_ORDER)
+    return (row.method != BASELINE, -row.ratio, rank, row.method, [_sort_value(v) for _, v in row.variant])
+
+
+def _task_order(tasks: list) -> list:
+    order = list(PAPER_BENCHMARKS)
+    return sorted(tasks, key=lambda task: (order.index(benchmark_of(task)) if benchmark_of(task) else len(order),
+                                           tasks.index(task)))
+
+
+def collect(records: list) -> dict:
+    """Finished records → one :class:`Table` per model name."""
+    by_model: dict = {}
+    for record in records:
+        if record.get("status") != "done" or record.get("metrics", {}).get("score") is None:
             continue
-        score = record.get("metrics", {}).get("score")
-        if score is None:
-            continue
-        table = tables.setdefault(record["model"]["name"], {"tasks": [], "cells": {}})
-        task = record["task"]
-        if task not in table["tasks"]:
-            table["tasks"].append(task)
-        row = (record["compressor"]["name"], float(record["ratio"]))
-        table["cells"].setdefault(row, {})[task] = float(score)
+        by_model.setdefault(record["model"]["name"], []).append(record)
+    tables = {}
+    for model, model_records in by_model.items():
+        varying = _varying_params(model_records)
+        rows: dict = {}
+        tasks: list = []
+        notes: list = []
+        for record in model_records:
+            method, ratio = record["compressor"]["name"], float(record["ratio"])
+            params = record["compressor"].get("params") or {}
+            variant = tuple((key, params.get(key)) for key in varying.get(method, []))
+            key = (method, ratio, frozen(variant))
+            row = rows.setdefault(key, Row(method, ratio, variant))
+            if record["task"] in row.records:
+                notes.append(f"{model}: several finished records for {row.label} R={ratio:g} {record['task']}; "
+                             "the first found is used")
+                continue
+            row.records[record["task"]] = record
+            if record["task"] not in tasks:
+                tasks.append(record["task"])
+        tables[model] = Table(model, _task_order(tasks), sorted(rows.values(), key=_row_order), notes)
     return tables
 
 
-def rows_with_average(table: dict) -> list[tuple[str, float, list[float | None], float | None]]:
-    """Rows sorted as in the papers: the baseline first, then ratio descending, then method."""
-    tasks = table["tasks"]
-    baseline = next((cells for (method, _), cells in table["cells"].items() if method == BASELINE), {})
-    rows = []
-    for (method, ratio), cells in table["cells"].items():
-        scores = [cells.get(task) for task in tasks]
-        relative = []
-        for task, score in zip(tasks, scores):
-            base = baseline.get(task)
-            relative.append(None if score is None or not base else 100.0 * score / base)
-        average = None if not relative or any(r is None for r in relative) else sum(relative) / len(relative)
-        rows.append((method, ratio, scores, average))
-    rows.sort(key=lambda r: (r[0] != BASELINE, -r[1], r[0]))
-    return rows
+def rows_with_average(table: Table) -> list:
+    """``(label, ratio, [score per task], Average %)`` per row, in table order."""
+    return [(row.label, row.ratio, [row.score(task) for task in table.tasks], table.average(row))
+            for row in table.rows]
 
+
+# -- published numbers ------------------------------------------------------------------------------
+
+@dataclass
+class PaperTable:
+    """A published table in ../shared/paper_tables format: ``ratio``, a key column, benchmark columns,
+    ``average_pct``. The key column is ``method`` or, for GlobalCom² ablations, one of its parameters
+    (e.g. ``allocation``); ``none`` there is the uncompressed run."""
+
+    path: str
+    key_column: str
+    benchmarks: list
+    rows: dict
+
+    def row_for(self, row: Row) -> dict | None:
+        if self.key_column == "method":
+            name = row.method
+        elif row.method == BASELINE:
+            name = BASELINE
+        elif self.key_column in row.params:
+            name = str(row.params[self.key_column])
+        else:
+            return None
+        return self.rows.get((name, round(row.ratio, 4)))
+
+    def shared_tasks(self, table: Table) -> list:
+        """This table's tasks that are benchmarks of the paper table."""
+        return [task for task in table.tasks if benchmark_of(task) in self.benchmarks]
+
+    def average(self, table: Table, paper_row: dict) -> tuple[float | None, bool]:
+        """The paper's Average over the benchmarks both tables have: as published when they are all the
+        paper's, else recomputed from its numbers; (value, recomputed)."""
+        mapped = [benchmark_of(task) for task in self.shared_tasks(table)]
+        if not mapped:
+            return None, False
+        if sorted(mapped) == sorted(self.benchmarks):
+            return paper_row.get("average_pct"), False
+        base = self.rows.get((BASELINE, 1.0))
+        if base is None:
+            return None, True
+        ratios = [None if paper_row.get(b) is None or not base.get(b) else 100.0 * paper_row[b] / base[b]
+                  for b in mapped]
+        return (None if None in ratios else sum(ratios) / len(ratios)), True
+
+
+def _number(text: str, where: str) -> float | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise TableError(f"{where}: {text!r} is not a number") from None
+
+
+def read_paper(path: str | Path) -> PaperTable:
+    """Read a published table; one-line :class:`TableError` for a missing file or unexpected columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"--paper {path}: no such file")
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        lines = list(reader)
+    benchmarks = [c for c in columns if c in PAPER_BENCHMARKS]
+    if "ratio" not in columns or not benchmarks:
+        raise TableError(f"--paper {path}: expected columns ratio, method and some of "
+                         f"{', '.join(PAPER_BENCHMARKS)} (found: {', '.join(columns) or 'none'})")
+    keys = [c for c in columns if c not in PAPER_BENCHMARKS and c not in ("ratio", "average_pct")]
+    if "method" in columns:
+        key_column = "method"
+    elif len(keys) == 1:
+        key_column = keys[0]
+    else:
+        raise TableError(f"--paper {path}: no 'method' column (found: {', '.join(columns)})")
+    rows = {}
+    for number, line in enumerate(lines, start=2):
+        line = {(k or "").strip(): v for k, v in line.items()}
+        ratio = _number(line.get("ratio"), f"--paper {path}: line {number}, column ratio")
+        name = (line.get(key_column) or "").strip()
+        if ratio is None or not name:
+            raise TableError(f"--paper {path}: line {number} lacks ratio or {key_column}")
+        rows[(name, round(ratio, 4))] = {
+            column: _number(line.get(column), f"--paper {path}: line {number}, column {column}")
+            for column in [*benchmarks, "average_pct"] if column in columns}
+    return PaperTable(str(path), key_column, benchmarks, rows)
+
+
+# -- confidence intervals -----------------------------------------------------------------------------
+
+POPE_RATES = ("pope_precision", "pope_recall", "pope_f1_score")
+# Per-sample dicts whose aggregate is the mean of their "score" times this factor (lmms-eval's own).
+MEAN_OF_SCORE_FACTOR = {"pope_accuracy": 1.0, "gpt_eval_score": 100.0}
+MEAN_OVER = " (mean over "
+MMBENCH_VARIANT = 1_000_000
+
+
+@dataclass
+class SampleSet:
+    """One run's per-sample evidence for its headline metric, as resampling units.
+
+    units: unit key → (stratum, feature tuple); a resample draws units with replacement within each
+    stratum. value: ``mean`` (a stratum's score is the mean of one feature) or ``pope`` (precision /
+    recall / F1 from tp, fp, fn counts). combine: ``pooled`` (all units as one set), ``mean`` (mean
+    over strata: lmms-eval scores averaged over a document field) or ``sum`` (MME: sum over categories).
+    """
+
+    value: str
+    combine: str
+    metric: str
+    scale: float
+    units: dict
+
+    def features(self, keys: list) -> np.ndarray:
+        return np.array([self.units[key][1] for key in keys], dtype=float)
+
+    def _per_stratum(self, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        if self.value == "mean":
+            return sums[..., 0] / sizes
+        tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
+        precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
+        recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=tp + fn > 0)
+        if self.metric == "pope_precision":
+            return precision
+        if self.metric == "pope_recall":
+            return recall
+        return np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp),
+                         where=precision + recall > 0)
+
+    def statistic(self, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """The headline score from feature sums ``[..., stratum, feature]`` over ``sizes`` units per stratum."""
+        if self.combine == "pooled":
+            return self.scale * self._per_stratum(sums.sum(-2), sizes.sum())
+        per_stratum = self._per_stratum(sums, sizes)
+        return self.scale * (per_stratum.sum(-1) if self.combine == "sum" else per_stratum.mean(-1))
+
+    def point(self) -> float:
+        """The score on every unit of the run (checked against the record's own score)."""
+        keys = list(self.units)
+        strata, index = np.unique([str(self.units[k][0]) for k in keys], return_inverse=True)
+        features = self.features(keys)
+        sums = np.stack([features[index == s].sum(0) for s in range(len(strata))])
+        sizes = np.bincount(index, minlength=len(strata)).astype(float)
+        return float(self.statistic(sums, sizes))
+
+
+def _scale(record: dict) -> float:
+    """The factor from lmms-eval's aggregate to the headline score (the suite entry's ``scale``)."""
+    if record["metrics"].get("scale") is not None:
+        return float(record["metrics"]["scale"])
+    entries = ((record.get("config") or {}).get("suite") or {}).get("tasks") or []
+    entry = next((e for e in entries if isinstance(e, dict) and e.get("task") == record["task"]), {})
+    return float(entry.get("scale", 1))
+
+
+def _mmbench_hits(values: list) -> dict:
+    """Per MMBench question (index mod 10^6): 1 if every circular variant is right under lmms-eval's
+    static option matching, as ``MMBench_Evaluator.eval_result(..., "static")`` counts it."""
+    import pandas as pd
+    from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
+
+    data = pd.DataFrame(values).sort_values(by="index")
+    data["prediction"] = [str(x) for x in data["prediction"]]
+    data = data.rename(columns={k: k.lower() for k in data.columns if k not in "ABCD"})
+    evaluator = MMBench_Evaluator(sys_prompt="There are several options:")
+    answers = dict(zip(data["index"], data["answer"]))
+    return {int(index): evaluator.eval_sub_data(data[data["index"] % MMBENCH_VARIANT == index], answers,
+                                                static_only=True)
+            for index in data["index"] if index < MMBENCH_VARIANT}
+
+
+def sample_set(record: dict) -> tuple[SampleSet | None, str]:
+    """The per-sample evidence of ``record`` (``samples[].metric_value``, and ``group`` for a headline
+    averaged over a document field), or (None, why not)."""
+    metric = str(record["metrics"].get("metric"))
+    base_metric, grouped = metric.split(MEAN_OVER)[0], MEAN_OVER in metric
+    samples = record.get("samples") or []
+    # A document without a value has no part in the headline (e.g. an MME cognition question when
+    # the headline is perception); the point check below catches values that should be there.
+    values = [(s.get("doc_id"), s.get("metric_value"), s.get("group")) for s in samples
+              if s.get("metric_value") is not None]
+    if not values or any(doc_id is None for doc_id, _, _ in values):
+        return None, "no per-sample metric values (samples[].metric_value)"
+    if grouped and any(group is None for _, _, group in values):
+        return None, f"{metric}: samples lack the `group` they are averaged over"
+    scale = _scale(record)
+    combine = "mean" if grouped else "pooled"
+    stratum = {doc_id: (group if grouped else 0) for doc_id, _, group in values}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for _, v, _ in values):
+        result = SampleSet("mean", combine, base_metric, scale,
+                           {doc_id: (stratum[doc_id], (float(v),)) for doc_id, v, _ in values})
+    elif not all(isinstance(v, dict) for _, v, _ in values):
+        return None, f"metric_value mixes numbers and other values for {metric}"
+    elif base_metric in POPE_RATES:
+        units = {}
+        for doc_id, v, _ in values:
+            predicted, truth = str(v.get("prediction")), str(v.get("ground_truth"))
+            units[doc_id] = (stratum[doc_id], (float(truth == "yes" and predicted == "yes"),
+                                               float(truth == "no" and predicted == "yes"),
+                                               float(truth == "yes" and predicted == "no")))
+        result = SampleSet("pope", combine, base_metric, scale, units)
+    elif base_metric.startswith("mme_") and not grouped:
+        pairs: dict = {}
+        for _, v, _ in values:
+            pairs.setdefault((str(v["category"]), str(v["question_id"])), []).append(float(v["score"]))
+        units = {key: (key[0], (100.0 * sum(s) / len(s) + 100.0 * all(x == 1 for x in s),))
+                 for key, s in pairs.items()}
+        result = SampleSet("mean", "sum", base_metric, scale, units)
+    elif any("hit" in v for _, v, _ in values):
+        result = SampleSet("mean", combine, base_metric, scale, {
+            doc_id: (stratum[doc_id], (100.0 * float(v["hit"]),)) for doc_id, v, _ in values if "hit" in v})
+    elif not grouped and all({"index", "prediction", "answer"} <= set(v) for _, v, _ in values):
+        try:
+            hits = _mmbench_hits([v for _, v, _ in values])
+        except (ImportError, KeyError, ValueError) as error:
+            return None, f"MMBench hits could not be recomputed ({type(error).__name__}: {error})"
+        result = SampleSet("mean", "pooled", base_metric, scale,
+                           {index: (0, (100.0 * hit,)) for index, hit in hits.items()})
+    elif base_metric in MEAN_OF_SCORE_FACTOR and all("score" in v for _, v, _ in values):
+        factor = MEAN_OF_SCORE_FACTOR[base_metric]
+        result = SampleSet("mean", combine, base_metric, scale,
+                           {doc_id: (stratum[doc_id], (factor * float(v["score"]),)) for doc_id, v, _ in values})
+    else:
+        return None, f"no resampling rule for per-sample dicts of {metric}"
+    point, score = result.point(), float(record["metrics"]["score"])
+    if not math.isclose(point, score, rel_tol=1e-6, abs_tol=1e-6):
+        return None, f"per-sample values give {point:.4f}, the record's score is {score:.4f}"
+    return result, ""
+
+
+def _bootstrap_sums(matrices: list, strata: np.ndarray, iterations: int, rng: np.random.Generator):
+    """Feature sums of ``iterations`` resamples (units with replacement, within each stratum), the same
+    resamples for every ``[units, features]`` matrix; returns ([iterations, strata, features] per
+    matrix, units per stratum)."""
+    labels = np.unique(strata)
+    stacked = np.concatenate(matrices, axis=1)
+    bounds = np.cumsum([0] + [m.shape[1] for m in matrices])
+    sums = np.zeros((iterations, len(labels), stacked.shape[1]))
+    sizes = np.zeros(len(labels))
+    for c, label in enumerate(labels):
+        members = np.flatnonzero(strata == label)
+        n = len(members)
+        sizes[c] = n
+        rows = stacked[members]
+        chunk = max(1, 4_000_000 // n)
+        for start in range(0, iterations, chunk):
+            b = min(chunk, iterations - start)
+            draws = rng.integers(0, n, size=(b, n), dtype=np.int64)
+            draws += n * np.arange(b)[:, None]
+            counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(float)
+            sums[start:start + b, c] = counts @ rows
+    return [sums[..., bounds[i]:bounds[i + 1]] for i in range(len(matrices))], sizes
+
+
+def _interval(values: np.ndarray) -> tuple[float, float] | None:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    tail = (100 - CI_LEVEL) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+@dataclass
+class TableCI:
+    """Per (row index, task): the score's CI and the difference-vs-baseline CI; per row: the Average's CI."""
+
+    score: dict = field(default_factory=dict)
+    delta: dict = field(default_factory=dict)
+    average: dict = field(default_factory=dict)
+    iterations: int = CI_ITERATIONS
+    seed: int = CI_SEED
+
+
+def confidence_intervals(table: Table, iterations: int = CI_ITERATIONS, seed: int = CI_SEED) -> TableCI:
+    """Paired bootstrap against the uncompressed run, per task.
+
+    Units are the documents both runs scored (MME: image pairs, resampled within each category);
+    each resample is applied to both runs, so the difference's CI reflects only where they disagree.
+    A task's resamples depend on ``seed`` and the task name only, so rows with the same documents
+    share them. Average's CI: per resample, the mean over tasks of 100 × score ÷ baseline score
+    (tasks resampled independently). Percentile intervals; notes go to ``table.notes``.
+    """
+    result = TableCI(iterations=iterations, seed=seed)
+    base = table.baseline
+    relative: dict = {}
+    for task in table.tasks:
+        base_record = base.records.get(task) if base else None
+        if base_record is None:
+            table.notes.append(f"{table.model}: no CI for {task}: no uncompressed run")
+            continue
+        base_set, why = sample_set(base_record)
+        if base_set is None:
+            table.notes.append(f"{table.model}: no CI for {task}: uncompressed run: {why}")
+            continue
+        groups: dict = {}
+        for index, row in enumerate(table.rows):
+            record = row.records.get(task)
+            if record is None:
+                continue
+            samples, why = (base_set, "") if row is base else sample_set(record)
+            if samples is None:
+                table.notes.append(f"{table.model}: no CI for {row.label} R={row.ratio:g} {task}: {why}")
+                continue
+            if (samples.value, samples.combine, samples.metric) != (base_set.value, base_set.combine,
+                                                                     base_set.metric):
+                table.notes.append(f"{table.model}: no CI for {row.label} R={row.ratio:g} {task}: metric "
+                                   f"{samples.metric} differs from the uncompressed run's {base_set.metric}")
+                continue
+            common = tuple(sorted(set(samples.units) & set(base_set.units), key=repr))
+            groups.setdefault(common, []).append((index, samples))
+        for common, members in groups.items():
+            if not common:
+                continue
+            rng = np.random.default_rng([seed, zlib.crc32(task.encode())])
+            strata = np.unique([str(base_set.units[k][0]) for k in common], return_inverse=True)[1]
+            matrices = [base_set.features(common)] + [s.features(common) for _, s in members]
+            sums, sizes = _bootstrap_sums(matrices, strata, iterations, rng)
+            base_stat = base_set.statistic(sums[0], sizes)
+            for (index, samples), run_sums in zip(members, sums[1:]):
+                stat = samples.statistic(run_sums, sizes)
+                result.score[(index, task)] = _interval(stat)
+                if table.rows[index] is not base:
+                    result.delta[(index, task)] = _interval(stat - base_stat)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    relative[(index, task)] = np.where(base_stat != 0, 100.0 * (stat / base_stat), np.nan)
+    for index in range(len(table.rows)):
+        per_task = [relative.get((index, task)) for task in table.tasks]
+        if table.tasks and all(r is not None for r in per_task):
+            result.average[index] = _interval(np.mean(np.stack(per_task), axis=0))
+    return result
+
+
+# -- rendering ----------------------------------------------------------------------------------------
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return MISSING if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def render(tables: dict[str, dict], fmt: str = "md") -> str:
+def _signed(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return MISSING
+    text = f"{value:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text
+
+
+def _bracket(interval: tuple | None) -> str:
+    return MISSING if interval is None else f"[{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
+def _lines(table: Table, paper: PaperTable | None, ci: TableCI | None) -> list:
+    """Per row, the lines to print: (row, label, [text cell per task], Average cell, {csv label: numbers})."""
+    out = []
+    base = table.baseline
+    for index, row in enumerate(table.rows):
+        scores = [row.score(task) for task in table.tasks]
+        average = table.average(row)
+        lines = [(row, "ours", [_fmt(s) for s in scores], _fmt(average), {"ours": (scores, average)})]
+        if ci is not None:
+            score_ci = [ci.score.get((index, task)) for task in table.tasks]
+            average_ci = ci.average.get(index)
+            lines.append((row, f"{CI_LEVEL}% CI", [_bracket(c) for c in score_ci], _bracket(average_ci), {
+                "ci_low": ([c and c[0] for c in score_ci], average_ci and average_ci[0]),
+                "ci_high": ([c and c[1] for c in score_ci], average_ci and average_ci[1])}))
+            if row is not base:
+                deltas = [None if s is None or base is None or base.score(t) is None else s - base.score(t)
+                          for s, t in zip(scores, table.tasks)]
+                delta_ci = [ci.delta.get((index, task)) for task in table.tasks]
+                cells = [_signed(d) if c is None else f"{_signed(d)} {_bracket(c)}" for d, c in zip(deltas, delta_ci)]
+                lines.append((row, f"Δ {BASELINE} ({CI_LEVEL}% CI)", cells, "", {
+                    "delta_none": (deltas, None),
+                    "delta_none_ci_low": ([c and c[0] for c in delta_ci], None),
+                    "delta_none_ci_high": ([c and c[1] for c in delta_ci], None)}))
+        if paper is not None:
+            paper_row = paper.row_for(row) or {}
+            published = [paper_row.get(benchmark_of(task)) if benchmark_of(task) else None for task in table.tasks]
+            shared = paper.shared_tasks(table)
+            paper_average, recomputed = paper.average(table, paper_row) if paper_row else (None, False)
+            ours_average = table.average(row, shared) if shared else None
+            diffs = [None if s is None or p is None else s - p for s, p in zip(scores, published)]
+            average_diff = None if ours_average is None or paper_average is None else ours_average - paper_average
+            mark = "*" if recomputed or shared != table.tasks else ""
+            lines.append((row, "paper", [_fmt(p) for p in published],
+                          _fmt(paper_average) + (mark if paper_average is not None else ""),
+                          {"paper": (published, paper_average)}))
+            lines.append((row, "Δ paper", [_signed(d) for d in diffs],
+                          _signed(average_diff) + (mark if average_diff is not None else ""),
+                          {"delta_paper": (diffs, average_diff)}))
+        out.append(lines)
+    return out
+
+
+def _legend(table: Table, paper: PaperTable | None, ci: TableCI | None) -> list:
+    notes = []
+    if paper is not None:
+        notes.append(f"paper: {paper.path}; Δ paper = ours − paper.")
+        shared = paper.shared_tasks(table)
+        recomputed = sorted(benchmark_of(t) for t in shared) != sorted(paper.benchmarks)
+        if shared and (recomputed or shared != table.tasks):
+            notes.append(f"* Average over the {len(shared)} benchmarks both tables have "
+                         f"({', '.join(display_name(t) for t in shared)})"
+                         + ("; the paper's recomputed from its numbers" if recomputed else "")
+                         + "; Δ paper compares ours over the same benchmarks.")
+    if ci is not None:
+        notes.append(f"{CI_LEVEL}% CI: paired bootstrap over documents against the uncompressed run "
+                     f"({ci.iterations} resamples, seed {ci.seed}); Δ {BASELINE} = score − uncompressed score.")
+    return notes
+
+
+def render(tables: dict, fmt: str = "md", paper: PaperTable | None = None, ci: dict | None = None) -> str:
+    """``tables`` as md, csv or latex; ``paper`` adds published numbers and differences, ``ci`` (model →
+    :class:`TableCI`) adds confidence intervals."""
     out = io.StringIO()
     for model, table in tables.items():
-        header = ["Method", "R", *table["tasks"], "Average (%)"]
-        body = [[method, f"{ratio:g}", *[_fmt(s) for s in scores], _fmt(average)]
-                for method, ratio, scores, average in rows_with_average(table)]
+        table_ci = (ci or {}).get(model)
+        extra = paper is not None or table_ci is not None
+        groups = _lines(table, paper, table_ci)
         if fmt == "csv":
             writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(["model", *header])
-            writer.writerows([[model, *row] for row in body])
-        elif fmt == "latex":
-            out.write(f"% {model}\n\\begin{{tabular}}{{ll{'r' * (len(header) - 2)}}}\n\\toprule\n")
+            writer.writerow(["model", "Method", "R", *(["Value"] if extra else []), *table.tasks, "Average (%)"])
+            for lines in groups:
+                for row, _, _, _, numeric in lines:
+                    for name, (values, average) in numeric.items():
+                        writer.writerow([model, row.label, f"{row.ratio:g}", *([name] if extra else []),
+                                         *[_csv(v, name) for v in values], _csv(average, name)])
+            continue
+        header = ["Method", "R", *([""] if extra else []), *[display_name(t) for t in table.tasks], "Average (%)"]
+        body = []
+        for lines in groups:
+            for position, (row, label, cells, average, _) in enumerate(lines):
+                lead = [row.label, f"{row.ratio:g}"] if position == 0 else ["", ""]
+                body.append((position, [*lead, *([label] if extra else []), *cells, average]))
+        legend = _legend(table, paper, table_ci)
+        if fmt == "latex":
+            fixed = 3 if extra else 2
+            out.write(f"% {model}\n\\begin{{tabular}}{{{'l' * fixed}{'r' * (len(header) - fixed)}}}\n\\toprule\n")
             out.write(" & ".join(_latex(h) for h in header) + " \\\\\n\\midrule\n")
-            for row in body:
-                out.write(" & ".join(_latex(cell) for cell in row) + " \\\\\n")
+            for number, (position, cells) in enumerate(body):
+                if extra and position == 0 and number:
+                    out.write("\\midrule\n")
+                out.write(" & ".join(_latex(cell) for cell in cells) + " \\\\\n")
             out.write("\\bottomrule\n\\end{tabular}\n")
+            out.writelines(f"% {_latex(note)}\n" for note in legend)
         else:
             out.write(f"### {model}\n\n| " + " | ".join(header) + " |\n")
-            out.write("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|\n")
-            for row in body:
-                out.write("| " + " | ".join(row) + " |\n")
-            out.write("\n")
+            out.write("|" + "|".join(["---"] * (3 if extra else 2) + ["---:"] * (len(header) - (3 if extra else 2)))
+                      + "|\n")
+            for _, cells in body:
+                out.write("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |\n")
+            out.write("\n" + "".join(f"{note}  \n" for note in legend) + ("\n" if legend else ""))
     return out.getvalue()
 
 
+def _csv(value: float | None, name: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.1f}" if name in ("ours", "paper") else f"{value:.2f}"
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+LATEX_UNICODE = {MISSING: "--", "Δ": r"$\Delta$", "−": "$-$", "τ": r"$\tau$", "α": r"$\alpha$"}
+
+
 def _latex(text: str) -> str:
-    if text == MISSING:
-        return "--"
-    return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+    """``text`` escaped for LaTeX text mode."""
+    escaped = "".join(LATEX_SPECIAL.get(char, char) for char in text)
+    for char, replacement in LATEX_UNICODE.items():
+        escaped = escaped.replace(char, replacement)
+    return escaped
 
 
-def print_table(results_dir: str, fmt: str = "md") -> int:
+def load_tables(results_dir: str | Path, model: str | None = None) -> dict:
+    """:func:`collect` over the records under ``results_dir``, optionally one model; :class:`TableError`
+    when the directory, its records or the model are missing."""
     if not Path(results_dir).is_dir():
-        print(f"gc2bench table: {results_dir}: no such directory", file=sys.stderr)
-        return 2
+        raise TableError(f"{results_dir}: no such directory")
     tables = collect([record for _, record in iter_records(results_dir)])
     if not tables:
-        print(f"gc2bench table: no finished run records under {results_dir}", file=sys.stderr)
-        return 1
-    sys.stdout.write(render(tables, fmt))
+        raise TableError(f"no finished run records under {results_dir}", status=1)
+    if model is not None:
+        if model not in tables:
+            raise TableError(f"no finished records for model {model!r} under {results_dir} "
+                             f"(models: {', '.join(sorted(tables))})")
+        tables = {model: tables[model]}
+    return tables
+
+
+def print_table(results_dir: str, fmt: str = "md", paper: str | None = None, ci: bool = False,
+                model: str | None = None, iterations: int = CI_ITERATIONS) -> int:
+    """The ``gc2bench table`` command: print the tables, notes on stderr; exit status."""
+    try:
+        published = read_paper(paper) if paper else None
+        tables = load_tables(results_dir, model)
+    except TableError as error:
+        print(f"gc2bench table: {error}", file=sys.stderr)
+        return error.status
+    if iterations < 1:
+        print(f"gc2bench table: --ci-iterations {iterations}: must be at least 1", file=sys.stderr)
+        return 2
+    intervals = {name: confidence_intervals(table, iterations) for name, table in tables.items()} if ci else None
+    sys.stdout.write(render(tables, fmt, published, intervals))
+    for table in tables.values():
+        for note in dict.fromkeys(table.notes):
+            print(f"note: {note}", file=sys.stderr)
     return 0

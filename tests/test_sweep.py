@@ -1,0 +1,236 @@
+"""Sweeps that survive crashes: a killed sweep finishes on restart with every run done exactly
+once, a half-done task resumes from its answer cache, a failing run is recorded and does not
+stop the others (also under submitit's local executor), and the GPU pool gives one GPU per worker."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from conftest import REPO
+from gc2bench.results.records import iter_records, read_record, record_path
+from gc2bench.run import RunFailed, run, run_job, sweep_size
+
+TASKS = ("pope", "vqav2_val")
+
+
+def compose_config(*overrides, hydra=False):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def run_py(*args, env=None, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, **kwargs)
+
+
+def records_by_run(results):
+    return Counter((r["compressor"]["name"], r["ratio"], r["task"], r["status"]) for _, r in iter_records(results))
+
+
+# -- the issue's "done when": kill a sweep mid-way, restart it ----------------------------------
+
+def test_a_killed_sweep_finishes_on_restart_with_each_run_done_once(tmp_path, cache_dir):
+    results = tmp_path / "results"
+    sweep = ["-m", "compressor=none,globalcom2,fastv", "ratio=0.5,0.25", "suite.limit=2", f"results_dir={results}"]
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen([sys.executable, "run.py", *sweep, f"hydra.sweep.dir={tmp_path / 'sweep1'}"], cwd=REPO,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(list(results.rglob("*.json"))) < 3:  # kill after 3 of the 10 task records
+        assert first.poll() is None, "the sweep ended before it could be killed"
+        assert time.monotonic() < deadline, "no records after 240 s"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = {path: path.stat().st_mtime_ns for path, _ in iter_records(results)}
+    assert 3 <= len(before) < 10
+
+    second = run_py(*sweep, f"hydra.sweep.dir={tmp_path / 'sweep2'}")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    expected = {(m, r, t, "done") for m, r in [("none", 1.0), ("globalcom2", 0.5), ("globalcom2", 0.25),
+                                               ("fastv", 0.5), ("fastv", 0.25)] for t in TASKS}
+    counts = records_by_run(results)
+    assert set(counts) == expected and set(counts.values()) == {1}
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in before.items())  # nothing redone
+    assert not list(results.rglob("*.tmp"))
+    assert "sweep: 6 runs:" in second.stdout and "[run 6/6]" in second.stdout
+    assert "skip pope: record exists" in second.stdout  # the second `none` job at least
+
+    table = subprocess.run([sys.executable, "-m", "gc2bench.cli", "table", str(results), "--format", "csv"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    rows = {(line.split(",")[1], float(line.split(",")[2])) for line in table[1:] if line.strip()}
+    assert rows == {(m, r) for m, r, _, _ in expected}
+
+
+def test_the_baseline_runs_once_whatever_the_ratio(tmp_path, cache_dir):
+    first = run(compose_config(f"results_dir={tmp_path}", "compressor=none", "ratio=0.5", "tasks=[pope]",
+                               "suite.limit=1"))
+    assert [r["ratio"] for r in first] == [1.0]
+    assert run(compose_config(f"results_dir={tmp_path}", "compressor=none", "ratio=0.1", "tasks=[pope]",
+                              "suite.limit=1")) == []
+
+
+def test_a_record_made_with_another_limit_or_protocol_is_redone(tmp_path, cache_dir, capsys):
+    overrides = [f"results_dir={tmp_path}", "tasks=[pope]"]
+    assert len(run(compose_config(*overrides, "suite.limit=1"))) == 1
+    assert run(compose_config(*overrides, "suite.limit=1")) == []
+    redone = run(compose_config(*overrides, "suite.limit=2"))
+    assert redone[0]["efficiency"]["samples"] == 2 and redone[0]["limit"] == 2
+    assert "redo pope: its record was made with suite.limit=1 (now 2)" in capsys.readouterr().out
+    assert len(run(compose_config(*overrides, "suite.limit=2", "suite.tasks.0.scale=1"))) == 1
+    assert "redo pope: its record was made with the suite entry" in capsys.readouterr().out
+
+
+# -- resume inside a task -----------------------------------------------------------------------
+
+def test_a_task_killed_half_way_resumes_from_its_answer_cache(tmp_path, cache_dir, monkeypatch):
+    from gc2bench.models.adapter import VisionStageAdapter
+
+    original = VisionStageAdapter.generate
+    calls = []
+
+    def generate(self, texts, images, **kwargs):
+        calls.append(len(texts))
+        if len(calls) == kill_at:
+            raise KeyboardInterrupt  # as if the process were killed while answering this sample
+        return original(self, texts, images, **kwargs)
+
+    monkeypatch.setattr(VisionStageAdapter, "generate", generate)
+    overrides = ["compressor=globalcom2", "ratio=0.5", "tasks=[pope]"]
+    kill_at = None
+    reference = run(compose_config(f"results_dir={tmp_path / 'whole'}", *overrides))[0]
+    samples = len(reference["samples"])
+    assert samples == sum(calls) >= 4
+
+    cfg = compose_config(f"results_dir={tmp_path / 'killed'}", *overrides)
+    calls.clear()
+    kill_at = 3
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    run_dir = next((tmp_path / "killed").glob("tiny/globalcom2_*"))
+    assert not (run_dir / "pope.json").exists()
+    assert len((run_dir / ".answers.jsonl").read_text().splitlines()) == 2
+
+    calls.clear()
+    kill_at = None
+    resumed = run(cfg)[0]
+    assert sum(calls) == samples - 2
+    assert resumed["timing"]["answers_from_cache"] == 2
+    assert resumed["metrics"] == reference["metrics"]
+    strip = {"vision_ms", "compression_ms", "prefill_ms", "decode_ms"}
+    assert ([{k: v for k, v in s.items() if k not in strip} for s in resumed["samples"]]
+            == [{k: v for k, v in s.items() if k not in strip} for s in reference["samples"]])
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+def test_a_failing_task_is_recorded_and_retried(tmp_path, cache_dir, monkeypatch):
+    import gc2bench.evaluation.suite as suite
+
+    original = suite.evaluate_task
+
+    def evaluate_task(lm, entry, **kwargs):
+        if entry["task"] == "pope":
+            raise RuntimeError("boom")
+        return original(lm, entry, **kwargs)
+
+    monkeypatch.setattr(suite, "evaluate_task", evaluate_task)
+    cfg = compose_config(f"results_dir={tmp_path}", "suite.limit=1")
+    with pytest.raises(RunFailed, match=r"1 of 2 tasks failed .*pope \(RuntimeError: boom\)"):
+        run(cfg)
+    run_dir = next(tmp_path.glob("tiny/none_*"))
+    pope = read_record(record_path(run_dir, "pope"))
+    assert pope["status"] == "failed" and pope["error"] == "RuntimeError: boom" and "boom" in pope["traceback"]
+    assert pope["config"]["model"]["name"] == "tiny" and pope["versions"]["torch"]
+    assert read_record(record_path(run_dir, "vqav2_val"))["status"] == "done"
+
+    monkeypatch.setattr(suite, "evaluate_task", original)
+    assert [r["task"] for r in run(cfg)] == ["pope"]
+    assert read_record(record_path(run_dir, "pope"))["status"] == "done"
+
+
+def test_a_run_whose_model_cannot_load_does_not_stop_the_sweep(tmp_path, cache_dir):
+    """Under submitit's local executor: real jobs, each in its own process."""
+    results = tmp_path / "results"
+    env = {"HF_HOME": str(tmp_path / "empty-hf-home")}  # llava_next_7b is surely not cached: it cannot load
+    result = run_py("-m", "hydra/launcher=submitit_local", "model=llava_next_7b,tiny", "tasks=[pope]", "suite.limit=1",
+                    f"results_dir={results}", f"hydra.sweep.dir={tmp_path / 'sweep'}", env=env)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sweep: 2 runs: 1 ran, 0 already done, 1 failed" in result.stdout
+    assert "failed run 1: model=llava_next_7b" in result.stdout
+    assert result.stderr.strip().endswith("error: sweep: 1 of 2 runs did not finish")
+    logs = "".join(path.read_text() for path in (tmp_path / "sweep" / ".submitit").rglob("*_log.out"))
+    assert "[run 2/2] tiny · none r=1" in logs  # the job ran in submitit's own process
+    failed = read_record(next(results.glob("llava_next_7b/none_*/pope.json")))
+    assert failed["status"] == "failed" and failed["error"].startswith("ModelLoadError: model.path=llava-hf/")
+    assert read_record(next(results.glob("tiny/none_*/pope.json")))["status"] == "done"
+
+
+def test_a_bad_config_in_a_sweep_fails_that_job_with_one_line(tmp_path, capsys):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    cfg = compose_config("compressor=pdrop", "ratio=0.1", f"results_dir={tmp_path}", hydra=True)
+    with open_dict(cfg):
+        cfg.hydra.mode, cfg.hydra.job.num, cfg.hydra.runtime.output_dir = RunMode.MULTIRUN, 2, str(tmp_path / "2")
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert run_job(cfg) == "failed"  # returns: Hydra goes on with the sweep's other jobs
+    finally:
+        HydraConfig.instance().cfg = None
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: [run 3] pdrop: ratio=0.1 cannot be reached")
+    report = json.loads((tmp_path / "2" / "gc2bench_job.json").read_text())
+    assert report["status"] == "failed" and report["num"] == 2 and "cannot be reached" in report["error"]
+
+
+# -- sweep bookkeeping and launchers --------------------------------------------------------------
+
+def test_sweep_size_counts_command_line_and_experiment_sweeps():
+    cfg = compose_config("experiment=tcsvt_table3", "suite=smoke", hydra=True)
+    with open_dict(cfg):
+        cfg.hydra.overrides.task = ["experiment=tcsvt_table3", "suite=smoke"]
+        assert sweep_size(cfg) == 4  # the experiment's four allocations
+        cfg.hydra.overrides.task = ["compressor.allocation=uniform,n_topk", "ratio=0.5,0.25,0.1", "seed=1"]
+        assert sweep_size(cfg) == 6  # the command line wins over the experiment's sweep
+
+
+def test_launcher_configs():
+    gpus = compose_config("hydra/launcher=gpus", "hydra.launcher.n_jobs=4", hydra=True).hydra
+    assert gpus.launcher._target_.endswith("JoblibLauncher") and gpus.launcher.n_jobs == 4
+    assert gpus.job.env_set.GC2BENCH_CLAIM_GPU == "1"
+    slurm = compose_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu", hydra=True).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher")
+    assert (slurm.partition, slurm.gpus_per_node, slurm.timeout_min) == ("gpu", 1, 240)
+    assert slurm.max_num_timeout > 0  # a timed-out run is requeued and resumes
+
+
+CLAIM = ("import os, sys, time; from gc2bench.run import claim_gpu; print(claim_gpu(), os.environ['CUDA_VISIBLE_DEVICES'],"
+         " flush=True); time.sleep(float(sys.argv[1]))")
+
+
+def test_each_worker_claims_its_own_gpu_and_waits_when_none_is_free(tmp_path):
+    env = {**os.environ, "GC2BENCH_CLAIM_GPU": "1", "GC2BENCH_GPU_LOCKS": str(tmp_path), "CUDA_VISIBLE_DEVICES": "3,5"}
+
+    def claimer(hold):
+        process = subprocess.Popen([sys.executable, "-c", CLAIM, str(hold)], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        return process, process.stdout.readline().split()
+
+    first, first_gpu = claimer(4)
+    second, second_gpu = claimer(30)
+    assert {first_gpu[0], second_gpu[0]} == {"3", "5"} and first_gpu[0] == first_gpu[1]
+    started = time.monotonic()
+    third, third_gpu = claimer(0)  # both taken: waits until the first exits
+    assert third_gpu == first_gpu and time.monotonic() - started > 1
+    assert "all of 3,5 are taken; waiting" in third.stderr.read()
+    second.kill()
+    for process in (first, second, third):
+        process.wait()

@@ -1,0 +1,71 @@
+"""tracking=wandb logs a run's config, metrics and tables to Weights & Biases, offline here."""
+
+import json
+import time
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO
+from gc2bench.config import ConfigError
+from gc2bench.run import run
+
+
+def compose_config(*overrides):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def read_offline_run(path, timeout=60):
+    """(config, history keys, summary) of an offline W&B run file, once W&B's service has written
+    its exit record (it writes the file asynchronously)."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    deadline = time.monotonic() + timeout
+    while True:
+        store = datastore.DataStore()
+        store.open_for_scan(str(path))
+        config, history, summary, finished = {}, set(), {}, False
+        while (data := store.scan_data()) is not None:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+            elif kind == "history":
+                history.update(item.key or "/".join(item.nested_key) for item in record.history.item)
+            elif kind == "summary":
+                summary.update({item.key: json.loads(item.value_json) for item in record.summary.update if item.key})
+            finished |= kind == "exit"
+        if finished or time.monotonic() > deadline:
+            return config, history, summary
+        time.sleep(0.5)
+
+
+def test_off_by_default():
+    assert compose_config().tracking == "none"
+
+
+def test_wandb_offline_logs_config_metrics_and_tables(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_config(f"results_dir={tmp_path / 'results'}", "compressor=globalcom2", "ratio=0.5",
+                         "tasks=[pope]", "suite.limit=2", "tracking=wandb", f"wandb.dir={tmp_path}")
+    records = run(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    config, history, summary = read_offline_run(next(runs[0].glob("*.wandb")))
+    assert config["compressor"]["name"] == "globalcom2" and config["ratio"] == 0.5
+    for record in records:
+        task = record["task"]
+        assert summary[f"{task}/score"] == record["metrics"]["score"]
+        assert f"{task}/tokens/visual_tokens_kept" in summary and f"{task}/samples/_type" in history
+        assert record["tracking"]["wandb"]["id"] in runs[0].name
+    assert "tasks/_type" in history
+    samples = json.loads(next(runs[0].rglob("pope/samples_*.table.json")).read_text())
+    assert samples["columns"][:3] == ["doc_id", "answer", "target"] and len(samples["data"]) == 2
+
+
+def test_unknown_tracker_is_refused_before_loading(tmp_path):
+    with pytest.raises(ConfigError, match="tracking=mlflow is not one of none, wandb"):
+        run(compose_config(f"results_dir={tmp_path}", "tracking=mlflow"))
