@@ -444,7 +444,8 @@ def summarize(samples: list[dict], failures: list[dict], wall_s: float) -> tuple
 
     tokens = {key: stat(key) for key in ("visual_tokens_before", "visual_tokens_kept", "newline_tokens_before",
                                          "newline_tokens_kept", "layer_averaged_image_tokens")}
-    efficiency = {key: stat(key) for key in ("vision_ms", "compression_ms", "prefill_ms", "decode_ms")}
+    efficiency = {key: stat(key) for key in ("vision_ms", "compression_ms", "prefill_ms", "decode_ms",
+                                             "analytic_tflops", "kv_cache_mb")}
     efficiency.update({"wall_s": wall_s, "samples": len(samples), "failed_samples": len(failures),
                        "samples_per_s": len(samples) / wall_s if wall_s > 0 else None})
     return tokens, efficiency

@@ -22,6 +22,7 @@ from PIL import Image
 
 from gc2bench.compressors.base import NEWLINE, ScoreRequest, gather_tokens
 from gc2bench.config import check_model_path
+from gc2bench.efficiency.flops import sample_tflops
 from gc2bench.efficiency.timing import PrefillTimer, now
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -45,6 +46,9 @@ class SampleStats:
     ratio_convention: str = ""
     image_tokens_per_layer: list[int] | None = None      # LLM-stage methods: image tokens entering each layer
     layer_averaged_image_tokens: float | None = None     # their mean over layers ("equivalent" count)
+    llm_input_tokens: int = 0                            # prompt tokens entering the LLM (text + visual)
+    analytic_tflops: float = 0.0                         # LLM prefill FLOPs of this prompt (gc2bench.efficiency.flops)
+    kv_cache_mb: float = 0.0                             # its prefill KV cache, fp16, 10^6 bytes
     vision_ms: float = 0.0
     compression_ms: float = 0.0
     prefill_ms: float = 0.0
@@ -208,6 +212,10 @@ class VisionStageAdapter:
                 per_layer = self.last_plan.image_tokens_per_layer[:, row].tolist()
                 stat.image_tokens_per_layer = per_layer
                 stat.layer_averaged_image_tokens = sum(per_layer) / len(per_layer)
+            stat.llm_input_tokens = int(attention_mask[row].sum())
+            cost = sample_tflops(self.config, stat.visual_tokens_kept, stat.llm_input_tokens - stat.visual_tokens_kept,
+                                 stat.image_tokens_per_layer)
+            stat.analytic_tflops, stat.kv_cache_mb = cost["tflops"], cost["kv_cache_mb"]
         return [Generation(answer.strip(), stat, new_tokens[row].tolist(), None if scores is None else scores[row])
                 for row, (answer, stat) in enumerate(zip(answers, stats))]
 
