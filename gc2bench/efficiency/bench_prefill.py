@@ -36,10 +36,8 @@ import math
 import os
 import platform
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -121,25 +119,12 @@ def build_bench_dir(config, path: Path) -> Path:
 
 def bench_model_dir(model: str, cache_dir: Path | None = None) -> Path:
     """Directory (config + processor) for ``model``, built once under the gc2bench cache (atomic rename)."""
-    from gc2bench.models.tiny import default_cache_dir
+    from gc2bench.models.tiny import cached_build
 
     config = model_config(model)
     digest = hashlib.sha256((config.to_json_string() + str(BUILDER_VERSION)).encode()).hexdigest()[:10]
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = root / f"bench-llava-next-{digest}"
-    if (target / "config.json").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
-    try:
-        build_bench_dir(config, staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return cached_build(f"bench-llava-next-{digest}", lambda directory: build_bench_dir(config, directory),
+                        cache_dir)
 
 
 @dataclass

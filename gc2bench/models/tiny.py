@@ -144,16 +144,17 @@ def build_tiny_llava_next(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def tiny_llava_next_path(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
-    """Directory of the tiny model for ``seed``, building it on first use (atomic rename)."""
+def cached_build(name: str, build, cache_dir: str | Path | None = None) -> Path:
+    """``<cache>/<name>``, made by ``build(directory)`` on first use in a staging directory and renamed
+    into place atomically (a concurrent builder that finishes first wins)."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = root / f"tiny-llava-next-{_spec_digest()}-seed{seed}"
+    target = root / name
     if (target / "config.json").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
     try:
-        build_tiny_llava_next(staging, seed=seed)
+        build(staging)
         try:
             staging.rename(target)
         except OSError:  # another process finished first
@@ -161,6 +162,12 @@ def tiny_llava_next_path(seed: int = 0, cache_dir: str | Path | None = None) -> 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def tiny_llava_next_path(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+    """Directory of the tiny model for ``seed``, building it on first use."""
+    return cached_build(f"tiny-llava-next-{_spec_digest()}-seed{seed}",
+                        lambda directory: build_tiny_llava_next(directory, seed=seed), cache_dir)
 
 
 def load_tiny_llava_next(compressor, seed: int = 0, name: str = "tiny", **adapter_kwargs):

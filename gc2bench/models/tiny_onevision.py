@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from gc2bench.models.onevision import image_only_processor_class
-from gc2bench.models.tiny import _build_tokenizer, _make_answers_short, default_cache_dir
+from gc2bench.models.tiny import _build_tokenizer, _make_answers_short, cached_build
 
 CROP = 56
 TINY_ONEVISION_SPEC = {
@@ -108,22 +106,9 @@ def build_tiny_onevision(path: str | Path, seed: int = 0) -> Path:
 
 
 def tiny_onevision_path(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
-    """Directory of the tiny OneVision for ``seed``, building it on first use (atomic rename)."""
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = root / f"tiny-llava-onevision-{_spec_digest()}-seed{seed}"
-    if (target / "config.json").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
-    try:
-        build_tiny_onevision(staging, seed=seed)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    """Directory of the tiny OneVision for ``seed``, building it on first use."""
+    return cached_build(f"tiny-llava-onevision-{_spec_digest()}-seed{seed}",
+                        lambda directory: build_tiny_onevision(directory, seed=seed), cache_dir)
 
 
 def load_tiny_onevision(compressor, seed: int = 0, name: str = "tiny_onevision", **adapter_kwargs):
