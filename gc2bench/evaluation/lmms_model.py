@@ -67,7 +67,29 @@ class GC2BenchLMM(lmms):
                     self._answer(requests, chunk, answers)
             progress.update(len(batch))
         progress.close()
+        self._gather_to_rank0()
         return [a if a is not None else "" for a in answers]
+
+    @property
+    def device(self):
+        """The adapter's device (lmms-eval's torchrun path allocates its collectives' tensors here)."""
+        return self.adapter.device
+
+    def _gather_to_rank0(self) -> None:
+        """Data parallel (torchrun): rank 0 collects every rank's ``sample_stats`` and ``failures``,
+        so the record it writes covers all documents; other ranks keep their own."""
+        import torch.distributed as dist
+
+        if self.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+            return
+        gathered = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object((self.sample_stats, self.failures), gathered, dst=0)
+        if self.rank == 0:
+            for rank, (stats, failures) in enumerate(gathered):
+                if rank == 0:
+                    continue
+                self.sample_stats.update(stats)
+                self.failures.extend(f for f in failures if f not in self.failures)
 
     def _answer(self, requests, indices: list[int], answers: list) -> None:
         texts, images, keys = [], [], []

@@ -325,8 +325,14 @@ def load_task(entry: dict):
 
 # -- evaluation ----------------------------------------------------------------------------------------
 
+def executor_backend() -> str:
+    """lmms-eval's collectives: ``torch.distributed`` under a torchrun launch (``WORLD_SIZE`` > 1,
+    process group initialised by the run), otherwise its default (accelerate; no collectives at 1 rank)."""
+    return "torchrun" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else "accelerate"
+
+
 def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0,
-                  output_dir: str | Path | None = None) -> TaskResult:
+                  output_dir: str | Path | None = None) -> TaskResult | None:
     """Evaluate ``lm`` on one suite entry; metrics keyed as lmms-eval names them (without filter).
 
     ``metrics["score"]`` is the headline (``entry["metric"]`` × ``scale``); each sample row
@@ -360,8 +366,10 @@ def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0,
         output = simple_evaluate(model=lm, tasks=[task], task_manager=task_manager(), limit=limit,
                                  log_samples=True, random_seed=seed, numpy_random_seed=seed,
                                  torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
-                                 cli_args=args)
+                                 cli_args=args, distributed_executor_backend=executor_backend())
         wall_s = time.perf_counter() - start
+        if output is None:  # a data-parallel rank other than 0: rank 0 aggregates and reports
+            return None
         raw = output["results"][name]
         metrics = {key.split(",")[0]: value for key, value in raw.items()
                    if isinstance(value, (int, float)) and not key.startswith(("alias", "sample"))

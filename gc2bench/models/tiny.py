@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 TINY_SPEC = {
@@ -146,11 +147,17 @@ def build_tiny_llava_next(path: str | Path, seed: int = 0) -> Path:
 
 def cached_build(name: str, build, cache_dir: str | Path | None = None) -> Path:
     """``<cache>/<name>``, made by ``build(directory)`` on first use in a staging directory and renamed
-    into place atomically (a concurrent builder that finishes first wins)."""
+    into place atomically (a concurrent builder that finishes first wins).
+
+    Under torch.distributed, transformers' ``save_pretrained`` writes weights on rank 0 only, so
+    the other ranks wait for rank 0's build instead of building.
+    """
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / name
     if (target / "config.json").exists():
         return target
+    if _distributed_rank() > 0:
+        return _wait_for_build(target)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=root))
     try:
@@ -161,6 +168,21 @@ def cached_build(name: str, build, cache_dir: str | Path | None = None) -> Path:
             pass
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _distributed_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _wait_for_build(target: Path, timeout_s: float = 900.0) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while not (target / "config.json").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{target} was not built by rank 0 within {timeout_s:.0f} s")
+        time.sleep(0.5)
     return target
 
 
