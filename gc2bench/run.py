@@ -34,6 +34,8 @@ SWEEP_ID_ENV = "GC2BENCH_SWEEP_ID"
 CLAIM_GPU_ENV = "GC2BENCH_CLAIM_GPU"
 GPU_LOCKS_ENV = "GC2BENCH_GPU_LOCKS"
 JOB_REPORT = "gc2bench_job.json"
+# Overrides of the runs a restarted sweep found finished and did not launch (hydra/sweeper=gc2bench).
+NOT_LAUNCHED: list[list[str]] = []
 
 
 class RunFailed(RuntimeError):
@@ -118,6 +120,7 @@ class SweepProgress(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex
+        NOT_LAUNCHED.clear()
         total = sweep_size(config)
         if total:
             os.environ[SWEEP_SIZE_ENV] = str(total)
@@ -132,8 +135,9 @@ class SweepProgress(Callback):
                 if report.get("sweep") == sweep:
                     reports.append(report)
         counts = {status: sum(r["status"] == status for r in reports) for status in ("done", "skipped", "failed")}
-        total = int(os.environ.get(SWEEP_SIZE_ENV, len(reports)))
-        missing = total - len(reports)
+        missing = int(os.environ.get(SWEEP_SIZE_ENV, len(reports))) - len(reports)
+        counts["skipped"] += len(NOT_LAUNCHED)
+        total = len(reports) + len(NOT_LAUNCHED) + max(missing, 0)
         line = (f"sweep: {total} runs: {counts['done']} ran, {counts['skipped']} already done, "
                 f"{counts['failed']} failed")
         print(line + (f", {missing} did not report (killed?)" if missing > 0 else ""), flush=True)
@@ -153,7 +157,7 @@ def sweep_size(config: DictConfig) -> int | None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith(("BasicSweeper", "ResumingSweeper")):
         return None
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
     overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
@@ -340,8 +344,9 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
     return records
 
 
-def _done(directory: Path, entry: dict, limit) -> bool:
+def _done(directory: Path, entry: dict, limit, quiet: bool = False) -> bool:
     """Whether ``entry``'s task has a done record made with the same suite entry and limit (printed)."""
+    say = (lambda message: None) if quiet else (lambda message: print(message, flush=True))
     record = read_record(record_path(directory, entry["task"]))
     if record is None or record.get("status") != "done":
         return False
@@ -349,13 +354,38 @@ def _done(directory: Path, entry: dict, limit) -> bool:
     made_with = record.get("entry") or next((e for e in suite.get("tasks") or [] if e.get("task") == entry["task"]), None)
     made_limit = record["limit"] if "limit" in record else suite.get("limit")
     if made_limit != limit:
-        print(f"redo {entry['task']}: its record was made with suite.limit={made_limit} (now {limit})", flush=True)
+        say(f"redo {entry['task']}: its record was made with suite.limit={made_limit} (now {limit})")
         return False
     if made_with != entry:
-        print(f"redo {entry['task']}: its record was made with the suite entry {made_with} (now {entry})", flush=True)
+        say(f"redo {entry['task']}: its record was made with the suite entry {made_with} (now {entry})")
         return False
-    print(f"skip {entry['task']}: record exists in {directory} (overwrite=true to redo)", flush=True)
+    say(f"skip {entry['task']}: record exists in {directory} (overwrite=true to redo)")
     return True
+
+
+def run_is_finished(cfg: DictConfig) -> bool:
+    """Whether running ``cfg`` would do nothing: every task has a done record, or a skipped one whose
+    reason still holds. Never with ``overwrite=true``; a config that fails validation is not finished
+    (its job reports the error). Loads no model."""
+    from gc2bench.evaluation.suite import skip_reason
+
+    if cfg.overwrite:
+        return False
+    try:
+        validate(cfg)
+        entries = suite_entries(cfg)
+        compressor = build_compressor(cfg)
+    except Exception:
+        return False
+    directory = run_dir(cfg.results_dir, cfg.model.name, compressor.name, compressor.params())
+
+    def finished(entry: dict) -> bool:
+        if _done(directory, entry, cfg.suite.limit, quiet=True):
+            return True
+        record = read_record(record_path(directory, entry["task"]))
+        return bool(record and record.get("status") == "skipped" and skip_reason(entry))
+
+    return all(finished(entry) for entry in entries)
 
 
 def _write_failed(directory: Path, entry: dict, error: BaseException, common: dict) -> dict:

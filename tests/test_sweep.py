@@ -4,6 +4,7 @@ stop the others (also under submitit's local executor), and the GPU pool gives o
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,8 +62,13 @@ def test_a_killed_sweep_finishes_on_restart_with_each_run_done_once(tmp_path, ca
     assert set(counts) == expected and set(counts.values()) == {1}
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in before.items())  # nothing redone
     assert not list(results.rglob("*.tmp"))
-    assert "sweep: 6 runs:" in second.stdout and "[run 6/6]" in second.stdout
-    assert "skip pope: record exists" in second.stdout  # the second `none` job at least
+    summary = re.search(r"sweep: 6 runs: (\d+) ran, (\d+) already done, 0 failed\n", second.stdout)
+    assert summary, second.stdout[-3000:]
+    ran, already = map(int, summary.groups())
+    assert ran + already == 6 and ran >= 3  # 3 records cannot finish more than 3 of the 5 runs
+    if already:
+        assert f"sweep: {already} runs already finished, not launched; {ran} to run" in second.stdout
+    assert f"[run {ran}/{ran}]" in second.stdout
 
     table = subprocess.run([sys.executable, "-m", "gc2bench.cli", "table", str(results), "--format", "csv"],
                            capture_output=True, text=True, check=True).stdout.splitlines()
@@ -172,6 +178,29 @@ def test_a_run_whose_model_cannot_load_does_not_stop_the_sweep(tmp_path, cache_d
     failed = read_record(next(results.glob("llava_next_7b/none_*/pope.json")))
     assert failed["status"] == "failed" and failed["error"].startswith("ModelLoadError: model.path=llava-hf/")
     assert read_record(next(results.glob("tiny/none_*/pope.json")))["status"] == "done"
+
+
+def test_a_restarted_sweep_does_not_launch_finished_runs(tmp_path, cache_dir):
+    """Under submitit's local executor (as on SLURM): finished runs get no job at all."""
+    results = tmp_path / "results"
+    sweep = ["-m", "hydra/launcher=submitit_local", "compressor=none,random", "ratio=0.5,0.25", "tasks=[pope]",
+             "suite.limit=1", f"results_dir={results}"]
+    first = run_py(*sweep, f"hydra.sweep.dir={tmp_path / 'sweep1'}")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "sweep: 4 runs: 3 ran, 1 already done, 0 failed" in first.stdout  # the second none job skipped
+    second = run_py(*sweep[:2], "compressor=none,random", "ratio=0.5,0.25,0.1", *sweep[4:],
+                    f"hydra.sweep.dir={tmp_path / 'sweep2'}")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "sweep: 5 runs already finished, not launched; 1 to run" in second.stdout
+    assert "sweep: 6 runs: 1 ran, 5 already done, 0 failed" in second.stdout
+    job_logs = list((tmp_path / "sweep2" / ".submitit").rglob("*_log.out"))
+    assert len(job_logs) == 1
+    logs = job_logs[0].read_text()
+    assert "[run 1/1] tiny · random r=0.1" in logs
+    assert {(m, r) for m, r, _, _ in records_by_run(results)} == {("none", 1.0), ("random", 0.5), ("random", 0.25),
+                                                                  ("random", 0.1)}
+    third = run_py(*sweep, f"hydra.sweep.dir={tmp_path / 'sweep3'}", "overwrite=true")
+    assert "sweep: 4 runs: 4 ran, 0 already done, 0 failed" in third.stdout  # overwrite=true launches all
 
 
 def test_a_bad_config_in_a_sweep_fails_that_job_with_one_line(tmp_path, capsys):
