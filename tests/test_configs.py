@@ -30,9 +30,11 @@ def test_model_configs_bind(name):
 
 @pytest.mark.parametrize("name", choices("compressor"))
 def test_compressor_configs_instantiate(name):
-    compressor = instantiate(composed(f"compressor={name}", "ratio=0.5").compressor)
+    node = composed(f"compressor={name}", "ratio=0.5").compressor
+    compressor = instantiate(node)
     assert compressor.name == name
-    assert compressor.params()["ratio"] == (1.0 if name == "none" else 0.5)
+    assert compressor.params()["ratio"] == (0.5 if "ratio" in node else 1.0)  # none, views, drop_crop: no ratio
+    assert (name in ("none", "views", "drop_crop")) == ("ratio" not in node)
 
 
 @pytest.mark.parametrize("name", choices("suite"))

@@ -117,7 +117,7 @@ def crop_geometry(layout: AnyResLayout, unpad: str = "llava", newlines: str = "p
     unpad_mask = ((pr >= row_lo[:, None, None]) & (pr < row_hi[:, None, None])
                   & (pc >= col_lo[None, :, None]) & (pc < col_hi[None, :, None]))  # [rows, cols, N]
 
-    cell_member = _cell_member(rows, cols, pps)
+    member = cell_member(rows, cols, pps)
 
     # Where each crop's slice of the resized thumbnail map starts.
     if crop_layout == "authors":
@@ -170,21 +170,27 @@ def crop_geometry(layout: AnyResLayout, unpad: str = "llava", newlines: str = "p
         unpadded_size=(height_u, width_u),
         token_counts=counts.flatten(),
         unpad_mask=unpad_mask.reshape(rows * cols, n_tok),
-        cell_member=cell_member,
+        cell_member=member,
         global_index=global_index.reshape(rows * cols, n_tok),
         canvas_flag=flag[keep],
         canvas_source=torch.where(flag[keep] == -1, NEWLINE, source[keep]),
     )
 
 
-def _cell_member(rows: int, cols: int, pps: int) -> torch.Tensor:
-    """[rows·cols, pps²] bool: thumbnail patch p lies in crop j's cell of the thumbnail map."""
+def cell_member(rows: int, cols: int, pps: int) -> torch.Tensor:
+    """[rows·cols, pps²] bool: thumbnail patch p lies in crop j's cell of the thumbnail map (crop j's region)."""
     p = torch.arange(pps * pps)
     pr, pc = p // pps, p % pps
     # generate_scale_for_crop_features: cell side = max(pps // grid, 1), remainder to the last cell.
     cell_h, cell_w = max(pps // max(rows, 1), 1), max(pps // max(cols, 1), 1)
     cell_of = (pr // cell_h).clamp(max=rows - 1) * cols + (pc // cell_w).clamp(max=cols - 1)
     return cell_of[None, :] == torch.arange(rows * cols)[:, None]
+
+
+def cell_sums(thumb: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """S_j [B, C] float64: thumbnail scores thumb [B, N] summed over each crop's cell (member [B, C, N] bool),
+    sequentially in raster order, as the authors' Python loop accumulates them (softmax_sum's richness)."""
+    return torch.where(member, thumb.double()[:, None, :], 0.0).cumsum(-1)[..., -1]
 
 
 @lru_cache(maxsize=4096)
@@ -210,7 +216,7 @@ def onevision_crop_geometry(layout: OneVisionLayout) -> CropGeometry:
         unpadded_size=layout.unpadded_size,
         token_counts=occupied.view(num_crops, n_tok).sum(1),
         unpad_mask=occupied.view(num_crops, n_tok),
-        cell_member=_cell_member(rows, cols, layout.patches_per_side),
+        cell_member=cell_member(rows, cols, layout.patches_per_side),
         global_index=global_index.view(num_crops, n_tok),
         canvas_flag=torch.where(tail == NEWLINE, -1, tail - n_tok),
         canvas_source=tail,
@@ -540,12 +546,10 @@ class GlobalCom2:
             hits = (geo.cell_member & kept[:, None, :]).sum(-1).double()
             sigma = hits / max(thumb_order.shape[1], 1)
         else:
-            thumb64 = thumb.double()[:, None, :]
             if self.allocation == "softmax_sum":
-                # Sequential sum in raster order, as their Python loop accumulates it.
-                cell = torch.where(geo.cell_member, thumb64, 0.0).cumsum(-1)[..., -1]
+                cell = cell_sums(thumb, geo.cell_member)
             else:
-                cell = torch.where(geo.cell_member, thumb64, -math.inf).amax(-1)
+                cell = torch.where(geo.cell_member, thumb.double()[:, None, :], -math.inf).amax(-1)
             cell = cell.masked_fill(~valid, -math.inf)
             shifted = (cell - cell.amax(1, keepdim=True)) / self.tau
             weights = torch.exp(shifted).masked_fill(~valid, 0.0)

@@ -41,7 +41,10 @@ TASK_BENCHMARK = {
 }
 METHOD_ORDER = ("none", "fastv", "pdrop", "sparsevlm", "prumerge", "fastervlm", "random", "fastv_globalcom2",
                 "sparsevlm_globalcom2", "globalcom2")
-NOT_VARIANT_PARAMS = {"name", "ratio", "convention"}
+NOT_VARIANT_PARAMS = {"name", "ratio", "convention", "variant"}
+# A compressor's own variant name (views: thumbnail_only | crops_only; drop_crop: most | least): always in
+# its row's key and label, e.g. "drop_crop (most)", even when the table has one variant only.
+VARIANT = "variant"
 CI_ITERATIONS = 2000
 CI_SEED = 0
 CI_LEVEL = 95
@@ -91,7 +94,8 @@ class Row:
     def label(self) -> str:
         if not self.variant:
             return self.method
-        return f"{self.method} ({', '.join(f'{key}={_short(value)}' for key, value in self.variant)})"
+        parts = [_short(value) if key == VARIANT else f"{key}={_short(value)}" for key, value in self.variant]
+        return f"{self.method} ({', '.join(parts)})"
 
     @property
     def params(self) -> dict:
@@ -178,6 +182,8 @@ def collect(records: list) -> dict:
             method, ratio = record["compressor"]["name"], float(record["ratio"])
             params = record["compressor"].get("params") or {}
             variant = tuple((key, params.get(key)) for key in varying.get(method, []))
+            if VARIANT in params:
+                variant = ((VARIANT, params[VARIANT]),) + variant
             key = (method, ratio, frozen(variant))
             row = rows.setdefault(key, Row(method, ratio, variant))
             if record["task"] in row.records:
