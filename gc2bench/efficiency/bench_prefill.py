@@ -1,14 +1,26 @@
 """`gc2bench bench prefill`: measured LLM prefill time next to the analytic FLOPs, per method × ratio.
 
-One process, one LLaVA-NeXT with random weights (a preset of ``presets.LLAVA_NEXT_PRESETS`` or
-a directory holding a LLaVA-NeXT ``config.json``), loaded through the real ``LlavaNextAdapter``:
-only the weight loading is replaced (``RandomWeightsLlavaNextAdapter``), so processor, vision
-tower, score capture, compression, packing and the decoder pruner are the ones runs use.
+One process, one model with random weights: a preset (``presets.LLAVA_NEXT_PRESETS``,
+``presets.LLAVA_ONEVISION_PRESETS``) or a directory holding a LLaVA-NeXT or LLaVA-OneVision
+``config.json``. The config's model type decides the adapter (``ARCHITECTURES``): llava_next →
+``LlavaNextAdapter``, llava_onevision → ``LlavaOneVisionAdapter``, each loaded as it is for runs
+with only the weight loading replaced (``RandomWeightsAdapter``), so processor, vision tower,
+score capture, compression, packing and the decoder pruner are the ones runs use.
 Compressors are composed from ``conf/`` exactly as ``run.py`` does (``compressor=NAME
 ratio=R``, plus ``compressor.num_layers`` where the config has it, so an unreachable PDrop /
 SparseVLM ratio becomes an ``unreachable`` row before anything runs).
 
-Every method sees the same synthetic images and prompt. ``generate(max_new_tokens=1)`` is
+Vision towers without a CLS token (OneVision's SigLIP): a compressor whose config asks for a CLS
+score (``cls_logit``, ``cls_softmax``, ``cls_softmax_fullwidth``) gets ``compressor.score=cosine``
+automatically — the only score such a model serves and the one a run needs too (the AAAI
+GlobalCom² paper's §4.3) — and the row lists it in ``overrides``. Any other compressor the
+adapter rejects (``check_compressor``) becomes an ``unsupported`` row carrying the adapter's
+message, which names the fix.
+
+Every method sees the same synthetic images and prompt, of the square grid pinpoint's size that
+feeds the LLM the most visual tokens, fewest views on a tie (``bench_image_size``; LLaVA-NeXT:
+2×2 crops + thumbnail; OneVision ``anyres_max_9``: 3×3 crops + base view, as larger square grids
+are downsampled back to as many tokens). ``generate(max_new_tokens=1)`` is
 one LLM forward, timed by the adapter (``SampleStats.prefill_ms``: wall clock around the
 decoder stack, LM head excluded, CUDA synchronised). One untimed warm-up round over all
 methods, then ``repeats`` rounds, each running every method once in a shuffled (seeded) order,
@@ -20,11 +32,13 @@ unlike wall time it does not grow while other jobs hold the cores.
 
 Row fields: kept tokens = visual tokens entering the LLM (newlines included), and for LLM-stage
 methods the layer-averaged image tokens; ``tflops`` / ``kv_cache_mb`` = ``flops.sample_tflops``
-for the sample's actual tokens (text included, per-layer counts for LLM-stage methods);
-``speedup`` = prefill ms of ``none`` / this row's (``cpu_speedup``: the same in CPU time);
-``analytic_speedup`` = TFLOPs of ``none`` / this row's (the limit a FLOP-bound prefill could
-reach); ``share_of_limit`` = their ratio (``cpu_share_of_limit``: in CPU time);
-``overhead_pct`` = the row's ``compression_ms`` (selection + packing) as % of ``none``'s prefill.
+for the sample's actual tokens (text included, per-layer counts for LLM-stage methods, GQA's
+key/value heads for Qwen2); ``speedup`` = prefill ms of ``none`` / this row's (``cpu_speedup``:
+the same in CPU time); ``analytic_speedup`` = TFLOPs of ``none`` / this row's (the limit a
+FLOP-bound prefill could reach); ``share_of_limit`` = their ratio (``cpu_share_of_limit``: in CPU
+time); ``overhead_pct`` = the row's ``compression_ms`` (selection + packing) as % of ``none``'s
+prefill; ``overrides`` = the ``conf/`` overrides beyond ``compressor=NAME ratio=R``; ``status`` =
+ok | unreachable | unsupported (then ``reason``).
 """
 
 from __future__ import annotations
@@ -39,18 +53,22 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from gc2bench.efficiency.flops import DecoderShape, sample_tflops
-from gc2bench.efficiency.presets import LLAVA_NEXT_PRESETS, TEXT_PRESETS
+from gc2bench.efficiency.presets import LLAVA_NEXT_PRESETS, LLAVA_ONEVISION_PRESETS, TEXT_PRESETS
 from gc2bench.models.llava_next import LlavaNextAdapter
+from gc2bench.models.onevision import CLS_SCORES, LlavaOneVisionAdapter
 
 PROMPT = "what is in the image?"
 BUILDER_VERSION = 1
+PRESETS = {**LLAVA_NEXT_PRESETS, **LLAVA_ONEVISION_PRESETS}
+VISION_TOWER_NAMES = {"clip_vision_model": "CLIP", "siglip_vision_model": "SigLIP"}
 
 
 class BenchError(ValueError):
@@ -60,57 +78,115 @@ class BenchError(ValueError):
 # -- the model ------------------------------------------------------------------------------------
 
 
-def preset_config(name: str):
-    """The ``LlavaNextConfig`` of a bench preset (image_token_id etc. are set when the directory is built)."""
-    from transformers import AutoConfig, CLIPVisionConfig, LlavaNextConfig
+def _text_config(preset_name: str):
+    from transformers import AutoConfig
 
-    spec = LLAVA_NEXT_PRESETS[name]
-    text = dict(TEXT_PRESETS[spec["text"]])
+    text = dict(TEXT_PRESETS[preset_name])
+    return AutoConfig.for_model(text.pop("model_type"), **text)
+
+
+def llava_next_preset_config(spec: dict):
+    """``LlavaNextConfig`` of a ``LLAVA_NEXT_PRESETS`` entry (CLIP with CLS, penultimate layer, CLS dropped)."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig
+
     vision = CLIPVisionConfig(image_size=spec["crop_size"], patch_size=spec["patch_size"], **spec["vision"])
-    return LlavaNextConfig(vision_config=vision, text_config=AutoConfig.for_model(text.pop("model_type"), **text),
+    return LlavaNextConfig(vision_config=vision, text_config=_text_config(spec["text"]),
                            image_grid_pinpoints=spec["grid_pinpoints"], vision_feature_layer=-2,
                            vision_feature_select_strategy="default", projector_hidden_act="gelu")
 
 
+def llava_onevision_preset_config(spec: dict):
+    """``LlavaOnevisionConfig`` of a ``LLAVA_ONEVISION_PRESETS`` entry (SigLIP without CLS or head, last layer,
+    all patches; as llava-hf/llava-onevision-qwen2-7b-ov-hf)."""
+    from transformers import LlavaOnevisionConfig, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(image_size=spec["crop_size"], patch_size=spec["patch_size"], vision_use_head=False,
+                                **spec["vision"])
+    text = _text_config(spec["text"])
+    text.tie_word_embeddings = False
+    return LlavaOnevisionConfig(vision_config=vision, text_config=text, image_grid_pinpoints=spec["grid_pinpoints"],
+                                vision_feature_layer=-1, vision_feature_select_strategy="full",
+                                vision_aspect_ratio=spec["vision_aspect_ratio"], projector_hidden_act="gelu")
+
+
+def preset_config(name: str):
+    """The model config of a bench preset (image_token_id etc. are set when the directory is built)."""
+    if name in LLAVA_ONEVISION_PRESETS:
+        return llava_onevision_preset_config(LLAVA_ONEVISION_PRESETS[name])
+    return llava_next_preset_config(LLAVA_NEXT_PRESETS[name])
+
+
 def model_config(model: str):
-    """``LlavaNextConfig`` of a preset name or of a directory with a LLaVA-NeXT config.json."""
+    """Model config of a preset name or of a directory with a LLaVA-NeXT / LLaVA-OneVision config.json."""
     from transformers import AutoConfig
 
-    if model in LLAVA_NEXT_PRESETS:
+    if model in PRESETS:
         return preset_config(model)
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
-        raise BenchError(f"--model {model}: not a preset ({', '.join(LLAVA_NEXT_PRESETS)}) nor a directory with a "
+        raise BenchError(f"--model {model}: not a preset ({', '.join(PRESETS)}) nor a directory with a "
                          f"config.json")
     config = AutoConfig.from_pretrained(str(path))
-    if config.model_type != "llava_next":
-        raise BenchError(f"--model {model}: model_type={config.model_type!r}; bench prefill builds LLaVA-NeXT "
-                         f"(llava_next) models")
+    if config.model_type not in ARCHITECTURES:
+        raise BenchError(f"--model {model}: model_type={config.model_type!r}; bench prefill builds "
+                         f"{' or '.join(ARCHITECTURES)} models")
     return config
 
 
-def build_bench_dir(config, path: Path) -> Path:
-    """Write ``config`` (image/pad token ids set to the byte-level tokenizer's) and a processor to ``path``;
-    no weights: ``RandomWeightsLlavaNextAdapter`` draws them."""
+def _use_tokenizer(config, tokenizer) -> None:
+    """Point the config's image token, vocabulary and special ids at the byte-level tokenizer's."""
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    text = config.text_config
+    text.vocab_size = max(text.vocab_size, 64 * ((len(tokenizer) + 63) // 64))
+    text.bos_token_id, text.eos_token_id, text.pad_token_id = 1, 2, 3
+    config.pad_token_id = 3
+
+
+def llava_next_processor(config):
+    """``LlavaNextProcessor`` for ``config`` (tiny LLaVA-NeXT's tokenizer and Vicuna-style template)."""
     from transformers import LlavaNextProcessor
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     from gc2bench.models.tiny import CHAT_TEMPLATE, _build_tokenizer
 
     tokenizer = _build_tokenizer()
-    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    text = config.text_config
-    text.vocab_size = max(text.vocab_size, 64 * ((len(tokenizer) + 63) // 64))
-    text.bos_token_id, text.eos_token_id, text.pad_token_id = 1, 2, 3
-    config.pad_token_id = 3
+    _use_tokenizer(config, tokenizer)
     crop = config.vision_config.image_size
     image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": crop},
                                                  crop_size={"height": crop, "width": crop},
                                                  image_grid_pinpoints=config.image_grid_pinpoints)
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   patch_size=config.vision_config.patch_size,
-                                   vision_feature_select_strategy=config.vision_feature_select_strategy,
-                                   num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    return LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                              patch_size=config.vision_config.patch_size,
+                              vision_feature_select_strategy=config.vision_feature_select_strategy,
+                              num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+
+
+def llava_onevision_processor(config):
+    """The image + text OneVision processor the adapter loads (``image_only_processor_class``) for ``config``,
+    with the tiny OneVision's tokenizer and Qwen2-style template (as ``gc2bench.models.tiny_onevision``)."""
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    from gc2bench.models.onevision import image_only_processor_class
+    from gc2bench.models.tiny_onevision import CHAT_TEMPLATE, _build_tokenizer_onevision
+
+    tokenizer = _build_tokenizer_onevision()
+    _use_tokenizer(config, tokenizer)
+    config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
+    crop, patch = config.vision_config.image_size, config.vision_config.patch_size
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": crop, "width": crop},
+                                                      image_grid_pinpoints=config.image_grid_pinpoints)
+    return image_only_processor_class()(
+        image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=(crop // patch) ** 2,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        vision_aspect_ratio=config.vision_aspect_ratio, chat_template=CHAT_TEMPLATE)
+
+
+def build_bench_dir(config, path: Path) -> Path:
+    """Write ``config`` (token ids set to the byte-level tokenizer's) and its processor to ``path``; no weights:
+    the ``RandomWeightsAdapter`` draws them."""
+    processor = ARCHITECTURES[config.model_type].build_processor(config)
     path.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(path)
     processor.save_pretrained(path)
@@ -123,8 +199,8 @@ def bench_model_dir(model: str, cache_dir: Path | None = None) -> Path:
 
     config = model_config(model)
     digest = hashlib.sha256((config.to_json_string() + str(BUILDER_VERSION)).encode()).hexdigest()[:10]
-    return cached_build(f"bench-llava-next-{digest}", lambda directory: build_bench_dir(config, directory),
-                        cache_dir)
+    kind = config.model_type.replace("_", "-")
+    return cached_build(f"bench-{kind}-{digest}", lambda directory: build_bench_dir(config, directory), cache_dir)
 
 
 @dataclass
@@ -147,9 +223,10 @@ class RandomWeights:
             return self.model_class._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
 
 
-class RandomWeightsLlavaNextAdapter(LlavaNextAdapter):
-    """``LlavaNextAdapter`` on a config-only directory: everything as for a checkpoint except that the weights
-    are random (no weight files are written or read, so the 7B/13B shapes build in seconds on a GPU)."""
+class RandomWeightsAdapter:
+    """Put in front of a model adapter (``class X(RandomWeightsAdapter, SomeAdapter)``): the adapter on a
+    config-only directory, everything as for a checkpoint except that the weights are random (no weight
+    files are written or read, so the 7B/13B shapes build in seconds on a GPU)."""
 
     def __init__(self, path: str, compressor, seed: int = 0, **kwargs):
         self.seed = seed
@@ -157,9 +234,7 @@ class RandomWeightsLlavaNextAdapter(LlavaNextAdapter):
 
     @property
     def model_class(self):
-        from transformers import LlavaNextForConditionalGeneration
-
-        return RandomWeights(LlavaNextForConditionalGeneration, self.device, self.seed)
+        return RandomWeights(super().model_class, self.device, self.seed)
 
     def use_compressor(self, compressor) -> None:
         """Swap the compressor (and the decoder pruner of an LLM-stage one) as ``__init__`` sets them up."""
@@ -172,6 +247,29 @@ class RandomWeightsLlavaNextAdapter(LlavaNextAdapter):
         if getattr(compressor, "kind", "vision") == "llm":
             self.pruner = DecoderPruner(self.model.model.language_model, compressor,
                                         seed=getattr(compressor, "seed", 0))
+
+
+class RandomWeightsLlavaNextAdapter(RandomWeightsAdapter, LlavaNextAdapter):
+    """``LlavaNextAdapter`` with random weights."""
+
+
+class RandomWeightsOneVisionAdapter(RandomWeightsAdapter, LlavaOneVisionAdapter):
+    """``LlavaOneVisionAdapter`` with random weights."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How the benchmark builds one model type."""
+
+    adapter_class: type                  # a RandomWeightsAdapter
+    build_processor: Callable            # (config) -> processor; sets the config's token ids to its tokenizer's
+    vision_has_cls: bool                 # False: compressors asking for a CLS score get compressor.score=cosine
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llava_next": Architecture(RandomWeightsLlavaNextAdapter, llava_next_processor, vision_has_cls=True),
+    "llava_onevision": Architecture(RandomWeightsOneVisionAdapter, llava_onevision_processor, vision_has_cls=False),
+}
 
 
 @dataclass
@@ -237,10 +335,18 @@ def synthetic_images(count: int, size_hw: tuple[int, int], seed: int = 0) -> lis
     return images
 
 
-def largest_grid(config) -> tuple[int, int]:
-    """(height, width) of the grid pinpoint with the largest area (the most crops)."""
-    height, width = max(config.image_grid_pinpoints, key=lambda hw: (hw[0] * hw[1], -abs(hw[0] - hw[1])))
-    return int(height), int(width)
+def bench_image_size(adapter) -> tuple[int, int]:
+    """(height, width) of the square grid pinpoint (any pinpoint where none is square) whose image feeds the LLM
+    the most visual tokens by the adapter's layout, fewest views on a tie. LLaVA-NeXT: 2×2 crops; OneVision
+    ``anyres_max_9``: 3×3 crops (bigger square grids are downsampled back to as many tokens from more views)."""
+    pinpoints = [(int(h), int(w)) for h, w in adapter.config.image_grid_pinpoints]
+    candidates = [hw for hw in pinpoints if hw[0] == hw[1]] or pinpoints
+
+    def rank(hw):
+        layout = adapter.layout(hw)
+        return len(layout.packed_sources), -layout.num_views
+
+    return max(candidates, key=rank)
 
 
 # -- compressors ------------------------------------------------------------------------------------
@@ -252,22 +358,53 @@ def compressor_names() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "compressor").glob("*.yaml"))
 
 
-def compose_compressor(name: str, ratio: float, num_layers: int):
-    """(compressor, None), or (None, reason) when the config rejects the ratio on this depth."""
+@dataclass
+class Method:
+    """One row's compressor, composed from ``conf/``; ``compressor`` is None unless ``status`` is ok."""
+
+    name: str
+    ratio: float
+    compressor: object | None
+    overrides: list[str] = field(default_factory=list)   # beyond compressor=NAME ratio=R
+    status: str = "ok"                                   # ok | unreachable | unsupported
+    reason: str | None = None
+
+
+def compose_compressor(name: str, ratio: float, num_layers: int, vision_has_cls: bool = True) -> Method:
+    """The compressor as ``run.py`` composes it, plus ``compressor.num_layers`` where the config has it and,
+    on a vision tower without CLS, ``compressor.score=cosine`` for a config asking for a CLS score;
+    ``unreachable`` when the config rejects the ratio on this depth."""
     from hydra import compose
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    overrides = [f"compressor={name}", f"ratio={ratio}"]
-    cfg = compose("config", overrides=overrides)
+    base = [f"compressor={name}", f"ratio={ratio}"]
+    cfg = compose("config", overrides=base)
+    overrides = []
     if "num_layers" in cfg.compressor:
-        cfg = compose("config", overrides=overrides + [f"compressor.num_layers={num_layers}"])
+        overrides.append(f"compressor.num_layers={num_layers}")
+    if not vision_has_cls and cfg.compressor.get("score") in CLS_SCORES:
+        overrides.append("compressor.score=cosine")
+    if overrides:
+        cfg = compose("config", overrides=base + overrides)
     try:
-        return instantiate(cfg.compressor), None
+        return Method(name, ratio, instantiate(cfg.compressor), overrides)
     except InstantiationException as error:
         if isinstance(error.__cause__, ValueError):
-            return None, str(error.__cause__)
+            return Method(name, ratio, None, overrides, "unreachable", str(error.__cause__))
         raise
+
+
+def check_supported(method: Method, adapter) -> Method:
+    """``method`` as ``unsupported`` (the adapter's message, which names the fix) if the model cannot serve it."""
+    from gc2bench.config import ConfigError
+
+    if method.compressor is not None:
+        try:
+            adapter.check_compressor(method.compressor, adapter.name)
+        except ConfigError as error:
+            method.compressor, method.status, method.reason = None, "unsupported", str(error)
+    return method
 
 
 # -- the benchmark ----------------------------------------------------------------------------------
@@ -311,20 +448,23 @@ def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom
     from gc2bench.compressors.none import NoCompression
 
     load_before = _load_average()
-    adapter = RandomWeightsLlavaNextAdapter(str(bench_model_dir(model)), NoCompression(), seed=seed, name=model,
-                                            dtype=dtype, device=device)
+    directory = bench_model_dir(model)
+    architecture = ARCHITECTURES[model_config(str(directory)).model_type]
+    adapter = architecture.adapter_class(str(directory), NoCompression(), seed=seed, name=model, dtype=dtype,
+                                         device=device)
     shape = DecoderShape.from_config(adapter.config)
-    pictures = synthetic_images(images, largest_grid(adapter.config), seed)
+    image_size = bench_image_size(adapter)
+    pictures = synthetic_images(images, image_size, seed)
 
-    configs = [("none", 1.0, NoCompression(), None)]
+    methods = [Method("none", 1.0, NoCompression())]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for name in dict.fromkeys(compressors):
             if name == "none":
                 continue
             for ratio in ratios:
-                compressor, reason = compose_compressor(name, ratio, shape.num_layers)
-                configs.append((name, ratio, compressor, reason))
-    runnable = [index for index, config in enumerate(configs) if config[2] is not None]
+                method = compose_compressor(name, ratio, shape.num_layers, architecture.vision_has_cls)
+                methods.append(check_supported(method, adapter))
+    runnable = [index for index, method in enumerate(methods) if method.compressor is not None]
     samples = {index: [] for index in runnable}
     order = random.Random(seed)
     gc.collect()
@@ -332,7 +472,7 @@ def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom
     with probed_prefills(adapter) as probes:
         for round_index in range(repeats + 1):
             for index in order.sample(runnable, len(runnable)):
-                adapter.use_compressor(configs[index][2])
+                adapter.use_compressor(methods[index].compressor)
                 for picture in pictures:
                     probes.clear()
                     with collector_paused():
@@ -344,8 +484,7 @@ def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom
     adapter.use_compressor(NoCompression())
     on_cpu = adapter.device.type == "cpu"
 
-    rows = [_row(name, ratio, reason, samples.get(i, []), adapter.config, on_cpu)
-            for i, (name, ratio, _, reason) in enumerate(configs)]
+    rows = [_row(method, samples.get(i, []), adapter.config, on_cpu) for i, method in enumerate(methods)]
     reference = rows[0]
     for row in rows:
         if row["status"] != "ok":
@@ -358,22 +497,23 @@ def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom
             row["cpu_share_of_limit"] = row["cpu_speedup"] / row["analytic_speedup"]
         row["overhead_pct"] = 100 * row["compression_ms"] / reference["prefill_ms"]
     vision = adapter.config.vision_config
-    header = {"model": model, "device": str(adapter.device), "dtype": dtype,
+    header = {"model": model, "architecture": adapter.config.model_type, "device": str(adapter.device), "dtype": dtype,
               "machine": _machine(adapter.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "llm": {"hidden_size": shape.hidden_size, "intermediate_size": shape.intermediate_size,
                       "num_layers": shape.num_layers, "num_heads": shape.num_heads,
                       "num_kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim},
-              "vision": {"hidden_size": vision.hidden_size, "num_layers": vision.num_hidden_layers,
-                         "crop_size": vision.image_size, "patch_size": vision.patch_size},
-              "image_size": list(largest_grid(adapter.config)), "images": images, "repeats": repeats,
+              "vision": {"model_type": vision.model_type, "hidden_size": vision.hidden_size,
+                         "num_layers": vision.num_hidden_layers, "crop_size": vision.image_size,
+                         "patch_size": vision.patch_size},
+              "image_size": list(image_size), "images": images, "repeats": repeats,
               "runnable": len(runnable), "load_average_1min": [load_before, _load_average()]}
     return header, rows
 
 
-def _row(name, ratio, reason, samples, config, on_cpu: bool) -> dict:
-    row = {"method": name, "ratio": ratio, "status": "ok" if reason is None else "unreachable"}
-    if reason is not None:
-        row["reason"] = reason
+def _row(method: Method, samples, config, on_cpu: bool) -> dict:
+    row = {"method": method.name, "ratio": method.ratio, "status": method.status, "overrides": method.overrides}
+    if method.status != "ok":
+        row["reason"] = method.reason
         return row
     stats = [s for s, _ in samples]
     text = [probe.length - s.visual_tokens_kept for s, probe in samples]
@@ -418,9 +558,10 @@ def _fmt(value, spec: str) -> str:
 def format_table(header: dict, rows: list[dict]) -> str:
     llm, vision = header["llm"], header["vision"]
     gqa = f"/{llm['num_kv_heads']}" if llm["num_kv_heads"] != llm["num_heads"] else ""
+    tower = VISION_TOWER_NAMES.get(vision.get("model_type"), vision.get("model_type"))
     lines = [
         f"# {header['model']}: LLM d={llm['hidden_size']} m={llm['intermediate_size']} L={llm['num_layers']} "
-        f"heads={llm['num_heads']}{gqa}; CLIP {vision['num_layers']}x{vision['hidden_size']}, "
+        f"heads={llm['num_heads']}{gqa}; {tower} {vision['num_layers']}x{vision['hidden_size']}, "
         f"{vision['crop_size']}-px crops; {header['dtype']} on {header['device']} ({header['machine']}, "
         f"{header['threads']} threads, torch {header['torch']})",
         f"# {header['images']} synthetic image(s) {header['image_size'][1]}x{header['image_size'][0]}; median of "
@@ -432,7 +573,7 @@ def format_table(header: dict, rows: list[dict]) -> str:
     ]
     for row in rows:
         if row["status"] != "ok":
-            lines.append(f"{row['method']:<12} {row['ratio']:>5.2f} unreachable: {row['reason']}")
+            lines.append(f"{row['method']:<12} {row['ratio']:>5.2f} {row['status']}: {row['reason']}")
             continue
         cpu = row.get("prefill_cpu_ms")
         cpu_share = 100 * row["cpu_share_of_limit"] if cpu else None
@@ -443,6 +584,9 @@ def format_table(header: dict, rows: list[dict]) -> str:
             f"{_fmt(row.get('cpu_speedup'), '10.2f'):>10}x {row['analytic_speedup']:>5.2f}x "
             f"{100 * row['share_of_limit']:>7.1f}% {_fmt(cpu_share, '5.1f'):>5}% "
             f"{row['compression_ms']:>11.2f} {row['overhead_pct']:>8.2f}%")
+    cosine = list(dict.fromkeys(r["method"] for r in rows if "compressor.score=cosine" in r["overrides"]))
+    if cosine:
+        lines.append(f"# compressor.score=cosine for {', '.join(cosine)}: the {tower} tower has no CLS token")
     ours = [r for r in rows if r["method"] == "globalcom2" and r["status"] == "ok"]
     if ours:
         low = min(ours, key=lambda r: r["ratio"])
