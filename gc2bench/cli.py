@@ -63,6 +63,26 @@ def _inspect(args: argparse.Namespace) -> int:
     return inspect_main(args.overrides)
 
 
+def _paragraphs(*texts: str) -> str:
+    """Paragraphs wrapped for a RawDescriptionHelpFormatter description."""
+    import textwrap
+
+    return "\n\n".join(textwrap.fill(text, 100) for text in texts)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from gc2bench.analysis.positional_bias import AnalysisError, Options, main, parse_grid
+
+    try:
+        grid = parse_grid(args.grid)
+    except AnalysisError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return main(Options(model=args.model, compressor=args.compressor, ratio=args.ratio, orders=args.orders,
+                        images=args.images, num_images=args.num_images, grid=grid, prompt=args.prompt,
+                        out=args.out, json_path=args.json, seed=args.seed, overrides=args.overrides))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gc2bench",
@@ -144,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None,
                    help="hooks, prefill: float32, float16 or bfloat16 (default float32; prefill on cuda: bfloat16)")
     p.add_argument("--model", default="cpu_small",
-                   help="prefill: a LLaVA-NeXT preset (cpu_small, tiny, llava_next_7b, llava_next_13b) or a directory "
-                        "with a LLaVA-NeXT config.json; weights are random")
+                   help="prefill: a preset (LLaVA-NeXT: cpu_small, tiny, llava_next_7b, llava_next_13b; "
+                        "LLaVA-OneVision: cpu_small_onevision, tiny_onevision, llava_onevision_7b) or a directory "
+                        "with a LLaVA-NeXT or LLaVA-OneVision config.json; weights are random (OneVision: "
+                        "compressors asking for a CLS score run with compressor.score=cosine)")
     p.add_argument("--compressors", default="none,globalcom2,fastervlm,fastv,pdrop,sparsevlm",
                    help="prefill: comma-separated conf/compressor names (none is always run as the reference)")
     p.add_argument("--ratios", default="1,0.5,0.25,0.1", help="prefill: comma-separated retention ratios R")
@@ -155,6 +177,53 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine)")
     p.add_argument("--json", action="store_true", help="prefill: one JSON list of rows instead of the table")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("analyze", help="analyses of compressor behaviour (positional-bias)",
+                       description="Analyses of how a compressor behaves on a model (not benchmark scores).")
+    analyses = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    p = analyses.add_parser(
+        "positional-bias", help="image tokens an LLM-stage method keeps per crop position, crops in order and reversed",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraphs(
+            "The AAAI GlobalCom2 paper's Fig. 4: do LLM-attention methods (FastV, PDrop, SparseVLM) keep more "
+            "tokens in later crops, whatever the crops show?",
+            "Each image is answered (one prefill) once per crop order: 'sequential' feeds the LLM the "
+            "thumbnail, then crop 1, ..., crop n one after another; 'reversed' the thumbnail, then crop n, "
+            "..., crop 1 (each crop its rows, a newline after each; 'packed' = transformers' "
+            "row-interleaved order). After the method's last pruning stage, the image tokens the decoder "
+            "kept are counted per crop. Prints a table (crop position x order: mean kept tokens, kept "
+            "share, share of the method's ranking attention), writes a grouped bar chart (kept by "
+            "position and by crop) and, with --json, every number. If position, not content, decides, "
+            "later positions keep more in both orders and the two orders agree by position, not by crop."),
+        epilog="examples:\n"
+               "  gc2bench analyze positional-bias                                   # tiny model, FastV, R=0.25\n"
+               "  gc2bench analyze positional-bias --model llava_next_7b --ratio 0.1 --images textvqa_imgs/ "
+               "--num-images 200 --out fig4.png --json fig4.json\n"
+               "  gc2bench analyze positional-bias --compressor pdrop --ratio 0.5 compressor.layers=[2,3]\n"
+               "as a run option: python run.py -m compressor=fastv compressor.crop_order=sequential,reversed ...")
+    p.add_argument("--model", default="tiny",
+                   help="a conf/model config: tiny, tiny_onevision, llava_next_7b, ... (default tiny)")
+    p.add_argument("--compressor", default="fastv",
+                   help="a conf/compressor config with crop_order: fastv, pdrop, sparsevlm, fastv_globalcom2, "
+                        "sparsevlm_globalcom2 (default fastv)")
+    p.add_argument("--ratio", default="0.25", help="retention ratio R, 0 < R <= 1 (default 0.25)")
+    p.add_argument("--orders", default="sequential,reversed",
+                   help="comma-separated crop orders: sequential, reversed, packed (default sequential,reversed)")
+    p.add_argument("--images", action="append", metavar="PATH",
+                   help="an image file or a folder of images; repeat for more (default: synthetic images, see "
+                        "--num-images, --grid)")
+    p.add_argument("--num-images", type=int, default=None, metavar="N",
+                   help="synthetic images to make (default 8), or the first N of --images")
+    p.add_argument("--grid", metavar="ROWSxCOLS",
+                   help="synthetic images' crop grid, one of the model's (default 2x2 if it has one, else its largest)")
+    p.add_argument("--prompt", default="What is in the image?", help="the question asked about every image")
+    p.add_argument("--out", default="positional_bias.png", metavar="FILE.png", help="the bar chart (PNG)")
+    p.add_argument("--json", metavar="FILE", help="also write setup, rows, summaries and per-image counts as JSON "
+                                                  "(- for stdout; the table then goes to stderr)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="Hydra overrides as for run.py, e.g. model.path=/ckpt compressor.layer=3")
+    p.set_defaults(func=_analyze)
     return parser
 
 

@@ -10,6 +10,9 @@ Conventions (shared by every compressor and model adapter):
   ``image_newline`` embedding. The packed sequence transformers builds
   (``pack_image_features``) is one such list; a compressor returns another, shorter one.
 - Padding entries in batched source tensors are ``PAD`` (-2) and always come last.
+- A merging compressor (``ScoreRequest.merge_inputs``) may also emit *view summaries*: source
+  ``VIEW_SUMMARY - v`` (-3 - v) is a token with no patch of its own that summarises view ``v``;
+  its features come from ``Selection.replacement_features``, never from a patch.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 NEWLINE = -1
 PAD = -2
+VIEW_SUMMARY = -3  # VIEW_SUMMARY - v: a summary token of view v (see the module docstring)
 
 
 @dataclass
@@ -30,12 +34,31 @@ class ScoreRequest:
     kind: ``cls_logit`` (head-mean pre-softmax CLS logits q·k·scale, CLS column dropped),
           ``cls_softmax`` (head-mean post-softmax CLS attention, CLS column dropped),
           ``cosine`` (−cos(x_i, mean_j x_j) over the view's patch features; no CLS needed),
+          ``cls_softmax_fullwidth`` (softmax over all 1+N keys of q·k/√C with q, k the full C-wide
+          projections, all heads as one, CLS column dropped: the LLaVA-PruMerge code's attention),
           or ``none`` (no score: e.g. no compression, random).
     layer: index into the vision encoder's layers (-1 = last layer, -2 = penultimate).
+    merge_inputs: also gather ``MergeInputs`` (the keys of ``layer`` and the projector-input
+          features) and pass them to ``select(scores, layouts, merge_inputs=...)``.
     """
 
     kind: str = "none"
     layer: int = -1
+    merge_inputs: bool = False
+
+
+@dataclass
+class MergeInputs:
+    """What a merging compressor gets besides scores (``ScoreRequest.merge_inputs``), B images.
+
+    keys:     B tensors [V_b, N, K]: each patch slot's key projection (bias included, all heads
+              concatenated) at the request's layer, CLS row dropped.
+    features: B tensors [V_b, N, C]: each patch slot's projector input (the features the LLM
+              would get before ``multi_modal_projector``), model dtype.
+    """
+
+    keys: list[torch.Tensor]
+    features: list[torch.Tensor]
 
 
 @dataclass
@@ -47,17 +70,27 @@ class Selection:
     crop_budgets:  [B, C] float retention ratio r_j per crop (row-major), NaN-padded; None
                    for methods without per-crop budgets.
     info:          method-specific extras (JSON-serialisable once moved to host).
+    replacement_features: None (the adapter gathers each emitted token's own features), or B
+                   tensors [num_tokens[b], C] of projector inputs, one per emitted token
+                   (NEWLINE rows ignored), which the adapter projects instead.
     """
 
     token_sources: torch.Tensor
     num_tokens: torch.Tensor
     crop_budgets: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    replacement_features: list[torch.Tensor] | None = None
 
     def per_image(self) -> list[torch.Tensor]:
         """Token sources of each image without padding (one host sync for the whole batch)."""
         counts = self.num_tokens.tolist()
         return [row[:n] for row, n in zip(self.token_sources, counts)]
+
+
+def source_views(token_sources: torch.Tensor, tokens_per_view: int) -> torch.Tensor:
+    """View of each patch or view-summary source (no NEWLINE / PAD entries): [M] → [M] long."""
+    return torch.where(token_sources <= VIEW_SUMMARY, VIEW_SUMMARY - token_sources,
+                       token_sources.div(tokens_per_view, rounding_mode="floor"))
 
 
 def gather_tokens(view_features: torch.Tensor, image_newline: torch.Tensor, token_sources: torch.Tensor) -> torch.Tensor:
@@ -191,3 +224,75 @@ class LLMStageCompressor:
     """
 
     kind = "llm"
+
+
+# ---------------------------------------------------------------------------------------------
+# Crop order (LLM-stage compressors' ``crop_order`` option; ``gc2bench analyze positional-bias``).
+#
+# ``packed``: transformers' order, the crops interleaved row by row over the unpadded grid.
+# ``sequential`` / ``reversed``: the crops one after another, crop 1..n or crop n..1 (AAAI
+# GlobalCom² paper, Fig. 4, "sequential crops" / "reversed crops"); each crop block is that crop's
+# unpadded rows (its share of every packed-grid row), each row ended by ``image_newline``, i.e.
+# the crop laid out as the model lays out a one-crop grid. The thumbnail stays first. A crop
+# block's tokens and their order are the same in both orders; only the blocks move.
+# ---------------------------------------------------------------------------------------------
+
+CROP_ORDERS = ("packed", "sequential", "reversed")
+
+
+def check_crop_order(crop_order, method: str) -> str:
+    """``crop_order`` if it is one of CROP_ORDERS, else a ValueError naming the value."""
+    if crop_order not in CROP_ORDERS:
+        raise ValueError(f"{method}: crop_order={crop_order!r} is not one of {', '.join(CROP_ORDERS)}")
+    return crop_order
+
+
+def crop_block_sources(packed_sources: torch.Tensor, tokens_per_view: int, num_crops: int,
+                       crop_order: str) -> torch.Tensor:
+    """Token sources of one image with its crops emitted as blocks in ``crop_order``.
+
+    packed_sources: [P] long, the packed order (thumbnail, then grid rows each ended by NEWLINE);
+    returns [P'] long: the thumbnail, then one block per crop (crop order 1..n for ``sequential``,
+    n..1 for ``reversed``), each block its patch tokens row by row with a NEWLINE after each row.
+    P' = P + (newlines added where a packed row spans several crops). ``packed`` and images
+    without crops return ``packed_sources`` itself.
+    """
+    check_crop_order(crop_order, "crop_order")
+    if crop_order == "packed" or num_crops == 0:
+        return packed_sources
+    n_tok = tokens_per_view
+    is_thumbnail = (packed_sources >= 0) & (packed_sources < n_tok)
+    body = packed_sources[~is_thumbnail]
+    is_newline = body == NEWLINE
+    row = torch.cumsum(is_newline.long(), 0) - is_newline.long()            # packed-grid row of each entry
+    patches, patch_row = body[~is_newline], row[~is_newline]
+    crop = patches // n_tok - 1                                              # 0..n-1, row-major in the grid
+    rank = crop if crop_order == "sequential" else num_crops - 1 - crop     # block position in the emission
+    block_row = rank * (int(row.max()) + 1 if row.numel() else 1) + patch_row
+    order = torch.sort(block_row, stable=True).indices                      # stable: columns keep their order
+    patches, block_row = patches[order], block_row[order]
+    row_ends = torch.ones_like(block_row, dtype=torch.bool)
+    row_ends[:-1] = block_row[1:] != block_row[:-1]
+    newlines_before = torch.cumsum(row_ends.long(), 0) - row_ends.long()
+    slot = torch.arange(len(patches)) + newlines_before
+    out = torch.full((len(patches) + int(row_ends.sum()),), NEWLINE, dtype=packed_sources.dtype)
+    out[slot] = patches
+    return torch.cat([packed_sources[is_thumbnail], out])
+
+
+def crop_order_params(crop_order: str) -> dict:
+    """``{"crop_order": ...}`` for a compressor's ``params()``, empty for the default ``packed`` (so the
+    parameters, and the run directories hashed from them, of default runs do not change)."""
+    return {} if crop_order == "packed" else {"crop_order": crop_order}
+
+
+def crop_order_selection(layouts: list, crop_order: str) -> Selection:
+    """Every token of each image, in ``crop_order`` (``packed``: exactly ``NoCompression().select``)."""
+    from gc2bench.compressors.none import NoCompression
+
+    if crop_order == "packed":
+        return NoCompression().select([None] * len(layouts), layouts)
+    sources = [crop_block_sources(layout.packed_sources, layout.tokens_per_view, layout.num_crops, crop_order)
+               for layout in layouts]
+    token_sources = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=PAD)
+    return Selection(token_sources, torch.tensor([len(s) for s in sources]))

@@ -7,14 +7,18 @@ prefill only; the whole image block (thumbnail, crops, newlines) is prunable.
 ``budget_of``: ``block`` (N = the image tokens actually in the prompt) or a number such as
 2880 (N fixed, as the GlobalCom² papers apply FastV to LLaVA-NeXT; the count is capped at
 the tokens present).
+
+``crop_order``: ``packed`` (transformers' order, the default), or ``sequential`` / ``reversed``:
+the crops emitted one after another, 1..n or n..1 (AAAI GlobalCom² Fig. 4; see
+``gc2bench.compressors.base.crop_block_sources``), to measure positional bias.
 """
 
 from __future__ import annotations
 
 import torch
 
-from gc2bench.compressors.base import DecoderStage, LLMContext, PruneDecision, ScoreRequest, Selection
-from gc2bench.compressors.none import NoCompression
+from gc2bench.compressors.base import (DecoderStage, LLMContext, PruneDecision, ScoreRequest, Selection,
+                                      check_crop_order, crop_order_params, crop_order_selection)
 from gc2bench.config import validate_ratio
 
 
@@ -32,9 +36,11 @@ class FastV:
     positions = "keep"
     score_request = ScoreRequest("none")
 
-    def __init__(self, ratio: float = 0.25, name: str = "fastv", layer: int = 2, budget_of: str | int = "block"):
+    def __init__(self, ratio: float = 0.25, name: str = "fastv", layer: int = 2, budget_of: str | int = "block",
+                 crop_order: str = "packed"):
         self.ratio = validate_ratio(ratio)
         self.name = name
+        self.crop_order = check_crop_order(crop_order, name)
         self.layer = int(layer)
         if self.layer < 1:
             raise ValueError(f"fastv: layer={layer} must be >= 1 (layer K-1's attention ranks the tokens)")
@@ -48,10 +54,11 @@ class FastV:
     def params(self) -> dict:
         base = "the image tokens in the prompt" if self.budget_of == "block" else f"{self.budget_of} tokens"
         return {"ratio": self.ratio, "layer": self.layer, "budget_of": self.budget_of,
+                **crop_order_params(self.crop_order),
                 "convention": f"keeps round(R x {base}) image tokens from layer {self.layer} on; original positions"}
 
     def select(self, scores: list, layouts: list) -> Selection:
-        return NoCompression().select(scores, layouts)
+        return crop_order_selection(layouts, self.crop_order)
 
     def stages(self, num_layers: int) -> list[DecoderStage]:
         if self.layer >= num_layers:

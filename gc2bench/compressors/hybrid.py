@@ -26,6 +26,9 @@ treats them; ``prune`` — one more segment, of the n newlines, keeping ⌊n·R�
 
 R = 1 keeps every token (≡ ``compressor=none``): GlobalCom²'s r_j = R·(1 + σ_j − mean σ) would
 still trim below-average crops there.
+
+``crop_order`` (packed | sequential | reversed) moves the crop blocks as for FastV; quotas follow the
+segment ids, so each crop's kept count does not depend on where its block sits.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ from gc2bench.compressors.base import (
     LLMContext,
     PruneDecision,
     Selection,
+    check_crop_order,
+    crop_order_params,
+    crop_order_selection,
 )
 from gc2bench.compressors.fastv import FastV
 from gc2bench.compressors.globalcom2 import GlobalCom2
-from gc2bench.compressors.none import NoCompression
 from gc2bench.compressors.sparsevlm import PrefillMemo, SparseVLM
 from gc2bench.config import validate_ratio
 
@@ -84,10 +89,11 @@ class SegmentBudgets:
         return {"score": self.allocator.score, "tau": self.allocator.tau, "allocation": self.allocator.allocation,
                 "newlines": self.newlines}
 
-    def select(self, scores: list, layouts: list) -> Selection:
-        """Every packed token (as ``none``) and GlobalCom²'s crop budgets r_j [B, C] (float64, NaN-padded)."""
+    def select(self, scores: list, layouts: list, crop_order: str = "packed") -> Selection:
+        """Every packed token (as ``none``; crop blocks in ``crop_order``) and GlobalCom²'s crop budgets
+        r_j [B, C] (float64, NaN-padded)."""
         budgets = self.allocator.select(scores, layouts).crop_budgets
-        packed = NoCompression().select(scores, layouts)
+        packed = crop_order_selection(layouts, crop_order)
         return Selection(packed.token_sources, packed.num_tokens, budgets)
 
     def groups(self, ctx: LLMContext) -> tuple[torch.Tensor, int]:
@@ -133,15 +139,18 @@ class FastVGlobalCom2:
     positions = "keep"
 
     def __init__(self, ratio: float = 0.25, name: str = "fastv_globalcom2", layer: int = 2,
-                 score: str = "cls_logit", tau: float = 10.0, allocation: str = "softmax_sum", newlines: str = "keep"):
+                 score: str = "cls_logit", tau: float = 10.0, allocation: str = "softmax_sum", newlines: str = "keep",
+                 crop_order: str = "packed"):
         self.ratio = validate_ratio(ratio)
         self.name = name
+        self.crop_order = check_crop_order(crop_order, name)
         self.fastv = FastV(self.ratio, name=name, layer=layer)
         self.budgets = SegmentBudgets(self.ratio, name, score, tau, allocation, newlines)
         self.score_request = self.budgets.allocator.score_request
 
     def params(self) -> dict:
         return {"ratio": self.ratio, "layer": self.fastv.layer, **self.budgets.params(),
+                **crop_order_params(self.crop_order),
                 "convention": (f"FastV at layer {self.fastv.layer} inside each segment: the thumbnail keeps "
                                "floor(n x R), crop j floor(n_j x r_j) (GlobalCom2's budgets), by last-prompt-token "
                                f"attention; newlines {self.budgets.newlines} (prune: floor(n x R)); original "
@@ -152,7 +161,7 @@ class FastVGlobalCom2:
         return f"FastVGlobalCom2({options})"
 
     def select(self, scores: list, layouts: list) -> Selection:
-        return self.budgets.select(scores, layouts)
+        return self.budgets.select(scores, layouts, self.crop_order)
 
     def stages(self, num_layers: int) -> list[DecoderStage]:
         return self.fastv.stages(num_layers)
@@ -183,9 +192,10 @@ class SparseVLMGlobalCom2:
     def __init__(self, ratio: float = 0.25, name: str = "sparsevlm_globalcom2", layers="auto",
                  preset: int | None = None, tokens=None, recycle: bool = True, score: str = "cls_logit",
                  tau: float = 10.0, allocation: str = "softmax_sum", newlines: str = "keep",
-                 num_layers: int | None = None):
+                 num_layers: int | None = None, crop_order: str = "packed"):
         self.ratio = validate_ratio(ratio)
         self.name = name
+        self.crop_order = check_crop_order(crop_order, name)
         self.sparsevlm = SparseVLM(self.ratio, name=name, layers=layers, preset=preset, tokens=tokens,
                                    recycle=recycle, num_layers=num_layers)
         self.budgets = SegmentBudgets(self.ratio, name, score, tau, allocation, newlines)
@@ -194,7 +204,7 @@ class SparseVLMGlobalCom2:
 
     def params(self) -> dict:
         inner = {k: v for k, v in self.sparsevlm.params().items() if k not in ("convention", "budget_of")}
-        return {**inner, **self.budgets.params(),
+        return {**inner, **self.budgets.params(), **crop_order_params(self.crop_order),
                 "convention": ("SparseVLM inside each segment: at stage s segment g keeps "
                                "floor(n_g x min(1, r_g x kappa_s / R)) (r: GlobalCom2's budgets, thumbnail R; "
                                "kappa: SparseVLM's stage fractions) by the raters' attention; earlier recycled "
@@ -214,7 +224,7 @@ class SparseVLMGlobalCom2:
         return self.sparsevlm.schedule_info(num_layers)
 
     def select(self, scores: list, layouts: list) -> Selection:
-        return self.budgets.select(scores, layouts)
+        return self.budgets.select(scores, layouts, self.crop_order)
 
     def stages(self, num_layers: int) -> list[DecoderStage]:
         return self.sparsevlm.stages(num_layers)

@@ -21,6 +21,8 @@ l_{S+1} = L (layers before l_1 count 1). share(0) = l_1/L is a floor: R ≤ l_1/
 reached (λ = 0 would drop every image token) and raises, naming layers that reach R. The
 solver runs when the LLM's depth is known (``stages(num_layers)``, or ``num_layers=`` up front).
 
+``crop_order``: ``packed`` (default) | ``sequential`` | ``reversed``, as FastV's (positional-bias analysis).
+
 Departures: their code truncates the sequence to 2048 tokens after each drop (not copied);
 ties in the score go to the lower position (theirs: ``topk``'s order).
 """
@@ -32,9 +34,9 @@ from itertools import pairwise
 
 import torch
 
-from gc2bench.compressors.base import DecoderStage, LLMContext, PruneDecision, ScoreRequest, Selection
+from gc2bench.compressors.base import (DecoderStage, LLMContext, PruneDecision, ScoreRequest, Selection,
+                                      check_crop_order, crop_order_params, crop_order_selection)
 from gc2bench.compressors.fastv import keep_top_image_tokens
-from gc2bench.compressors.none import NoCompression
 from gc2bench.config import validate_ratio
 
 
@@ -85,7 +87,8 @@ class PDrop:
     ratio: target layer-averaged share R in (0, 1]; layers: stage layers l_s (>= 1);
     lam: explicit stage ratio λ in (0, 1] (overrides the solve); budget_of: ``block`` (N = image
     tokens in the prompt) or a token count such as 2880 (N fixed, counts capped at the tokens
-    present); num_layers: the LLM's depth, to validate and solve at construction.
+    present); num_layers: the LLM's depth, to validate and solve at construction; crop_order:
+    packed | sequential | reversed (see ``gc2bench.compressors.base.crop_block_sources``).
     """
 
     kind = "llm"
@@ -93,9 +96,10 @@ class PDrop:
     score_request = ScoreRequest("none")
 
     def __init__(self, ratio: float = 0.5, name: str = "pdrop", layers="auto", lam: float | None = None,
-                 budget_of: str | int = "block", num_layers: int | None = None):
+                 budget_of: str | int = "block", num_layers: int | None = None, crop_order: str = "packed"):
         self.ratio = validate_ratio(ratio)
         self.name = name
+        self.crop_order = check_crop_order(crop_order, name)
         # "auto": the authors' layers (8, 16, 24) where they fit the LLM, else scaled to its depth (tiny models).
         self.auto_layers = layers is None or layers == "auto"
         self.layers = parse_layers((8, 16, 24) if self.auto_layers else layers, "pdrop", 1)
@@ -202,6 +206,7 @@ class PDrop:
         return {"ratio": self.ratio, "layers": "auto" if self.auto_layers else list(self.layers), "lam": self.lam, "budget_of": self.budget_of,
                 "num_layers": self.num_layers,
                 "solved_lam": None if self.num_layers is None else self.lam_for(self.num_layers),
+                **crop_order_params(self.crop_order),
                 "convention": ("R is the layer-averaged share of image tokens over all decoder layers; stage s "
                                f"(layers {self.layers}) keeps floor(N x lam^s) of N = {base}, lam solved from R "
                                "unless lam is set; positions compacted")}
@@ -211,7 +216,7 @@ class PDrop:
         return f"PDrop({options})"
 
     def select(self, scores: list, layouts: list) -> Selection:
-        return NoCompression().select(scores, layouts)
+        return crop_order_selection(layouts, self.crop_order)
 
     def stages(self, num_layers: int) -> list[DecoderStage]:
         self._active_lam = self.lam_for(num_layers)

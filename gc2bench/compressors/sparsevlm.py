@@ -34,6 +34,8 @@ Schedules k_s (option names are ours):
   s counting the recycled groups at their asymptotic rate (⌊0.3n⌋+1 taken, a tenth of them groups).
   k_s = ⌊κ_s·N⌋. share((0,0,0)) ≈ p_1/L is a floor: R below it raises, naming layers that reach it.
 
+``crop_order``: ``packed`` (default) | ``sequential`` | ``reversed``, as FastV's (positional-bias analysis).
+
 Departures from their code (the LLaVA-1.5, batch-1 path): batched (per-row counts, the clustering
 loops over rows); a stage keeps min(k_s, n) of the n image tokens present (theirs min(k_s, n − 1),
 which always prunes one, so R = 1 would not be the identity); when a stage would keep no image
@@ -51,9 +53,9 @@ from itertools import pairwise
 
 import torch
 
-from gc2bench.compressors.base import DecoderStage, LLMContext, PruneDecision, ScoreRequest, Selection
+from gc2bench.compressors.base import (DecoderStage, LLMContext, PruneDecision, ScoreRequest, Selection,
+                                      check_crop_order, crop_order_params, crop_order_selection)
 from gc2bench.compressors.fastv import keep_top_image_tokens
-from gc2bench.compressors.none import NoCompression
 from gc2bench.compressors.pdrop import parse_budget_of, parse_layers, scaled_layers, stage_share
 from gc2bench.config import validate_ratio
 
@@ -151,7 +153,8 @@ class SparseVLM:
     ratio: R in (0, 1] (R-mode target; a label with ``preset``/``tokens``); layers: score layers
     l_s (drop before l_s + 1); preset: 192 | 128 | 96 | 64 | None; tokens: explicit k_s for 576
     image tokens; budget_of: ``block`` or a token count (2880) that k_s scale to; recycle: insert
-    the cluster means (the method) or only drop; num_layers: validate and solve at construction.
+    the cluster means (the method) or only drop; num_layers: validate and solve at construction;
+    crop_order: packed | sequential | reversed (see ``gc2bench.compressors.base.crop_block_sources``).
     """
 
     kind = "llm"
@@ -159,9 +162,11 @@ class SparseVLM:
     score_request = ScoreRequest("none")
 
     def __init__(self, ratio: float = 0.25, name: str = "sparsevlm", layers="auto", preset: int | None = None,
-                 tokens=None, budget_of: str | int = "block", recycle: bool = True, num_layers: int | None = None):
+                 tokens=None, budget_of: str | int = "block", recycle: bool = True, num_layers: int | None = None,
+                 crop_order: str = "packed"):
         self.ratio = validate_ratio(ratio)
         self.name = name
+        self.crop_order = check_crop_order(crop_order, name)
         # "auto": the authors' layers (2, 6, 15) where they fit the LLM, else scaled to its depth (tiny models).
         self.auto_layers = layers is None or layers == "auto"
         self.layers = parse_layers((2, 6, 15) if self.auto_layers else layers, "sparsevlm", 0)
@@ -313,6 +318,7 @@ class SparseVLM:
         return {"ratio": self.ratio, "layers": "auto" if self.auto_layers else list(self.layers), "preset": self.preset, "tokens": self.tokens,
                 "budget_of": self.budget_of, "recycle": self.recycle, "num_layers": self.num_layers,
                 "solved_fractions": None if self.num_layers is None else self.stage_fractions(self.num_layers),
+                **crop_order_params(self.crop_order),
                 "convention": f"{rule}; N = {base}; text raters; recycled cluster means; positions compacted"}
 
     def __repr__(self) -> str:
@@ -320,7 +326,7 @@ class SparseVLM:
         return f"SparseVLM({options})"
 
     def select(self, scores: list, layouts: list) -> Selection:
-        return NoCompression().select(scores, layouts)
+        return crop_order_selection(layouts, self.crop_order)
 
     def stages(self, num_layers: int) -> list[DecoderStage]:
         self._active = self.stage_fractions(num_layers)

@@ -440,21 +440,31 @@ def _check_judged(samples: list[dict], judge: str | None) -> None:
                           f"and URL)")
 
 
+MEASURED = ("vision_ms", "compression_ms", "prefill_ms", "decode_ms", "peak_memory_mb")
+
+
 def summarize(samples: list[dict], failures: list[dict], wall_s: float) -> tuple[dict, dict]:
-    """Token accounting and efficiency figures of a task from its per-sample rows."""
-    def stat(key):
-        values = [s[key] for s in samples if s.get(key) is not None]
+    """Token accounting and efficiency figures of a task from its per-sample rows.
+
+    Measured figures (``MEASURED``) leave out the run's warm-up samples (``warmup``: the first
+    batch the model answered in this process, cold kernels and allocator); token counts and the
+    analytic figures use every sample.
+    """
+    def stat(key, rows=samples):
+        values = [s[key] for s in rows if s.get(key) is not None]
         if not values:
             return None
         values.sort()
         return {"mean": statistics.fmean(values), "median": statistics.median(values),
-                "p90": values[min(len(values) - 1, int(0.9 * len(values)))]}
+                "p90": values[min(len(values) - 1, int(0.9 * len(values)))], "max": values[-1]}
 
+    timed = [s for s in samples if not s.get("warmup")]
     tokens = {key: stat(key) for key in ("visual_tokens_before", "visual_tokens_kept", "newline_tokens_before",
                                          "newline_tokens_kept", "layer_averaged_image_tokens")}
-    efficiency = {key: stat(key) for key in ("vision_ms", "compression_ms", "prefill_ms", "decode_ms",
-                                             "analytic_tflops", "kv_cache_mb")}
+    efficiency = {key: stat(key, timed) for key in MEASURED}
+    efficiency.update({key: stat(key) for key in ("analytic_tflops", "kv_cache_mb")})
     efficiency.update({"wall_s": wall_s, "samples": len(samples), "failed_samples": len(failures),
+                       "warmup_samples": len(samples) - len(timed),
                        "samples_per_s": len(samples) / wall_s if wall_s > 0 else None})
     return tokens, efficiency
 

@@ -5,7 +5,10 @@ Per batch, ``VisionStageAdapter.generate``
 1. runs the processor (images converted to RGB first),
 2. asks the subclass for per-view features and the per-view scores the compressor requests
    (``encode_views``; the subclass owns every hook into the vision tower),
-3. asks the compressor which token sources to emit (``Selection``) and packs them,
+3. asks the compressor which token sources to emit (``Selection``) and packs them; a merging
+   compressor (``ScoreRequest.merge_inputs``) also gets each view's keys and projector inputs
+   (``encode_views_for_merging``) and returns the projector inputs of its emitted tokens
+   (``Selection.replacement_features``), which are projected instead of gathered (``pack_replaced``),
 4. shrinks each image's run of image placeholders to the kept count and calls ``generate``
    with the kept features through ``mm_encoder_outputs``; transformers is not patched.
 Subclasses define ``model_class``, ``layout``, ``encode_views`` and, if their packing is not
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gc2bench.compressors.base import NEWLINE, ScoreRequest, gather_tokens
+from gc2bench.compressors.base import NEWLINE, MergeInputs, ScoreRequest, gather_tokens, source_views
 from gc2bench.config import check_model_path
 from gc2bench.efficiency.flops import sample_tflops
 from gc2bench.efficiency.timing import PrefillTimer, now
@@ -164,6 +167,20 @@ class VisionStageAdapter:
         """LLM input features [M, D] of one image from its view features [V, N, D] and sources [M]."""
         return gather_tokens(view_features, self.model.model.image_newline, token_sources)
 
+    def encode_views_for_merging(self, pixel_values: torch.Tensor, request: ScoreRequest, layouts: list):
+        """(None, scores [V, N], keys [V, N, K], projector inputs [V, N, C]) of every view for a merging
+        compressor (``ScoreRequest.merge_inputs``): no projected features, since such a compressor
+        supplies every emitted token's projector input (``Selection.replacement_features``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve compressors that merge tokens")
+
+    def pack_replaced(self, token_sources: torch.Tensor, replacement_features: torch.Tensor) -> torch.Tensor:
+        """LLM input features [M, D] of one image whose emitted tokens come from a compressor's
+        projector inputs [M, C] (``Selection.replacement_features``; NEWLINE rows get ``image_newline``)."""
+        projector = self.model.model.multi_modal_projector
+        tokens = projector(replacement_features.to(self.device, self.model.dtype))
+        tokens[token_sources == NEWLINE] = self.model.model.image_newline.to(tokens.dtype)
+        return tokens
+
     # -- generation ---------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -227,14 +244,27 @@ class VisionStageAdapter:
         flat_pixels = flat_pixels.to(self.device, self.model.dtype)
 
         start = now(self.device)
-        features, scores = self.encode_views(flat_pixels, self.compressor.score_request)
-        vision_done = now(self.device)
+        request = self.compressor.score_request
         view_counts = [layout.num_views for layout in layouts]
-        per_image_features = features.split(view_counts)
+        if request.merge_inputs:
+            features, scores, keys, projector_inputs = self.encode_views_for_merging(flat_pixels, request, layouts)
+            merge_inputs = {"merge_inputs": MergeInputs(list(keys.split(view_counts)),
+                                                        list(projector_inputs.split(view_counts)))}
+        else:
+            features, scores = self.encode_views(flat_pixels, request)
+            merge_inputs = {}
+        vision_done = now(self.device)
+        per_image_features = features.split(view_counts) if features is not None else None
         per_image_scores = scores.split(view_counts) if scores is not None else [None] * len(layouts)
-        selection = self.compressor.select(list(per_image_scores), layouts)
+        selection = self.compressor.select(list(per_image_scores), layouts, **merge_inputs)
         kept_sources = [sources.to(self.device) for sources in selection.per_image()]
-        kept_features = [self.pack(f, s, layout) for f, s, layout in zip(per_image_features, kept_sources, layouts)]
+        if request.merge_inputs:
+            if selection.replacement_features is None:
+                raise RuntimeError(f"{type(self.compressor).__name__} asked for merge inputs but returned no "
+                                   "replacement_features")
+            kept_features = [self.pack_replaced(s, r) for s, r in zip(kept_sources, selection.replacement_features)]
+        else:
+            kept_features = [self.pack(f, s, layout) for f, s, layout in zip(per_image_features, kept_sources, layouts)]
         compress_done = now(self.device)
         self.last_selection = [(layout, sources.cpu()) for layout, sources in zip(layouts, kept_sources)]
         self.last_crop_budgets = selection.crop_budgets
@@ -250,7 +280,7 @@ class VisionStageAdapter:
             stat.newline_tokens_before += int((layout.packed_sources == NEWLINE).sum())
             stat.visual_tokens_kept += len(sources)
             stat.newline_tokens_kept += int(is_newline.sum())
-            views = sources[~is_newline].cpu() // layout.tokens_per_view
+            views = source_views(sources[~is_newline].cpu(), layout.tokens_per_view)
             stat.kept_per_view.append(torch.bincount(views, minlength=layout.num_views).tolist())
             if budgets is not None:
                 stat.crop_budgets = (stat.crop_budgets or []) + [[b for b in budgets[index] if b == b]]

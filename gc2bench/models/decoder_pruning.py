@@ -79,6 +79,9 @@ class PrefillPlan:
     image_tokens_per_layer: torch.Tensor | None = None   # [num_layers, B], filled at prefill
     attention_rows: dict = field(default_factory=dict)    # stage → [B, L] rows the compressor saw
     query_rows: dict = field(default_factory=dict)        # stage → [B, L] bool, their query positions
+    # Per stage, [B, L_s] long: the segment id of every position of the sequence after it (view 0 thumbnail,
+    # 1 + j crop j, SEGMENT_NEWLINE, SEGMENT_RECYCLED; SEGMENT_TEXT at text and padding). Filled at prefill.
+    kept_segments: list = field(default_factory=list)
 
 
 class DecoderPruner:
@@ -150,6 +153,7 @@ class DecoderPruner:
             self.stage_states = {}
             self._pending = {}
             self.plan.records = []
+            self.plan.kept_segments = []
             self.plan.image_tokens_per_layer = torch.zeros(len(self.layers), hidden.shape[0], dtype=torch.long,
                                                            device=hidden.device)
         replacing = False
@@ -267,7 +271,9 @@ class DecoderPruner:
         keep = keep & state.valid
         if self.plan.replay is None:
             self.plan.records.append(PruneRecord(keep, recycled))
-        return self._rebuild(hidden, keep, recycled)
+        hidden = self._rebuild(hidden, keep, recycled)
+        self.plan.kept_segments.append(self.state.segment)
+        return hidden
 
     def _rebuild(self, hidden: torch.Tensor, keep: torch.Tensor, recycled) -> torch.Tensor:
         """New left-padded sequence of the kept positions (+ recycled tokens after each row's last kept image token)."""

@@ -3,7 +3,9 @@
 The adapter captures the CLS attention of one CLIP layer with a forward hook on that
 layer's ``layer_norm1`` (its attention input x): q = q_proj(x_CLS), k = k_proj(x), per-head
 q·kᵀ·scale, then (optionally) softmax, CLS column dropped, mean over heads. No eager
-attention, no ``output_attentions``.
+attention, no ``output_attentions``. ``cls_softmax_fullwidth`` instead takes one softmax of
+q·kᵀ/√C over the full C-wide projections (the LLaVA-PruMerge code). For merging compressors
+(``ScoreRequest.merge_inputs``) the same hook also gives that layer's keys k_proj(x).
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ def cls_attention_scores(attention, x: torch.Tensor, kind: str) -> torch.Tensor:
     return logits[..., 1:].mean(dim=1)
 
 
+def cls_attention_fullwidth(attention, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """CLS attention with all heads as one head: softmax over the 1+N keys of q·kᵀ/√C, CLS column dropped.
+
+    x: [V, 1+N, C] attention input; keys: [V, 1+N, C] = k_proj(x). Returns [V, N] float32. This is
+    the attention of LLaVA-PruMerge's ``token_prune_merge_advanced`` (hooks on q_proj / k_proj,
+    ``(q @ kᵀ) * C ** -0.5``, softmax), equal to softmax(√H · head-mean logits).
+    """
+    q = attention.q_proj(x[:, :1]).float()
+    logits = (q @ keys.float().transpose(-1, -2)).squeeze(-2) * keys.shape[-1] ** -0.5
+    return logits.softmax(dim=-1)[:, 1:]
+
+
 class LlavaNextAdapter(VisionStageAdapter):
     """A LLaVA-NeXT checkpoint (hub id or local path) plus a vision-stage compressor."""
 
@@ -68,6 +82,17 @@ class LlavaNextAdapter(VisionStageAdapter):
 
     def encode_views(self, pixel_values: torch.Tensor, request: ScoreRequest):
         """Per-view projected features [V, N, D] and the requested per-view scores [V, N] (or None)."""
+        features, scores, _, _ = self._encode(pixel_values, request, with_merge_inputs=False)
+        return features, scores
+
+    def encode_views_for_merging(self, pixel_values: torch.Tensor, request: ScoreRequest, layouts: list):
+        """(None, scores [V, N], keys [V, N, C], projector inputs [V, N, C]) over all V views: the keys of
+        ``request.layer`` (k_proj of its attention input, CLS row dropped), the projector inputs
+        ``hidden_states[vision_feature_layer]`` (CLS dropped). No projected features: a merging
+        compressor supplies every emitted token's projector input. ``layouts`` is not needed here."""
+        return self._encode(pixel_values, request, with_merge_inputs=True)
+
+    def _encode(self, pixel_values: torch.Tensor, request: ScoreRequest, with_merge_inputs: bool):
         uses_cls = request.kind in ("cls_logit", "cls_softmax")
         layer = self._vision_layer(request.layer)
         with captured_attention_input(layer) as captured:
@@ -75,10 +100,16 @@ class LlavaNextAdapter(VisionStageAdapter):
         selected = outputs.hidden_states[self.config.vision_feature_layer]
         if self.config.vision_feature_select_strategy == "default":
             selected = selected[:, 1:]
-        features = self.model.model.multi_modal_projector(selected)
+        features = None if with_merge_inputs else self.model.model.multi_modal_projector(selected)
         scores = None
+        needs_keys = with_merge_inputs or request.kind == "cls_softmax_fullwidth"
+        keys = layer.self_attn.k_proj(captured["x"]) if needs_keys else None
         if uses_cls:
             scores = cls_attention_scores(layer.self_attn, captured["x"], request.kind)
+        elif request.kind == "cls_softmax_fullwidth":
+            scores = cls_attention_fullwidth(layer.self_attn, captured["x"], keys)
         elif request.kind == "cosine":
             scores = -torch.nn.functional.cosine_similarity(selected, selected.mean(1, keepdim=True), dim=-1).float()
-        return features, scores
+        if not with_merge_inputs:
+            return features, scores, None, None
+        return features, scores, keys[:, 1:], selected

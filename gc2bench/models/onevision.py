@@ -32,7 +32,7 @@ from gc2bench.compressors.base import NEWLINE, ScoreRequest, gather_tokens
 from gc2bench.config import ConfigError
 from gc2bench.models.adapter import VisionStageAdapter
 
-CLS_SCORES = ("cls_logit", "cls_softmax")
+CLS_SCORES = ("cls_logit", "cls_softmax", "cls_softmax_fullwidth")
 
 
 @lru_cache(maxsize=None)
@@ -74,7 +74,11 @@ def _check_score_request(compressor, model_name: str) -> None:
         raise ConfigError(
             f"compressor {name!r} asks for a {request.kind} score, but model {model_name!r} (LLaVA-OneVision, "
             "SigLIP vision tower) has no CLS token; add compressor.score=cosine (the AAAI GlobalCom² paper's "
-            "§4.3 score, accepted by globalcom2 and fastervlm)")
+            "§4.3 score, accepted by globalcom2, fastervlm and prumerge)")
+    if request is not None and request.merge_inputs and getattr(compressor, "unpad", True) is False:
+        raise ConfigError(f"compressor {getattr(compressor, 'name', type(compressor).__name__)!r}: unpad=false (all "
+                          f"padded-grid patches) does not apply to model {model_name!r} (LLaVA-OneVision packs a "
+                          "downsampled grid); use compressor.unpad=true")
 
 
 class LlavaOneVisionAdapter(VisionStageAdapter):
@@ -115,6 +119,12 @@ class LlavaOneVisionAdapter(VisionStageAdapter):
 
     def encode_views(self, pixel_values: torch.Tensor, request: ScoreRequest):
         """Per-view projected features [V, N, D] and, for ``cosine``, per-view scores [V, N] (float32)."""
+        features, scores, _ = self._encode(pixel_values, request)
+        return features, scores
+
+    def _encode(self, pixel_values: torch.Tensor, request: ScoreRequest, project: bool = True):
+        """(projected features [V, N, D], or None without ``project``; scores [V, N] or None; projector
+        inputs [V, N, C])."""
         self.check_compressor(self.compressor, self.name)
         outputs = self.model.model.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
         layer = self.config.vision_feature_layer
@@ -124,14 +134,38 @@ class LlavaOneVisionAdapter(VisionStageAdapter):
             selected = torch.cat([outputs.hidden_states[i] for i in layer], dim=-1)
         if self.config.vision_feature_select_strategy == "default":
             selected = selected[:, 1:]
-        features = self.model.model.multi_modal_projector(selected)
+        features = self.model.model.multi_modal_projector(selected) if project else None
         scores = None
         if request.kind == "cosine":
             x = selected.float()
             scores = -F.cosine_similarity(x, x.mean(1, keepdim=True), dim=-1)
         elif request.kind != "none":
             raise ValueError(f"{self.name}: unknown score kind {request.kind!r}")
-        return features, scores
+        return features, scores, selected
+
+    def encode_views_for_merging(self, pixel_values: torch.Tensor, request: ScoreRequest, layouts: list):
+        """(None, scores [V, N], keys [V, N, C], projector inputs [V, N, C] per slot) over all V views.
+
+        Keys: k_proj of ``request.layer``'s attention input (SigLIP, no CLS), of the patch a slot sits on
+        (as its score). Projector inputs: ``hidden_states[vision_feature_layer]``; for a downsampled image
+        a crop slot holds the projector input of its packed token, i.e. the unpadded grid of projector
+        inputs resized like the features (``packed_grid``) — transformers resizes projected features,
+        so a merged token of such a slot is projected from resized inputs (gc2bench's definition).
+        """
+        from gc2bench.models.llava_next import captured_attention_input, clip_encoder_layers
+
+        layer = clip_encoder_layers(self.model.model.vision_tower)[request.layer]
+        with captured_attention_input(layer) as captured:
+            features, scores, selected = self._encode(pixel_values, request, project=False)
+        keys = layer.self_attn.k_proj(captured["x"])
+        slots = []
+        for views, layout in zip(selected.split([layout.num_views for layout in layouts]), layouts):
+            if layout.downsampled:
+                packed = torch.cat([views[0], self.packed_grid(views, layout)])
+                rows = layout.source_rows.to(packed.device)
+                views = packed[rows.clamp(min=0)].view_as(views)   # slots without a packed token: never candidates
+            slots.append(views)
+        return features, scores, keys, torch.cat(slots)
 
     def pack(self, view_features: torch.Tensor, token_sources: torch.Tensor, layout) -> torch.Tensor:
         """LLM input features [M, D] of one image from its view features [V, N, D] and token sources [M]."""
