@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from gc2bench.results.records import iter_records
 
-TIMINGS = ("vision_ms", "compression_ms", "prefill_ms", "decode_ms")
+TIMINGS = ("vision_ms", "compression_ms", "prefill_ms", "decode_ms", "peak_memory_mb", "warmup")
 
 
 def samples(record):

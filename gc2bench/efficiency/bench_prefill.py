@@ -61,6 +61,7 @@ from pathlib import Path
 import torch
 
 from gc2bench.efficiency.flops import DecoderShape, sample_tflops
+from gc2bench.efficiency.timing import collector_paused
 from gc2bench.efficiency.presets import LLAVA_NEXT_PRESETS, LLAVA_ONEVISION_PRESETS, TEXT_PRESETS
 from gc2bench.models.llava_next import LlavaNextAdapter
 from gc2bench.models.onevision import CLS_SCORES, LlavaOneVisionAdapter
@@ -306,20 +307,6 @@ def probed_prefills(adapter):
             handle.remove()
 
 
-@contextmanager
-def collector_paused():
-    """Python's cyclic garbage collector off inside the block, after a collection: a full collection with
-    transformers, torch and Hydra loaded takes 0.1–0.5 s and would otherwise land inside timed forwards."""
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def synthetic_images(count: int, size_hw: tuple[int, int], seed: int = 0) -> list:
     """``count`` RGB images [H, W]: smooth random colour fields plus fine noise (deterministic in ``seed``)."""
     from PIL import Image
@@ -475,7 +462,7 @@ def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom
                 adapter.use_compressor(methods[index].compressor)
                 for picture in pictures:
                     probes.clear()
-                    with collector_paused():
+                    with collector_paused(collect_first=True):
                         stats = adapter.generate([PROMPT], [[picture]], max_new_tokens=1, do_sample=False)[0].stats
                     if round_index:  # round 0 is the warm-up
                         samples[index].append((stats, probes[0]))

@@ -26,7 +26,7 @@ from PIL import Image
 from gc2bench.compressors.base import NEWLINE, MergeInputs, ScoreRequest, gather_tokens, source_views
 from gc2bench.config import check_model_path
 from gc2bench.efficiency.flops import sample_tflops
-from gc2bench.efficiency.timing import PrefillTimer, now
+from gc2bench.efficiency.timing import PrefillTimer, collector_paused, now, peak_memory_mb, reset_peak_memory
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -56,7 +56,9 @@ class SampleStats:
     compression_ms: float = 0.0
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
+    peak_memory_mb: float | None = None                  # CUDA: peak allocated during the prompt's batch; CPU: None
     new_tokens: int = 0
+    warmup: bool = False                                 # answered in the adapter's first batch (cold; not timed)
 
 
 @dataclass
@@ -121,6 +123,7 @@ class VisionStageAdapter:
         self.tokenizer.padding_side = "left"
         self.image_token_id = self.config.image_token_id
         self._prefill_timer = PrefillTimer(self.device).attach(self.model.model.language_model)
+        self.batches_answered = 0
         self.pruner = None
         if getattr(compressor, "kind", "vision") == "llm":
             from gc2bench.models.decoder_pruning import DecoderPruner
@@ -184,12 +187,16 @@ class VisionStageAdapter:
     # -- generation ---------------------------------------------------------------------------
 
     @torch.no_grad()
+    @collector_paused()
     def generate(self, texts: list[str], images: list[list], prune_replay=None, **gen_kwargs) -> list[Generation]:
         """Answer each ``texts[i]`` about ``images[i]`` (a list of PIL images, possibly empty).
 
         ``prune_replay`` (LLM-stage compressors, for verification): the ``records`` of an earlier
         call's ``last_plan``; every prefill then prunes the prompt exactly as that call did.
+        Python's garbage collector is paused during the call, so no collection lands in a timed
+        stage; the first call's samples are marked ``warmup`` (records leave them out of timings).
         """
+        reset_peak_memory(self.device)
         images = [[to_rgb(image) for image in group] for group in images]
         prompts = [self.prompt(text, len(imgs)) for text, imgs in zip(texts, images)]
         inputs = self.processor(images=self.processor_images(images), text=prompts, padding=True,
@@ -221,7 +228,10 @@ class VisionStageAdapter:
         new_tokens = output[:, input_ids.shape[1]:]
         answers = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         pad = self.model.generation_config.pad_token_id
+        peak_mb, warmup = peak_memory_mb(self.device), self.batches_answered == 0
+        self.batches_answered += 1
         for row, stat in enumerate(stats):
+            stat.peak_memory_mb, stat.warmup = peak_mb, warmup
             stat.prefill_ms = 1e3 * self._prefill_timer.prefill_s / len(texts)
             stat.decode_ms = 1e3 * self._prefill_timer.decode_s / len(texts)
             stat.new_tokens = int((new_tokens[row] != pad).sum()) if pad is not None else new_tokens.shape[1]
