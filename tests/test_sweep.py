@@ -263,3 +263,21 @@ def test_each_worker_claims_its_own_gpu_and_waits_when_none_is_free(tmp_path):
     second.kill()
     for process in (first, second, third):
         process.wait()
+
+
+def test_the_aaai_analyses_run_in_sweeps(tmp_path, cache_dir):
+    """PruMerge over ratios and FastV over crop orders (issue 8): every run done once, distinct table rows."""
+    results = tmp_path / "results"
+    common = ["tasks=[pope]", "suite.limit=1", f"results_dir={results}"]
+    merge = run_py("-m", "compressor=prumerge", "ratio=0.5,0.25", *common, f"hydra.sweep.dir={tmp_path / 's1'}")
+    assert merge.returncode == 0 and "sweep: 2 runs: 2 ran, 0 already done, 0 failed" in merge.stdout, merge.stderr
+    orders = run_py("-m", "compressor=fastv", "compressor.crop_order=sequential,reversed", "ratio=0.5", *common,
+                    f"hydra.sweep.dir={tmp_path / 's2'}")
+    assert orders.returncode == 0 and "sweep: 2 runs: 2 ran, 0 already done, 0 failed" in orders.stdout, orders.stderr
+    records = [record for _, record in iter_records(results)]
+    assert sorted((r["compressor"]["name"], r["ratio"], r["compressor"]["params"].get("crop_order")) for r in records) \
+        == [("fastv", 0.5, "reversed"), ("fastv", 0.5, "sequential"), ("prumerge", 0.25, None), ("prumerge", 0.5, None)]
+    assert all(r["status"] == "done" for r in records)
+    table = subprocess.run([sys.executable, "-m", "gc2bench.cli", "table", str(results)], capture_output=True,
+                           text=True, check=True).stdout
+    assert "fastv (crop_order=reversed)" in table and "fastv (crop_order=sequential)" in table
