@@ -24,6 +24,13 @@ def validate_ratio(value) -> float:
     return ratio
 
 
+def check_choice(value, allowed, option: str, method: str):
+    """``value`` if it is one of ``allowed``, else a ValueError ``method: option=value is not one of ...``."""
+    if value not in allowed:
+        raise ValueError(f"{method}: {option}={value!r} is not one of {', '.join(map(str, allowed))}")
+    return value
+
+
 def check_model_path(path: str) -> None:
     """A path that looks local (not ``owner/name``) must be an existing directory."""
     path = str(path)

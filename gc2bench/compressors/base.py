@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gc2bench.config import check_choice
+
 NEWLINE = -1
 PAD = -2
 VIEW_SUMMARY = -3  # VIEW_SUMMARY - v: a summary token of view v (see the module docstring)
@@ -242,9 +244,7 @@ CROP_ORDERS = ("packed", "sequential", "reversed")
 
 def check_crop_order(crop_order, method: str) -> str:
     """``crop_order`` if it is one of CROP_ORDERS, else a ValueError naming the value."""
-    if crop_order not in CROP_ORDERS:
-        raise ValueError(f"{method}: crop_order={crop_order!r} is not one of {', '.join(CROP_ORDERS)}")
-    return crop_order
+    return check_choice(crop_order, CROP_ORDERS, "crop_order", method)
 
 
 def crop_block_sources(packed_sources: torch.Tensor, tokens_per_view: int, num_crops: int,

@@ -28,15 +28,10 @@ import torch
 
 from gc2bench.compressors.base import NEWLINE, PAD, ScoreRequest, Selection
 from gc2bench.compressors.globalcom2 import SCORES, cell_member, cell_sums
+from gc2bench.config import check_choice
 
 WHICH = ("most", "least")
 NEWLINE_MODES = ("rows", "keep")
-
-
-def _require(value, allowed: tuple, option: str):
-    if value not in allowed:
-        raise ValueError(f"drop_crop: {option}={value!r} is not one of {', '.join(allowed)}")
-    return value
 
 
 @lru_cache(maxsize=256)
@@ -64,9 +59,9 @@ class DropCrop:
 
     def __init__(self, which: str = "most", score: str = "cls_logit", newlines: str = "rows",
                  name: str = "drop_crop"):
-        self.which = _require(which, WHICH, "which")
-        self.score = _require(score, SCORES, "score")
-        self.newlines = _require(newlines, NEWLINE_MODES, "newlines")
+        self.which = check_choice(which, WHICH, "which", "drop_crop")
+        self.score = check_choice(score, SCORES, "score", "drop_crop")
+        self.newlines = check_choice(newlines, NEWLINE_MODES, "newlines", "drop_crop")
         self.name = str(name)
         self.score_request = ScoreRequest(self.score, -1)  # the last ViT layer, as GlobalCom²
 

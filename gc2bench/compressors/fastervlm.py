@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from gc2bench.compressors.base import ScoreRequest, Selection, keep_top_per_view
-from gc2bench.config import validate_ratio
+from gc2bench.config import check_choice, validate_ratio
 
 # cls_softmax: the method itself. cosine: a stand-in for vision towers without CLS (SigLIP in
 # LLaVA-OneVision), the GlobalCom² AAAI paper's §4.3 score; not part of FasterVLM.
@@ -40,9 +40,7 @@ class FasterVLM:
         self.name = name
         self.unpad = bool(unpad)
         self.layer = int(layer)
-        if score not in SCORES:
-            raise ValueError(f"fastervlm: score={score!r} is not one of {', '.join(SCORES)}")
-        self.score = score
+        self.score = check_choice(score, SCORES, "score", "fastervlm")
         self.score_request = ScoreRequest(score, self.layer)
 
     def params(self) -> dict:

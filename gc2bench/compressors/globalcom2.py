@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from gc2bench.compressors.base import NEWLINE, PAD, ScoreRequest, Selection, gather_tokens
+from gc2bench.config import check_choice
 from gc2bench.layout import UNPAD_ARITHMETIC, AnyResLayout, OneVisionLayout
 
 SCORES = ("cls_logit", "cls_softmax", "cosine")
@@ -366,12 +367,6 @@ def _numpy_row_sum(x: torch.Tensor, counts: list) -> torch.Tensor:
 # ----------------------------------------------------------------------------- compressor
 
 
-def _require(value, allowed: tuple, option: str):
-    if value not in allowed:
-        raise ValueError(f"globalcom2: {option}={value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
 def _real(value, option: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise ValueError(f"globalcom2: {option}={value!r} is not a finite number")
@@ -408,19 +403,19 @@ class GlobalCom2:
             raise ValueError(f"globalcom2: ratio={ratio!r} is outside (0, 1]")
         self.ratio = ratio
         self.name = str(name)
-        self.score = _require(score, SCORES, "score")
+        self.score = check_choice(score, SCORES, "score", "globalcom2")
         self.tau = _real(tau, "tau")
         if self.tau <= 0:
             raise ValueError(f"globalcom2: tau={tau!r} must be > 0")
         self.alpha = _real(alpha, "alpha")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"globalcom2: alpha={alpha!r} is outside [0, 1]")
-        self.allocation = _require(allocation, ALLOCATIONS, "allocation")
-        self.token_score = _require(token_score, TOKEN_SCORES, "token_score")
-        self.thumbnail_order = _require(thumbnail_order, THUMBNAIL_ORDERS, "thumbnail_order")
-        self.newlines = _require(newlines, NEWLINE_MODES, "newlines")
-        self.unpad = _require(unpad, UNPAD_ARITHMETIC, "unpad")
-        self.crop_layout = _require(crop_layout, CROP_LAYOUTS, "crop_layout")
+        self.allocation = check_choice(allocation, ALLOCATIONS, "allocation", "globalcom2")
+        self.token_score = check_choice(token_score, TOKEN_SCORES, "token_score", "globalcom2")
+        self.thumbnail_order = check_choice(thumbnail_order, THUMBNAIL_ORDERS, "thumbnail_order", "globalcom2")
+        self.newlines = check_choice(newlines, NEWLINE_MODES, "newlines", "globalcom2")
+        self.unpad = check_choice(unpad, UNPAD_ARITHMETIC, "unpad", "globalcom2")
+        self.crop_layout = check_choice(crop_layout, CROP_LAYOUTS, "crop_layout", "globalcom2")
         self.check_finite = bool(check_finite)
         self.score_request = ScoreRequest(self.score, -1)
 

@@ -49,7 +49,7 @@ from gc2bench.compressors.base import (
 from gc2bench.compressors.fastv import FastV
 from gc2bench.compressors.globalcom2 import GlobalCom2
 from gc2bench.compressors.sparsevlm import PrefillMemo, SparseVLM
-from gc2bench.config import validate_ratio
+from gc2bench.config import check_choice, validate_ratio
 
 NEWLINE_MODES = ("keep", "prune")
 
@@ -78,8 +78,7 @@ class SegmentBudgets:
     """GlobalCom²'s allocation and the per-segment quotas shared by the "+GlobalCom²" variants."""
 
     def __init__(self, ratio: float, method: str, score: str, tau: float, allocation: str, newlines: str):
-        if newlines not in NEWLINE_MODES:
-            raise ValueError(f"{method}: newlines={newlines!r} is not one of {', '.join(NEWLINE_MODES)}")
+        check_choice(newlines, NEWLINE_MODES, "newlines", method)
         self.method = method
         self.ratio = ratio
         self.newlines = newlines

@@ -35,18 +35,12 @@ import torch.nn.functional as F
 
 from gc2bench.compressors.base import NEWLINE, PAD, VIEW_SUMMARY, MergeInputs, ScoreRequest, Selection
 from gc2bench.compressors.fastervlm import all_view_tokens
-from gc2bench.config import validate_ratio
+from gc2bench.config import check_choice, validate_ratio
 
 SCORES = ("cls_softmax_fullwidth", "cls_softmax", "cosine")
 IQR_SCOPES = ("view", "image")
 NEIGHBOR_POOLS = ("all", "pruned")
 ORDERS = ("score", "spatial")
-
-
-def _choice(value, allowed: tuple, key: str):
-    if value not in allowed:
-        raise ValueError(f"prumerge: {key}={value!r} is not one of {', '.join(map(str, allowed))}")
-    return value
 
 
 def _flag(value, key: str) -> bool:
@@ -95,20 +89,20 @@ class PruMerge:
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.adaptive = _flag(adaptive, "adaptive")
-        self.iqr_scope = _choice(iqr_scope, IQR_SCOPES, "iqr_scope")
+        self.iqr_scope = check_choice(iqr_scope, IQR_SCOPES, "iqr_scope", "prumerge")
         self.plus = _flag(plus, "plus")
-        self.score = _choice(score, SCORES, "score")
+        self.score = check_choice(score, SCORES, "score", "prumerge")
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise ValueError(f"prumerge: layer={layer!r} is not an integer index into the vision encoder's layers")
         self.layer = layer
         if isinstance(neighbors, bool) or not isinstance(neighbors, int) or neighbors < 0:
             raise ValueError(f"prumerge: neighbors={neighbors!r} is not an integer >= 0")
         self.neighbors = neighbors
-        self.neighbor_pool = _choice(neighbor_pool, NEIGHBOR_POOLS, "neighbor_pool")
+        self.neighbor_pool = check_choice(neighbor_pool, NEIGHBOR_POOLS, "neighbor_pool", "prumerge")
         self.include_center = _flag(include_center, "include_center")
         self.extra_token = _flag(extra_token, "extra_token")
         self.unpad = _flag(unpad, "unpad")
-        self.order = _choice(order, ORDERS, "order")
+        self.order = check_choice(order, ORDERS, "order", "prumerge")
         self.score_request = ScoreRequest(self.score, self.layer, merge_inputs=True)
 
     def params(self) -> dict:

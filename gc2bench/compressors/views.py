@@ -19,15 +19,10 @@ from __future__ import annotations
 import torch
 
 from gc2bench.compressors.base import NEWLINE, PAD, ScoreRequest, Selection
+from gc2bench.config import check_choice
 
 VIEWS = ("thumbnail_only", "crops_only")
 NEWLINE_MODES = ("keep", "drop")
-
-
-def _require(value, allowed: tuple, option: str, owner: str):
-    if value not in allowed:
-        raise ValueError(f"{owner}: {option}={value!r} is not one of {', '.join(allowed)}")
-    return value
 
 
 class ViewsOnly:
@@ -40,8 +35,8 @@ class ViewsOnly:
     ratio = 1.0
 
     def __init__(self, views: str = "thumbnail_only", newlines: str = "keep", name: str = "views"):
-        self.views = _require(views, VIEWS, "views", "views")
-        self.newlines = _require(newlines, NEWLINE_MODES, "newlines", "views")
+        self.views = check_choice(views, VIEWS, "views", "views")
+        self.newlines = check_choice(newlines, NEWLINE_MODES, "newlines", "views")
         self.name = str(name)
 
     def params(self) -> dict:
