@@ -363,29 +363,29 @@ def _done(directory: Path, entry: dict, limit, quiet: bool = False) -> bool:
     return True
 
 
-def run_is_finished(cfg: DictConfig) -> bool:
-    """Whether running ``cfg`` would do nothing: every task has a done record, or a skipped one whose
-    reason still holds. Never with ``overwrite=true``; a config that fails validation is not finished
-    (its job reports the error). Loads no model."""
-    from gc2bench.evaluation.suite import skip_reason
-
-    if cfg.overwrite:
-        return False
+def run_directory(cfg: DictConfig) -> Path | None:
+    """Where ``cfg``'s records go, or None when the config cannot say yet (invalid, or it needs the
+    Hydra job's context, e.g. ``results_dir=${hydra:runtime.output_dir}``). Loads no model."""
     try:
         validate(cfg)
-        entries = suite_entries(cfg)
         compressor = build_compressor(cfg)
+        return run_dir(cfg.results_dir, cfg.model.name, compressor.name, compressor.params())
+    except Exception:
+        return None
+
+
+def run_is_finished(cfg: DictConfig) -> bool:
+    """Whether running ``cfg`` would do nothing: every task has a done record. Never with
+    ``overwrite=true``; not when the config cannot be read here (its job reports the error). A
+    task recorded as skipped (no API key) is not finished: the job may see a key this process does
+    not (``hydra.job.env_set``, SLURM setup lines) and exits at once if it does not."""
+    directory = run_directory(cfg)
+    try:
+        if directory is None or cfg.overwrite:
+            return False
+        return all(_done(directory, entry, cfg.suite.limit, quiet=True) for entry in suite_entries(cfg))
     except Exception:
         return False
-    directory = run_dir(cfg.results_dir, cfg.model.name, compressor.name, compressor.params())
-
-    def finished(entry: dict) -> bool:
-        if _done(directory, entry, cfg.suite.limit, quiet=True):
-            return True
-        record = read_record(record_path(directory, entry["task"]))
-        return bool(record and record.get("status") == "skipped" and skip_reason(entry))
-
-    return all(finished(entry) for entry in entries)
 
 
 def _write_failed(directory: Path, entry: dict, error: BaseException, common: dict) -> dict:

@@ -288,11 +288,25 @@ def compose_run(tmp_path, *overrides):
 def test_runs_through_run_py_and_records_done(tmp_path, cache_dir):
     from gc2bench.run import run
 
-    records = run(compose_run(tmp_path, "model=tiny", "compressor=prumerge", "ratio=0.25", "compressor.plus=true"))
+    records = run(compose_run(tmp_path, "model=tiny", "compressor=prumerge", "ratio=0.1", "compressor.plus=true"))
     assert [r["status"] for r in records] == ["done"]
     record = records[0]
     assert record["compressor"]["name"] == "prumerge" and record["compressor"]["params"]["plus"] is True
-    assert record["tokens"]["visual_tokens_kept"]["mean"] < record["tokens"]["visual_tokens_before"]["mean"]
+    # Per view of 16: 1 top token, the stride-3 samples (<= 6 with the top one) and a summary: under half.
+    assert record["tokens"]["visual_tokens_kept"]["mean"] < 0.5 * record["tokens"]["visual_tokens_before"]["mean"]
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.25, 0.17])
+def test_plus_refuses_ratios_whose_stride_keeps_everything(ratio):
+    with pytest.raises(ValueError, match=f"plus=true with ratio={ratio} samples every candidate"):
+        PruMerge(ratio, plus=True)
+    assert PruMerge(ratio, plus=True, adaptive=True).plus  # the adaptive rule sets its own r
+
+
+def test_adaptive_records_no_ratio_so_a_ratio_sweep_runs_it_once():
+    assert PruMerge(0.5, adaptive=True).params()["ratio"] == PruMerge(0.1, adaptive=True).params()["ratio"] == 1.0
+    assert PruMerge(0.5, adaptive=True).params() == PruMerge(0.1, adaptive=True).params()
+    assert PruMerge(0.5, adaptive=True).params()["variant"] == "adaptive" and "variant" not in PruMerge(0.5).params()
 
 
 def test_onevision_needs_the_cosine_score_and_names_it(tmp_path, cache_dir):
@@ -333,3 +347,40 @@ def test_inspect_reports_per_view_counts(capsys, cache_dir, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert report["visual_tokens_kept"] == sum(report["kept_per_view"]) and report["newline_tokens"] == 0
     assert (tmp_path / "kept.png").exists()
+
+
+def test_fullwidth_cls_attention_is_the_authors_formula_on_hooked_projections(tiny_adapter):
+    """The authors hook q_proj / k_proj of the last layer: softmax(q_CLS·kᵀ·C^-1/2) over all keys, CLS dropped."""
+    from gc2bench.compressors.base import ScoreRequest
+
+    image = Image.fromarray((np.random.RandomState(3).rand(70, 150, 3) * 255).astype("uint8"))
+    inputs = tiny_adapter.processor(images=[image], text=[tiny_adapter.prompt("?", 1)], return_tensors="pt")
+    layout = tiny_adapter.layouts(inputs)[0]
+    pixels = inputs["pixel_values"][0][: layout.num_views].float()
+    from gc2bench.models.llava_next import clip_encoder_layers
+
+    attention = clip_encoder_layers(tiny_adapter.model.model.vision_tower)[-1].self_attn
+    captured = {}
+    handles = [attention.q_proj.register_forward_hook(lambda m, a, out: captured.setdefault("q", out)),
+               attention.k_proj.register_forward_hook(lambda m, a, out: captured.setdefault("k", out))]
+    try:
+        with torch.no_grad():
+            tiny_adapter.model.model.vision_tower(pixels)
+    finally:
+        for handle in handles:
+            handle.remove()
+    q, k = captured["q"][:, :1], captured["k"]
+    expected = ((q @ k.transpose(-1, -2)) * k.shape[-1] ** -0.5).softmax(dim=-1)[:, 0, 1:]
+    request = ScoreRequest("cls_softmax_fullwidth", -1, merge_inputs=True)
+    with torch.no_grad():
+        _, scores, keys, _ = tiny_adapter.encode_views_for_merging(pixels, request, [layout])
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(keys, k[:, 1:], rtol=1e-5, atol=1e-6)
+
+
+def test_a_score_layer_outside_the_tower_is_a_config_error_before_any_sample(tmp_path, cache_dir):
+    from gc2bench.config import ConfigError
+    from gc2bench.run import run
+
+    with pytest.raises(ConfigError, match=r"compressor.layer=50 is out of range: tiny's vision tower has 3 layers"):
+        run(compose_run(tmp_path, "model=tiny", "compressor=prumerge", "compressor.layer=50"))

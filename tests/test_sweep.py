@@ -131,7 +131,7 @@ def test_a_task_killed_half_way_resumes_from_its_answer_cache(tmp_path, cache_di
     assert sum(calls) == samples - 2
     assert resumed["timing"]["answers_from_cache"] == 2
     assert resumed["metrics"] == reference["metrics"]
-    strip = {"vision_ms", "compression_ms", "prefill_ms", "decode_ms"}
+    strip = {"vision_ms", "compression_ms", "prefill_ms", "decode_ms", "peak_memory_mb", "warmup"}
     assert ([{k: v for k, v in s.items() if k not in strip} for s in resumed["samples"]]
             == [{k: v for k, v in s.items() if k not in strip} for s in reference["samples"]])
 
@@ -200,7 +200,24 @@ def test_a_restarted_sweep_does_not_launch_finished_runs(tmp_path, cache_dir):
     assert {(m, r) for m, r, _, _ in records_by_run(results)} == {("none", 1.0), ("random", 0.5), ("random", 0.25),
                                                                   ("random", 0.1)}
     third = run_py(*sweep, f"hydra.sweep.dir={tmp_path / 'sweep3'}", "overwrite=true")
-    assert "sweep: 4 runs: 4 ran, 0 already done, 0 failed" in third.stdout  # overwrite=true launches all
+    # overwrite=true launches every run again, the baseline once
+    assert "sweep: 1 runs writing to an earlier run's record directory, not launched; 3 to run" in third.stdout
+    assert "sweep: 4 runs: 3 ran, 1 already done, 0 failed" in third.stdout
+
+
+def test_the_sweeper_launches_what_the_job_context_decides(tmp_path, cache_dir):
+    """A results_dir that only the job can resolve, and a skipped task (no API key here), are launched."""
+    results = tmp_path / "results"
+    skipped = run(compose_config("suite=paper10_fixtures", "tasks=[mmvet]", f"results_dir={results}"))
+    assert [r["status"] for r in skipped] == ["skipped"]
+    again = run_py("-m", "suite=paper10_fixtures", "tasks=[mmvet]", f"results_dir={results}",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"OPENAI_API_KEY": ""})
+    assert again.returncode == 0 and "not launched" not in again.stdout and "sweep: 1 runs: " in again.stdout
+    assert "skip mmvet: mmvet is scored by an API judge" in again.stdout  # the job itself decided
+    hydra_dir = run_py("-m", "tasks=[pope]", "suite.limit=1", "results_dir=${hydra:runtime.output_dir}/results",
+                       f"hydra.sweep.dir={tmp_path / 'sweep2'}")
+    assert hydra_dir.returncode == 0, hydra_dir.stdout[-2000:] + hydra_dir.stderr[-2000:]
+    assert "sweep: 1 runs: 1 ran" in hydra_dir.stdout
 
 
 def test_a_bad_config_in_a_sweep_fails_that_job_with_one_line(tmp_path, capsys):

@@ -21,10 +21,6 @@ def samples(record):
 
 @pytest.mark.slow
 def test_a_torchrun_run_matches_a_single_process_run(tmp_path, cache_dir):
-    from gc2bench.evaluation.lmms_model import GC2BenchLMM
-
-    if not hasattr(GC2BenchLMM, "device"):
-        pytest.skip("GC2BenchLMM has no data-parallel support yet (device, stats gathered to rank 0)")
     overrides = ["compressor=globalcom2", "ratio=0.5", "tasks=[pope]", "hydra.run.dir=" + str(tmp_path / "hydra")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     parallel = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

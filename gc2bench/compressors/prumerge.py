@@ -103,10 +103,16 @@ class PruMerge:
         self.extra_token = _flag(extra_token, "extra_token")
         self.unpad = _flag(unpad, "unpad")
         self.order = check_choice(order, ORDERS, "order", "prumerge")
+        if self.plus and not self.adaptive and math.floor(1.0 / self.ratio) < 6:
+            raise ValueError(f"prumerge: plus=true with ratio={ratio} samples every candidate (PruMerge+'s stride "
+                             f"floor(floor(1/R)/3) is 1 for R > 1/6), so nothing is pruned: use ratio <= 1/6 "
+                             "or adaptive=true")
         self.score_request = ScoreRequest(self.score, self.layer, merge_inputs=True)
 
     def params(self) -> dict:
-        return {"ratio": self.ratio, "adaptive": self.adaptive, "iqr_scope": self.iqr_scope, "plus": self.plus,
+        """Under ``adaptive`` R is unused: ``ratio`` 1.0 (a ratio sweep runs it once) and ``variant`` adaptive."""
+        variant = {"ratio": 1.0, "variant": "adaptive"} if self.adaptive else {"ratio": self.ratio}
+        return {**variant, "adaptive": self.adaptive, "iqr_scope": self.iqr_scope, "plus": self.plus,
                 "score": self.score, "layer": self.layer, "neighbors": self.neighbors,
                 "neighbor_pool": self.neighbor_pool, "include_center": self.include_center,
                 "extra_token": self.extra_token, "unpad": self.unpad, "order": self.order,

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from gc2bench.compressors.base import NEWLINE, MergeInputs, ScoreRequest, gather_tokens, source_views
-from gc2bench.config import check_model_path
+from gc2bench.config import ConfigError, check_model_path
 from gc2bench.efficiency.flops import sample_tflops
 from gc2bench.efficiency.timing import PrefillTimer, collector_paused, now, peak_memory_mb, reset_peak_memory
 
@@ -119,6 +119,7 @@ class VisionStageAdapter:
             raise ModelLoadError(f"model.path={path}: could not load a {self.model_class.__name__} checkpoint "
                                  f"({str(error).splitlines()[0]})") from error
         self.config = self.model.config
+        self._check_score_layer(compressor.score_request)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.image_token_id = self.config.image_token_id
@@ -142,6 +143,13 @@ class VisionStageAdapter:
         return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
     # -- model-specific -------------------------------------------------------------------------
+
+    def _check_score_layer(self, request: ScoreRequest) -> None:
+        """A ConfigError naming ``compressor.layer`` when it does not index the vision tower's layers."""
+        layers = self.config.vision_config.num_hidden_layers
+        if request.kind != "none" and not -layers <= request.layer < layers:
+            raise ConfigError(f"compressor.layer={request.layer} is out of range: {self.name}'s vision tower has "
+                              f"{layers} layers (use -{layers}..{layers - 1}; -1 is the last)")
 
     def check_compressor(self, compressor, model_name: str) -> None:
         """Raise a ConfigError if this model cannot serve the compressor's score request."""

@@ -9,6 +9,8 @@ Off by default (``tracking: none``). Without network use ``WANDB_MODE=offline`` 
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig, OmegaConf
 
 from gc2bench.config import ConfigError
@@ -25,9 +27,9 @@ def check_tracking(cfg: DictConfig) -> None:
 
 
 def start_tracking(cfg: DictConfig, name: str, group: str | None = None):
-    """The tracker ``cfg.tracking`` names, started for one run."""
+    """The tracker ``cfg.tracking`` names, started for one run (on data-parallel rank 0 only: it writes the records)."""
     check_tracking(cfg)
-    if str(cfg.get("tracking") or "none") == "wandb":
+    if str(cfg.get("tracking") or "none") == "wandb" and int(os.environ.get("RANK", 0)) == 0:
         return WandbTracker(cfg, name, group)
     return NoTracker()
 
