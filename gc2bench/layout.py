@@ -87,8 +87,33 @@ def unpadded_region(image_size_hw, grid: tuple[int, int], patches_per_side: int,
     return 0, grid_h, pad, grid_w - pad
 
 
+class CropGrid:
+    """What every layout shares: a thumbnail view, then ``grid`` crops of ``patches_per_side``² patch tokens."""
+
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+    patches_per_side: int
+
+    @property
+    def num_crops(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_views(self) -> int:
+        return 1 + self.num_crops
+
+    @property
+    def tokens_per_view(self) -> int:
+        return self.patches_per_side ** 2
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """(rows, cols) of patches in the whole crop grid ((0, 0) for a base-only image)."""
+        return self.grid[0] * self.patches_per_side, self.grid[1] * self.patches_per_side
+
+
 @dataclass(frozen=True)
-class AnyResLayout:
+class AnyResLayout(CropGrid):
     """Geometry of one AnyRes image.
 
     image_size: (height, width) in pixels; grid: (rows, cols) of crops; crop_size: crop side
@@ -108,23 +133,6 @@ class AnyResLayout:
             raise ValueError(f"grid={self.grid}: rows and cols must be >= 1")
         if self.patches_per_side < 1:
             raise ValueError(f"patches_per_side={self.patches_per_side} must be >= 1")
-
-    @property
-    def num_crops(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def num_views(self) -> int:
-        return 1 + self.num_crops
-
-    @property
-    def tokens_per_view(self) -> int:
-        return self.patches_per_side ** 2
-
-    @property
-    def padded_size(self) -> tuple[int, int]:
-        """(rows, cols) of patches in the whole crop grid."""
-        return self.grid[0] * self.patches_per_side, self.grid[1] * self.patches_per_side
 
     def unpadded_region(self, arithmetic: str = "transformers") -> tuple[int, int, int, int]:
         """(top, bottom, left, right) in grid patches; see module ``unpadded_region``."""
@@ -194,7 +202,7 @@ def parse_anyres_max(vision_aspect_ratio: str) -> int:
 
 
 @dataclass(frozen=True)
-class OneVisionLayout:
+class OneVisionLayout(CropGrid):
     """Geometry of one LLaVA-OneVision image, as transformers' ``pack_image_features`` lays it out.
 
     image_size: (height, width) in pixels; grid: (rows, cols) of crops, ``(0, 0)`` for an image
@@ -228,23 +236,6 @@ class OneVisionLayout:
             raise ValueError(f"patches_per_side={self.patches_per_side} must be >= 1")
         if self.anyres_max < 1:
             raise ValueError(f"anyres_max={self.anyres_max} must be >= 1")
-
-    @property
-    def num_crops(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def num_views(self) -> int:
-        return 1 + self.num_crops
-
-    @property
-    def tokens_per_view(self) -> int:
-        return self.patches_per_side ** 2
-
-    @property
-    def padded_size(self) -> tuple[int, int]:
-        """(rows, cols) of patches in the whole crop grid ((0, 0) for a base-only image)."""
-        return self.grid[0] * self.patches_per_side, self.grid[1] * self.patches_per_side
 
     def unpadded_region(self) -> tuple[int, int, int, int]:
         """(top, bottom, left, right) in grid patches, transformers' arithmetic; zeros for a base-only image."""
