@@ -111,6 +111,14 @@ class CropGrid:
         """(rows, cols) of patches in the whole crop grid ((0, 0) for a base-only image)."""
         return self.grid[0] * self.patches_per_side, self.grid[1] * self.patches_per_side
 
+    def grid_sources(self) -> torch.Tensor:
+        """[rows*pps, cols*pps] long: the token source of every patch of the crop grid (before unpadding)."""
+        pps, cols = self.patches_per_side, self.grid[1]
+        r = torch.arange(self.padded_size[0])[:, None]
+        c = torch.arange(self.padded_size[1])[None, :]
+        view = 1 + (r // pps) * cols + c // pps
+        return view * self.tokens_per_view + (r % pps) * pps + c % pps
+
 
 @dataclass(frozen=True)
 class AnyResLayout(CropGrid):
@@ -137,14 +145,6 @@ class AnyResLayout(CropGrid):
     def unpadded_region(self, arithmetic: str = "transformers") -> tuple[int, int, int, int]:
         """(top, bottom, left, right) in grid patches; see module ``unpadded_region``."""
         return unpadded_region(self.image_size, self.grid, self.patches_per_side, arithmetic)
-
-    def grid_sources(self) -> torch.Tensor:
-        """[rows*pps, cols*pps] long: the token source of every patch of the crop grid."""
-        pps, cols = self.patches_per_side, self.grid[1]
-        r = torch.arange(self.padded_size[0])[:, None]
-        c = torch.arange(self.padded_size[1])[None, :]
-        view = 1 + (r // pps) * cols + c // pps
-        return view * self.tokens_per_view + (r % pps) * pps + c % pps
 
     def sources(self, arithmetic: str = "transformers", newlines: str = "unpadded") -> torch.Tensor:
         """[P] long: thumbnail then unpadded crop grid row by row, each row followed by NEWLINE.
@@ -261,14 +261,6 @@ class OneVisionLayout(CropGrid):
     @property
     def downsampled(self) -> bool:
         return self.packed_size != self.unpadded_size
-
-    def grid_sources(self) -> torch.Tensor:
-        """[rows*pps, cols*pps] long: the token source of every patch of the crop grid (before unpadding)."""
-        pps, cols = self.patches_per_side, self.grid[1]
-        r = torch.arange(self.padded_size[0])[:, None]
-        c = torch.arange(self.padded_size[1])[None, :]
-        view = 1 + (r // pps) * cols + c // pps
-        return view * self.tokens_per_view + (r % pps) * pps + c % pps
 
     @cached_property
     def packed_grid_sources(self) -> torch.Tensor:

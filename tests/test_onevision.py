@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gc2bench.compressors.base import NEWLINE, ScoreRequest
+from gc2bench.compressors.fastervlm import FasterVLM
 from gc2bench.compressors.globalcom2 import GlobalCom2
 from gc2bench.compressors.none import NoCompression
+from gc2bench.compressors.random import RandomKeep
 from gc2bench.config import ConfigError
 from gc2bench.layout import OneVisionLayout, onevision_layout
 from gc2bench.models.adapter import SampleStats
@@ -413,3 +415,13 @@ def test_cls_score_requests_are_refused(ov_path, ov_adapter, with_compressor):
     adapter = with_compressor(GlobalCom2(ratio=0.5, score="cls_softmax"))
     with pytest.raises(ConfigError, match="cls_softmax"):
         adapter.generate(["Is there a cat?"], [[image(60, 60, 0)]], max_new_tokens=1)
+
+
+@pytest.mark.parametrize("compressor", [FasterVLM(ratio=0.5, unpad=False, score="cosine"),
+                                        RandomKeep(ratio=0.5, unpad=False)], ids=["fastervlm", "random"])
+def test_padded_grid_conventions_are_refused(ov_path, compressor):
+    """unpad=false ranks all padded-grid patches: OneVision packs a downsampled unpadded grid instead."""
+    from gc2bench.models.onevision import LlavaOneVisionAdapter
+
+    with pytest.raises(ConfigError, match=f"'{compressor.name}': unpad=false .* use compressor.unpad=true"):
+        LlavaOneVisionAdapter(str(ov_path), compressor, name="tiny_onevision", device="cpu")

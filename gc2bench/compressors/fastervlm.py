@@ -27,9 +27,8 @@ SCORES = ("cls_softmax", "cosine")
 
 
 def all_view_tokens(layout) -> torch.Tensor:
-    """[V·N] sources: the thumbnail's patches, then the padded crop grid in raster order."""
-    if not hasattr(layout, "grid_sources"):
-        raise ValueError(f"{type(layout).__name__} has no padded crop grid: use unpad=true for this model")
+    """[V·N] sources: the thumbnail's patches, then the padded crop grid in raster order (LLaVA-NeXT;
+    the OneVision adapter refuses ``unpad=false``)."""
     return torch.cat([torch.arange(layout.tokens_per_view), layout.grid_sources().flatten()])
 
 

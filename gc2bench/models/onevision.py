@@ -75,7 +75,7 @@ def _check_score_request(compressor, model_name: str) -> None:
             f"compressor {name!r} asks for a {request.kind} score, but model {model_name!r} (LLaVA-OneVision, "
             "SigLIP vision tower) has no CLS token; add compressor.score=cosine (the AAAI GlobalCom² paper's "
             "§4.3 score, accepted by globalcom2, fastervlm and prumerge)")
-    if request is not None and request.merge_inputs and getattr(compressor, "unpad", True) is False:
+    if getattr(compressor, "unpad", True) is False:  # fastervlm, random, prumerge: the padded-grid conventions
         raise ConfigError(f"compressor {getattr(compressor, 'name', type(compressor).__name__)!r}: unpad=false (all "
                           f"padded-grid patches) does not apply to model {model_name!r} (LLaVA-OneVision packs a "
                           "downsampled grid); use compressor.unpad=true")
