@@ -6,8 +6,35 @@ import math
 from pathlib import Path
 
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
 class ConfigError(ValueError):
     """A config value is invalid; the message names the key, the value and what is allowed."""
+
+
+def config_names(group: str) -> list[str]:
+    """The configs of a config group, e.g. ``config_names("compressor")``."""
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose_run_config(overrides: list[str], check: bool = True):
+    """conf/config.yaml composed with Hydra ``overrides`` (a ConfigError names a bad override) and, with
+    ``check``, validated; what ``run.py`` gets, for tools that build a run's compressor and model."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    if not CONF_DIR.is_dir():
+        raise ConfigError(f"gc2bench config directory {CONF_DIR} not found (gc2bench runs from a source "
+                          "checkout: pip install -e .)")
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=list(overrides))
+    except HydraException as error:
+        raise ConfigError(" ".join(str(error).split("Config search path")[0].split())) from None
+    if check:
+        validate(cfg)
+    return cfg
 
 
 def validate_ratio(value) -> float:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 OWN_KEYS = {"image": None, "prompt": "Describe the image.", "viz": None, "max_new_tokens": "16"}
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class InspectError(ValueError):
@@ -52,23 +50,14 @@ def load_image(path: str):
 
 def inspect(argv: list[str]) -> dict:
     """Run one image and return the JSON-ready report (also writes the figure if ``viz=``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    from gc2bench.config import validate
+    from gc2bench.config import compose_run_config
     from gc2bench.models.adapter import to_rgb
     from gc2bench.run import build_compressor, build_model
 
     own, overrides = split_arguments(argv)
-    if not CONF_DIR.is_dir():
-        raise InspectError(f"config directory {CONF_DIR} not found (inspect runs from a source checkout)")
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-    except HydraException as error:
-        raise InspectError(str(error).strip().replace("\n", " ")) from None
-    validate(cfg)
+    cfg = compose_run_config(overrides)
     image = to_rgb(load_image(own["image"]))
     compressor = build_compressor(cfg)
     adapter = build_model(cfg, compressor)

@@ -79,7 +79,7 @@ def test_bench_prefill_onevision_rows_match_the_real_adapter(capsys, cache_dir, 
     from gc2bench.efficiency.bench_prefill import (PROMPT, RandomWeightsOneVisionAdapter, bench_model_dir,
                                                    synthetic_images)
     from gc2bench.efficiency.flops import DecoderShape, sample_tflops
-    from gc2bench.inspect import CONF_DIR
+    from gc2bench.config import CONF_DIR
     from gc2bench.models.onevision import LlavaOneVisionAdapter
 
     code = main(["bench", "prefill", "--model", "tiny_onevision", "--compressors", "none,globalcom2,fastervlm,fastv",
@@ -139,7 +139,7 @@ def test_onevision_cls_compressor_without_the_cosine_override_is_unsupported(cac
     from gc2bench.compressors.none import NoCompression
     from gc2bench.efficiency.bench_prefill import (RandomWeightsOneVisionAdapter, bench_model_dir, check_supported,
                                                    compose_compressor)
-    from gc2bench.inspect import CONF_DIR
+    from gc2bench.config import CONF_DIR
 
     adapter = RandomWeightsOneVisionAdapter(str(bench_model_dir("tiny_onevision")), NoCompression(),
                                             name="tiny_onevision", dtype="float32", device="cpu")

@@ -414,19 +414,9 @@ def parse_grid(text: str | None) -> tuple | None:
     return int(rows), int(cols)
 
 
-def _config_names(group: str) -> list[str]:
-    from gc2bench.inspect import CONF_DIR
-
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
 def prepare(options: Options):
     """Validate everything that can be checked without a model; returns (cfg, compressor, image files)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    from gc2bench.config import validate_ratio
-    from gc2bench.inspect import CONF_DIR
+    from gc2bench.config import compose_run_config, config_names, validate_ratio
     from gc2bench.run import build_compressor
 
     options.orders = parse_orders(",".join(options.orders) if isinstance(options.orders, (list, tuple))
@@ -436,25 +426,14 @@ def prepare(options: Options):
         raise AnalysisError(f"--num-images {options.num_images}: must be >= 1")
     if not str(options.out).lower().endswith(".png"):
         raise AnalysisError(f"--out {options.out}: must be a .png file")
-    if not CONF_DIR.is_dir():
-        raise AnalysisError(f"config directory {CONF_DIR} not found (analyze runs from a source checkout)")
     for option, group, value in (("--model", "model", options.model), ("--compressor", "compressor", options.compressor)):
-        if value not in _config_names(group):
+        if value not in config_names(group):
             raise AnalysisError(f"{option} {value}: not a conf/{group} config (available: "
-                                f"{', '.join(_config_names(group))})")
+                                f"{', '.join(config_names(group))})")
     files = image_files(options.images, options.num_images) if options.images else None
     overrides = [f"model={options.model}", f"compressor={options.compressor}", f"ratio={options.ratio}",
                  *options.overrides]
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-    except HydraException as error:
-        raise AnalysisError(str(error).strip().replace("\n", " ")) from None
-    validate_ratio(cfg.ratio)
-    if cfg.model.get("path"):
-        from gc2bench.config import check_model_path
-
-        check_model_path(cfg.model.path)
+    cfg = compose_run_config(overrides)
     compressor = build_compressor(cfg)
     if getattr(compressor, "kind", "vision") != "llm" or not hasattr(compressor, "crop_order"):
         raise AnalysisError(f"--compressor {options.compressor}: not an LLM-stage method with a crop_order option; "

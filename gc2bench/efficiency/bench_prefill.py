@@ -339,12 +339,6 @@ def bench_image_size(adapter) -> tuple[int, int]:
 # -- compressors ------------------------------------------------------------------------------------
 
 
-def compressor_names() -> list[str]:
-    from gc2bench.inspect import CONF_DIR
-
-    return sorted(p.stem for p in (CONF_DIR / "compressor").glob("*.yaml"))
-
-
 @dataclass
 class Method:
     """One row's compressor, composed from ``conf/``; ``compressor`` is None unless ``status`` is ok."""
@@ -413,10 +407,9 @@ def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom
     """(header, rows) of the benchmark; see the module docstring for the row fields."""
     from hydra import initialize_config_dir
 
-    from gc2bench.config import validate_ratio
-    from gc2bench.inspect import CONF_DIR
+    from gc2bench.config import CONF_DIR, config_names, validate_ratio
 
-    known = compressor_names()
+    known = config_names("compressor")
     unknown = [name for name in compressors if name not in known]
     if unknown:
         raise BenchError(f"--compressors: unknown {', '.join(unknown)} (available: {', '.join(known)})")

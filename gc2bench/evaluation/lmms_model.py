@@ -17,13 +17,11 @@ from __future__ import annotations
 import dataclasses
 import sys
 import traceback
-from pathlib import Path
 
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 IMAGE_PLACEHOLDER = "<image>"
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 class GC2BenchLMM(lmms):
@@ -167,22 +165,16 @@ class GC2BenchModel(GC2BenchLMM):
 
 
 def compose_run_config(overrides: list[str], device: str | None = None):
-    """conf/config.yaml composed with Hydra ``overrides`` and validated (ConfigError on bad values)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    """The run config of ``model_args`` overrides, validated (ConfigError on bad values), on lmms-eval's ``device``."""
     from omegaconf import open_dict
 
+    from gc2bench import config
     from gc2bench.config import ConfigError, validate
 
-    if not CONF_DIR.is_dir():
-        raise ConfigError(f"gc2bench config directory {CONF_DIR} not found (install gc2bench from a source "
-                          f"checkout: pip install -e .)")
     try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-    except HydraException as error:
-        message = " ".join(str(error).split("Config search path")[0].split())
-        raise ConfigError(f"gc2bench model_args {','.join(overrides)}: {message}") from None
+        cfg = config.compose_run_config(overrides, check=False)
+    except ConfigError as error:
+        raise ConfigError(f"gc2bench model_args {','.join(overrides)}: {error}") from None
     if device and "device" in cfg.model and not any(o.startswith("model.device=") for o in overrides):
         with open_dict(cfg):
             cfg.model.device = device
