@@ -1,15 +1,8 @@
-"""gc2bench entry point: `python run.py compressor=globalcom2 ratio=0.1` (Hydra overrides; `-m` sweeps)."""
+"""gc2bench entry point: `python run.py compressor=globalcom2 ratio=0.1` (Hydra overrides; `-m` sweeps).
 
-import hydra
-from omegaconf import DictConfig
+The same as `gc2bench run ...`; the configs are conf/ (shipped in the package as gc2bench/conf)."""
 
-
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from gc2bench.run import run_job
-
-    run_job(cfg)
-
+from gc2bench.entry import main
 
 if __name__ == "__main__":
     main()

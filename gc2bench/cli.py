@@ -57,6 +57,20 @@ def _bench(args: argparse.Namespace) -> int:
     raise SystemExit(f"gc2bench bench: unknown benchmark {args.what!r}")
 
 
+def _run(args: argparse.Namespace) -> int:
+    from gc2bench.entry import main as run_main
+
+    sys.argv = ["gc2bench run", *args.overrides]
+    run_main()
+    return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    from gc2bench.environment import main as environment_main
+
+    return environment_main((["--summary"] if args.summary else []) + (["--check"] if args.check else []))
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from gc2bench.inspect import main as inspect_main
 
@@ -89,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tools around gc2bench runs. Runs themselves start with `python run.py ...` (Hydra).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="one run or a -m sweep (the same as python run.py)", add_help=False,
+                       description="Hydra overrides exactly as for python run.py, e.g. gc2bench run "
+                                   "compressor=globalcom2 ratio=0.1; gc2bench run --help lists the config groups.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_run)
 
     p = sub.add_parser("table", help="paper-style table from run records",
                        description="Read the finished JSON records under DIR and print, per model, one row per "
@@ -178,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="prefill: one JSON list of rows instead of the table")
     p.set_defaults(func=_bench)
 
+    p = sub.add_parser("env", help="the running environment against the lock",
+                       description="Whether every package gc2bench's lock (gc2bench/requirements-lock.txt) pins for "
+                                   "this Python and platform is installed at its version, and the ones that are not "
+                                   "(what every record's versions.lock holds). Refresh the lock: bash .ci/lock.")
+    p.add_argument("--summary", action="store_true", help="one line instead of JSON")
+    p.add_argument("--check", action="store_true", help="exit 1 when the environment differs from the lock")
+    p.set_defaults(func=_env)
+
     p = sub.add_parser("analyze", help="analyses of compressor behaviour (positional-bias)",
                        description="Analyses of how a compressor behaves on a model (not benchmark scores).")
     analyses = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
@@ -228,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:   # everything after `run` is Hydra's (overrides, -m, --help, --cfg job)
+        return _run(argparse.Namespace(overrides=argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

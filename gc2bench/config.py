@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# conf/ of the checkout, shipped in the package as gc2bench/conf (a link to ../conf in the source tree).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 class ConfigError(ValueError):
@@ -25,8 +26,7 @@ def compose_run_config(overrides: list[str], check: bool = True):
     from hydra.errors import HydraException
 
     if not CONF_DIR.is_dir():
-        raise ConfigError(f"gc2bench config directory {CONF_DIR} not found (gc2bench runs from a source "
-                          "checkout: pip install -e .)")
+        raise ConfigError(f"gc2bench config directory {CONF_DIR} not found (a broken install: reinstall gc2bench)")
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=list(overrides))

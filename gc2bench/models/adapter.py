@@ -127,9 +127,13 @@ class VisionStageAdapter:
         self.batches_answered = 0
         self.pruner = None
         if getattr(compressor, "kind", "vision") == "llm":
-            from gc2bench.models.decoder_pruning import DecoderPruner
+            from gc2bench.models.decoder_pruning import DecoderPruner, UnsupportedDecoderError
 
-            self.pruner = DecoderPruner(self.model.model.language_model, compressor, seed=getattr(compressor, "seed", 0))
+            try:
+                self.pruner = DecoderPruner(self.model.model.language_model, compressor,
+                                            seed=getattr(compressor, "seed", 0))
+            except UnsupportedDecoderError as error:
+                raise ModelLoadError(str(error)) from None
 
     def describe(self) -> dict:
         return {"name": self.name, "path": self.path, "revision": self.revision,

@@ -21,12 +21,57 @@ no-cache recomputation of the pruned sequence is run.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import dataclass, field
 
 import torch
 
 from gc2bench.compressors.base import SEGMENT_RECYCLED, SEGMENT_TEXT, LLMContext
+
+
+# transformers releases the hooks were tested on (the lock's and the newest 5.x: `bash .ci/latest`).
+TESTED_TRANSFORMERS = ">=5.23,<=5.24"
+# What the hooks read from each decoder layer's forward: the cache moved from `past_key_values` (<= 5.23)
+# to `cache` (5.24).
+LAYER_ARGUMENTS = ("hidden_states", "attention_mask", "position_ids", "position_embeddings")
+CACHE_ARGUMENTS = ("cache", "past_key_values")
+
+
+class UnsupportedDecoderError(RuntimeError):
+    """The installed transformers' decoder layers lack an argument or module the pruning hooks read."""
+
+
+def cache_argument(language_model) -> str:
+    """The name under which ``language_model``'s decoder layers take the KV cache, after checking that their
+    forward has every argument the hooks read and the modules they use; else one UnsupportedDecoderError line."""
+    import transformers
+
+    def unsupported(what: str) -> UnsupportedDecoderError:
+        return UnsupportedDecoderError(
+            f"decoder pruning: {what} (transformers {transformers.__version__}; gc2bench's in-LLM hooks are tested "
+            f"on transformers {TESTED_TRANSFORMERS}: install the lock with install.sh)")
+
+    layers = getattr(language_model, "layers", None)
+    if not layers:
+        raise unsupported(f"{type(language_model).__name__} has no decoder `layers`")
+    layer = layers[0]
+    parameters = inspect.signature(layer.forward).parameters
+    missing = [name for name in LAYER_ARGUMENTS if name not in parameters]
+    cache = next((name for name in CACHE_ARGUMENTS if name in parameters), None)
+    if cache is None:
+        missing.append(" or ".join(CACHE_ARGUMENTS))
+    if missing:
+        raise unsupported(f"{type(layer).__name__}.forward has no argument {', '.join(missing)}")
+    attention = getattr(layer, "self_attn", None)
+    needed = {"input_layernorm": layer, "self_attn": layer, "rotary_emb": language_model}
+    needed.update({name: attention for name in ("q_proj", "k_proj", "head_dim", "scaling", "num_key_value_groups")})
+    absent = [name for name, owner in needed.items() if owner is None or not hasattr(owner, name)]
+    modeling = sys.modules[type(layer).__module__]
+    absent += [name for name in ("apply_rotary_pos_emb", "repeat_kv") if not hasattr(modeling, name)]
+    if absent:
+        raise unsupported(f"{type(layer).__name__} lacks {', '.join(absent)}")
+    return cache
 
 
 @dataclass
@@ -92,6 +137,7 @@ class DecoderPruner:
         self.layers = language_model.layers
         self.compressor = compressor
         self.seed = seed
+        self.cache_argument = cache_argument(language_model)
         self.stages = compressor.stages(len(self.layers))
         self.first_prune = min(stage.prune_layer for stage in self.stages)
         self.plan: PrefillPlan | None = None
@@ -177,8 +223,11 @@ class DecoderPruner:
         if index < self.first_prune or index not in self.stage_states:
             return None
         stage_state = self.stage_states[index]
-        cache = kwargs.get("past_key_values")
-        cached = cache.get_seq_length(index) if cache is not None else 0
+        cache = kwargs.get(self.cache_argument)
+        if cache is None:
+            raise UnsupportedDecoderError(f"decoder pruning: layer {index} got no `{self.cache_argument}` while "
+                                          "decoding (generate with use_cache=True, or replay without a cache)")
+        cached = cache.get_seq_length(index)
         generated = cached - stage_state.valid.shape[1] + 1
         keys = torch.cat([stage_state.valid, stage_state.valid.new_ones(hidden.shape[0], generated)], dim=1)
         mask = self._mask_format(keys[:, None, None, :])

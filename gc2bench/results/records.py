@@ -89,12 +89,16 @@ VERSIONED_PACKAGES = ("gc2bench", "torch", "transformers", "lmms_eval", "hydra-c
 
 
 def package_versions() -> dict:
+    """Versions of the packages that shape a result, and ``lock``: the environment checked against the lock."""
+    from gc2bench.environment import lock_check
+
     versions = {"python": platform.python_version()}
     for package in VERSIONED_PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    versions["lock"] = lock_check()
     return versions
 
 
