@@ -25,7 +25,8 @@ def _conformance(args: argparse.Namespace) -> int:
     return run_conformance(args.method, args.file)
 
 
-BENCH_REPEATS = {"selection": 20, "hooks": 20, "prefill": 3}
+BENCH_REPEATS = {"selection": 20, "hooks": 20, "prefill": 3, "gpu": 3}
+PREFILL_COMPRESSORS = "none,globalcom2,fastervlm,fastv,pdrop,sparsevlm"
 
 
 def _flops(args: argparse.Namespace) -> int:
@@ -38,10 +39,16 @@ def _flops(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.repeats is None:
         args.repeats = BENCH_REPEATS[args.what]
+    if args.what == "gpu":
+        from gc2bench.efficiency.bench_gpu import bench_gpu
+
+        return bench_gpu(args.budget, args.out, args.compressors, args.ratios or "0.5,0.25,0.1",
+                         decode_tokens=args.decode_tokens, max_batch=args.max_batch, repeats=args.repeats,
+                         parts=args.parts)
     if args.what == "prefill":
         from gc2bench.efficiency.bench_prefill import bench_prefill
 
-        return bench_prefill(args.model, args.compressors, args.ratios, repeats=args.repeats, images=args.images,
+        return bench_prefill(args.model, args.compressors or PREFILL_COMPRESSORS, args.ratios or "1,0.5,0.25,0.1", repeats=args.repeats, images=args.images,
                              device=args.device, dtype=args.dtype, threads=args.threads, as_json=args.json)
     if args.what == "selection":
         if not args.file:
@@ -169,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_flops)
 
     p = sub.add_parser("bench", help="micro-benchmarks (see BENCHMARKS.md)")
-    p.add_argument("what", choices=["selection", "hooks", "prefill"],
-                   help="selection: GlobalCom² selection + packing, ms/image on CPU; "
+    p.add_argument("what", choices=["selection", "hooks", "prefill", "gpu"],
+                   help="gpu: every GPU claim in one command within --budget seconds (gpu-marked tests, 7B-shape "
+                        "prefill/decode/memory/throughput per method and R, KV cache = recomputation; tiny shapes "
+                        "on CPU); selection: GlobalCom² selection + packing, ms/image on CPU; "
                         "hooks: CLS-attention capture cost next to the CLIP tower; "
                         "prefill: measured LLM prefill vs analytic TFLOPs per method and ratio (random weights)")
     p.add_argument("file", nargs="?", help="selection: vectors JSON whose cases give the image sizes, scores, ratios")
@@ -188,9 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "LLaVA-OneVision: cpu_small_onevision, tiny_onevision, llava_onevision_7b) or a directory "
                         "with a LLaVA-NeXT or LLaVA-OneVision config.json; weights are random (OneVision: "
                         "compressors asking for a CLS score run with compressor.score=cosine)")
-    p.add_argument("--compressors", default="none,globalcom2,fastervlm,fastv,pdrop,sparsevlm",
-                   help="prefill: comma-separated conf/compressor names (none is always run as the reference)")
-    p.add_argument("--ratios", default="1,0.5,0.25,0.1", help="prefill: comma-separated retention ratios R")
+    p.add_argument("--compressors", default=None,
+                   help="prefill, gpu: comma-separated conf/compressor names, none always run as the reference "
+                        f"(prefill default: {PREFILL_COMPRESSORS}; gpu: every conf/compressor)")
+    p.add_argument("--ratios", default=None,
+                   help="prefill, gpu: comma-separated retention ratios R (prefill default 1,0.5,0.25,0.1; gpu "
+                        "0.5,0.25,0.1)")
+    p.add_argument("--budget", type=float, default=480, help="gpu: wall-clock budget in seconds (default 480)")
+    p.add_argument("--out", default=None, help="gpu: folder for bench_gpu.json and bench_gpu.md "
+                                               "(default bench_gpu/<date>)")
+    p.add_argument("--decode-tokens", type=int, default=8, help="gpu: new tokens per answer (forced; default 8)")
+    p.add_argument("--max-batch", type=int, default=32, help="gpu: largest batch tried (default 32)")
+    p.add_argument("--parts", default=None, help="gpu: comma-separated parts (default tests,llava_next,onevision,"
+                                                 "kv_cache)")
     p.add_argument("--images", type=int, default=1, help="prefill: synthetic images per round")
     p.add_argument("--threads", type=int, default=None,
                    help="prefill: torch CPU threads (default: torch's, one per core; 1 is steadier on a shared "
