@@ -1,6 +1,9 @@
 """tracking=wandb logs a run's config, metrics and tables to Weights & Biases, offline here."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -69,3 +72,20 @@ def test_wandb_offline_logs_config_metrics_and_tables(tmp_path, cache_dir, monke
 def test_unknown_tracker_is_refused_before_loading(tmp_path):
     with pytest.raises(ConfigError, match="tracking=mlflow is not one of none, wandb"):
         run(compose_config(f"results_dir={tmp_path}", "tracking=mlflow"))
+
+
+def test_wandb_online_without_key_is_one_line_before_loading(tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "netrc"))
+    (tmp_path / "netrc").write_text("")
+    done = subprocess.run([sys.executable, "run.py", "tracking=wandb", f"results_dir={tmp_path}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no W&B API key" in lines[0] and "wandb.mode=offline" in lines[0]
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_wandb_mode_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="wandb.mode=onlin is not one of"):
+        run(compose_config(f"results_dir={tmp_path}", "tracking=wandb", "wandb.mode=onlin"))

@@ -10,8 +10,10 @@ plain tower's median time.
 from __future__ import annotations
 
 import statistics
+import sys
 
 import torch
+from tqdm import tqdm
 
 from gc2bench.efficiency.timing import now
 from gc2bench.models.llava_next import captured_attention_input, clip_encoder_layers, cls_attention_scores
@@ -23,6 +25,7 @@ def bench_hooks(views: int = 1, layers: int = 24, width: int = 1024, heads: int 
 
     from gc2bench.models.adapter import DTYPES
 
+    print(f"bench hooks: building a random CLIP tower ({layers} layers, width {width})", file=sys.stderr, flush=True)
     torch.manual_seed(0)
     config = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
                               num_attention_heads=heads, image_size=image_size, patch_size=14)
@@ -47,7 +50,9 @@ def bench_hooks(views: int = 1, layers: int = 24, width: int = 1024, heads: int 
 
     timings = {name: [] for name in ("plain", "hooked", "scores")}
     with torch.no_grad():
-        for step in range(repeats + 1):
+        rounds = tqdm(range(repeats + 1), desc="bench hooks (round 0 = warm-up)", unit="round", file=sys.stderr,
+                      dynamic_ncols=True)
+        for step in rounds:
             for name, fn in (("plain", plain), ("hooked", hooked), ("scores", scores_only)):
                 start = now(device)
                 fn()

@@ -20,10 +20,36 @@ SAMPLE_COLUMNS = ("doc_id", "answer", "target", "visual_tokens_before", "visual_
                   "layer_averaged_image_tokens", "prefill_ms", "decode_ms")
 
 
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
+
+
 def check_tracking(cfg: DictConfig) -> None:
+    """The tracker's settings, before anything loads: ``tracking=wandb`` online needs an API key."""
     tracking = str(cfg.get("tracking") or "none")
     if tracking not in TRACKERS:
         raise ConfigError(f"tracking={tracking} is not one of {', '.join(TRACKERS)}")
+    if tracking != "wandb":
+        return
+    mode = (cfg.get("wandb") or {}).get("mode") or os.environ.get("WANDB_MODE") or "online"
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"wandb.mode={mode} is not one of online, offline, disabled")
+    if mode in ("online", "run") and not _wandb_api_key():
+        raise ConfigError("tracking=wandb: no W&B API key (set WANDB_API_KEY or run `wandb login`), or log "
+                          "without network with wandb.mode=offline (`wandb sync DIR` uploads it later)")
+
+
+def _wandb_api_key() -> str | None:
+    """An API key as wandb finds it: WANDB_API_KEY, else the netrc entry `wandb login` writes."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    host = (os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return None
+    return entry[2] if entry else None
 
 
 def start_tracking(cfg: DictConfig, name: str, group: str | None = None):
