@@ -161,6 +161,24 @@ def test_stop_strings_and_whitespace_of_a_forced_multi_paragraph_answer(tiny_ada
     assert llava == [raw.strip()]  # LLaVA: EOS only, then .strip()
 
 
+LLAVA_HF_VICUNA_TEMPLATE = (  # llava-hf/llava-v1.6-vicuna-*-hf chat_template.json
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', "
+    "'text') %}{{ content['text'] + ' '}}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+
+
+def test_a_template_that_drops_string_content_is_an_error_not_an_empty_prompt(tiny_adapter, monkeypatch):
+    monkeypatch.setattr(tiny_adapter.tokenizer, "chat_template", LLAVA_HF_VICUNA_TEMPLATE)
+    with pytest.raises(ValueError, match="renders 'USER: ASSISTANT:'.*use suite.protocol=llava_eval"):
+        get_protocol("lmms_eval").render("Is it red?", 1, tiny_adapter)
+    monkeypatch.setattr(tiny_adapter.processor, "chat_template", LLAVA_HF_VICUNA_TEMPLATE)
+    assert tiny_adapter.prompt("Is it red?", 1) == "USER: <image>\nIs it red? ASSISTANT:"
+    assert get_protocol("llava_eval").render("Is it red?", 1, tiny_adapter).text.endswith(
+        "USER: <image>\nIs it red? ASSISTANT:")
+
+
 def test_context_whitespace_is_kept(tiny_adapter):
     for name in PROTOCOLS:
         assert "Is it red? \n ASSISTANT:" in get_protocol(name).render("Is it red? \n", 1, tiny_adapter).text
@@ -263,3 +281,20 @@ def test_golden_prompt(tiny_adapter, cache_dir, protocol, task):
     actual = json.loads(json.dumps(task_prompts(tiny_adapter, ENTRIES[task], protocol), ensure_ascii=False))
     assert len(actual["documents"]) == 2
     assert actual == expected, f"the {protocol} prompt of {task} changed; if deliberate: {REGENERATE}"
+
+
+def test_onevision_prompts(cache_dir):
+    from PIL import Image
+
+    from gc2bench.compressors.none import NoCompression
+    from gc2bench.models.tiny_onevision import load_tiny_onevision
+
+    adapter = load_tiny_onevision(NoCompression(), dtype="float32", device="cpu")
+    image = Image.new("RGB", (60, 40), (255, 0, 0))
+    llava = adapter.generate(["Is it red?"], [[image]], protocol="llava_eval", max_new_tokens=1)[0]
+    assert llava.prompt == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
+                            "Is it red?<|im_end|>\n<|im_start|>assistant\n")
+    assert get_protocol("llava_eval").template_name(adapter) == "qwen_1_5"
+    assert get_protocol("llava_eval").render("Q", 1, adapter).add_bos is False  # Qwen2 has no BOS to keep
+    lmms = adapter.generate(["Is it red?"], [[image]], protocol="lmms_eval", max_new_tokens=1)[0]
+    assert lmms.prompt == "<|im_start|>user <image>\nIs it red?<|im_end|>\n<|im_start|>assistant\n"

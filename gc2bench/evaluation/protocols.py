@@ -195,6 +195,11 @@ class LmmsEvalProtocol(Protocol):
         template = tokenizer.chat_template or LMMS_EVAL_VICUNA_TEMPLATE  # llava_hf.py:326-334
         text = tokenizer.apply_chat_template([{"role": "user", "content": context}], tokenize=False,
                                              add_generation_prompt=True, chat_template=template)
+        if context not in text:
+            # llava-hf's templates read content as a list of parts: a string renders as "USER: ASSISTANT:".
+            raise ValueError(f"suite.protocol=lmms_eval: the tokenizer's chat template drops a string message "
+                             f"(it renders {text!r}), so lmms-eval's llava_hf would send no question; "
+                             f"use suite.protocol=llava_eval")
         return Rendered(text, add_bos=False, template=self.template_name(adapter))
 
     def generate_kwargs(self, task: str, task_kwargs: dict) -> tuple[dict, list[str]]:
@@ -234,12 +239,12 @@ class LlavaEvalProtocol(Protocol):
         if IMAGE_PLACEHOLDER in question:  # model_vqa_science.py:44
             question = question.replace(IMAGE_PLACEHOLDER, "").strip()
         question = (IMAGE_PLACEHOLDER + "\n") * num_images + question  # model_vqa*.py: DEFAULT_IMAGE_TOKEN + '\n' + qs
-        if _is_onevision(adapter):
+        if _is_onevision(adapter):  # Qwen2's tokenizer has no BOS, so tokenizer_image_token keeps none
             text = (f"{QWEN_1_5_SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
                     f"<|im_start|>assistant\n")
-        else:
-            text = f"{VICUNA_V1_SYSTEM} USER: {question} ASSISTANT:"
-        # tokenizer_image_token (llava/mm_utils.py:185-204) keeps the BOS the Llama tokenizer puts first.
+            return Rendered(text, add_bos=False, template=self.template_name(adapter))
+        text = f"{VICUNA_V1_SYSTEM} USER: {question} ASSISTANT:"
+        # tokenizer_image_token (llava/mm_utils.py:185-204) keeps the BOS Vicuna's Llama tokenizer puts first.
         return Rendered(text, add_bos=True, template=self.template_name(adapter))
 
     def generate_kwargs(self, task: str, task_kwargs: dict) -> tuple[dict, list[str]]:
