@@ -298,3 +298,8 @@ def test_onevision_prompts(cache_dir):
     assert get_protocol("llava_eval").render("Q", 1, adapter).add_bos is False  # Qwen2 has no BOS to keep
     lmms = adapter.generate(["Is it red?"], [[image]], protocol="lmms_eval", max_new_tokens=1)[0]
     assert lmms.prompt == "<|im_start|>user <image>\nIs it red?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_lmms_eval_response_cache_key_names_the_protocol(tiny_adapter):
+    keys = {str(GC2BenchLMM(tiny_adapter, protocol=name)) for name in PROTOCOLS}
+    assert len(keys) == 2 and all(f"protocol={name}" in " ".join(keys) for name in PROTOCOLS)

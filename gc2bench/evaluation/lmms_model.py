@@ -38,7 +38,8 @@ class GC2BenchLMM(lmms):
 
     def __str__(self) -> str:  # lmms-eval's response cache is keyed on str(model)
         compressor = self.adapter.compressor
-        return f"gc2bench({self.adapter.name}, {compressor.name}, {sorted(compressor.params().items())})"
+        return (f"gc2bench({self.adapter.name}, {compressor.name}, {sorted(compressor.params().items())}, "
+                f"protocol={self.protocol.name})")
 
     def clean(self) -> None:
         """Called by lmms-eval after each evaluation. The adapter stays loaded for the run's next task,
