@@ -214,8 +214,6 @@ class VisionStageAdapter:
 
     # -- generation ---------------------------------------------------------------------------
 
-    @torch.no_grad()
-    @collector_paused()
     def model_inputs(self, prompts: list[str], images: list[list], add_bos: bool = False):
         """The processor's output for rendered ``prompts`` and RGB ``images``; with ``add_bos`` each row
         starts with the tokenizer's BOS id (put in front of rows whose tokenizer added none)."""
@@ -236,6 +234,8 @@ class VisionStageAdapter:
         rendered = [get_protocol(protocol).render(text, len(imgs), self) for text, imgs in zip(texts, images)]
         return [r.text for r in rendered], any(r.add_bos for r in rendered)
 
+    @torch.no_grad()
+    @collector_paused()
     def generate(self, texts: list[str], images: list[list], prune_replay=None, protocol: str | None = None,
                  **gen_kwargs) -> list[Generation]:
         """Answer each ``texts[i]`` about ``images[i]`` (a list of PIL images, possibly empty).
