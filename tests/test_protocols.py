@@ -303,3 +303,38 @@ def test_onevision_prompts(cache_dir):
 def test_lmms_eval_response_cache_key_names_the_protocol(tiny_adapter):
     keys = {str(GC2BenchLMM(tiny_adapter, protocol=name)) for name in PROTOCOLS}
     assert len(keys) == 2 and all(f"protocol={name}" in " ".join(keys) for name in PROTOCOLS)
+
+
+# -- lmms_eval against lmms-eval's own llava_hf ----------------------------------------------------------
+
+@pytest.mark.parametrize("task", ["pope", "textvqa_val", "mmbench_en_dev", "mmvet", "scienceqa_img"])
+def test_lmms_eval_protocol_sends_what_lmms_evals_llava_hf_sends(tiny_adapter, tiny_path, spy, monkeypatch, task):
+    """lmms-eval's real ``llava_hf`` model on the same checkpoint and requests: same input ids, same
+    generation kwargs, same (forced, multi-paragraph) answers as gc2bench under ``lmms_eval``."""
+    from lmms_eval.models.simple.llava_hf import LlavaHf
+
+    spy.force(FORCED)
+    _, _, ours = answer_requests(tiny_adapter, task, "lmms_eval", limit=2)
+    reference = LlavaHf(pretrained=str(tiny_path), device="cpu", dtype="float32", device_map="cpu")
+    theirs_calls, original = [], reference.model.generate
+
+    def generate(**kwargs):
+        theirs_calls.append(kwargs)
+        kwargs["logits_processor"] = LogitsProcessorList([ForcedAnswer(spy.forced, reference.tokenizer.eos_token_id)])
+        return original(**kwargs)
+
+    monkeypatch.setattr(reference.model, "generate", generate)
+    use_offline_hub()
+    with _importable_judge_code():
+        lmms_task = load_task(ENTRIES[task], "lmms_eval")
+    lmms_task.build_all_requests(limit=2)
+    reference.task_dict[task] = lmms_task.dataset
+    theirs = reference.generate_until(sorted(lmms_task.instances, key=lambda inst: inst.args[3]))
+    assert ours == theirs and len(ours) == 2
+    scalar = ("do_sample", "temperature", "top_p", "num_beams", "max_new_tokens", "use_cache", "pad_token_id",
+              "eos_token_id")
+    # llava_hf answers the longest prompt first, gc2bench in document order: compare the calls as sets.
+    mine = sorted((call["input_ids"][0].tolist(), sorted(call["kwargs"].items())) for call in spy.calls)
+    reference_calls = sorted((call["input_ids"][0].tolist(), sorted((key, call[key]) for key in scalar))
+                             for call in theirs_calls)
+    assert mine == reference_calls
