@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run one image through the configured model and compressor and print one JSON "
                                    "object (tokens before/kept, newline tokens, kept per view, crop budgets, answer). "
                                    "Own keys: image=PATH (required), prompt=TEXT, viz=OUT.png (figure of the kept "
-                                   "tokens), max_new_tokens=N. Every other KEY=VALUE is a Hydra override as for "
+                                   "tokens), max_new_tokens=N, protocol=lmms_eval|llava_eval (how the prompt is rendered; default "
+                                   "suite.protocol; the report shows the rendered prompt). Every other KEY=VALUE is "
+                                   "a Hydra override as for "
                                    "run.py, e.g. compressor=globalcom2 ratio=0.1 model=tiny.")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=_inspect)

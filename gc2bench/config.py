@@ -77,3 +77,8 @@ def validate(cfg) -> None:
         for key in ("task", "metric"):
             if not entry.get(key):
                 raise ConfigError(f"suite={cfg.suite.get('name')}: every task needs `{key}` (got {dict(entry)})")
+    from gc2bench.evaluation.protocols import get_protocol
+
+    protocol = get_protocol(cfg.suite.get("protocol"))
+    for entry in cfg.suite.tasks:
+        protocol.check_task(entry.task)

@@ -1,9 +1,13 @@
 """`gc2bench inspect`: one image through one model and compressor, as JSON (and a figure).
 
     gc2bench inspect image=photo.jpg prompt="What is this?" compressor=globalcom2 ratio=0.1 viz=kept.png
+    gc2bench inspect image=photo.jpg prompt="What is this?" protocol=llava_eval
 
-``image``, ``prompt``, ``viz`` and ``max_new_tokens`` are inspect's own keys; every other
-argument is a Hydra override of the run config (conf/config.yaml), exactly as for run.py.
+``image``, ``prompt``, ``viz``, ``max_new_tokens`` and ``protocol`` are inspect's own keys; every
+other argument is a Hydra override of the run config (conf/config.yaml), exactly as for run.py.
+``prompt`` is rendered as the evaluation protocol renders a benchmark question (``protocol=``,
+else ``suite.protocol``; docs/protocols.md); the report shows the rendered ``prompt`` and what the
+checkpoint's own chat template would have made of it (``checkpoint_prompt``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
-OWN_KEYS = {"image": None, "prompt": "Describe the image.", "viz": None, "max_new_tokens": "16"}
+OWN_KEYS = {"image": None, "prompt": "Describe the image.", "viz": None, "max_new_tokens": "16", "protocol": None}
 
 
 class InspectError(ValueError):
@@ -53,15 +57,19 @@ def inspect(argv: list[str]) -> dict:
     from omegaconf import OmegaConf
 
     from gc2bench.config import compose_run_config
+    from gc2bench.evaluation.lmms_model import decoded
+    from gc2bench.evaluation.protocols import checkpoint_prompt, get_protocol
     from gc2bench.models.adapter import to_rgb
     from gc2bench.run import build_compressor, build_model
 
     own, overrides = split_arguments(argv)
     cfg = compose_run_config(overrides)
+    protocol = get_protocol(own["protocol"] or cfg.suite.get("protocol"))
     image = to_rgb(load_image(own["image"]))
     compressor = build_compressor(cfg)
     adapter = build_model(cfg, compressor)
-    result = adapter.generate([own["prompt"]], [[image]], max_new_tokens=own["max_new_tokens"], do_sample=False)[0]
+    result = adapter.generate([own["prompt"]], [[image]], protocol=protocol.name, max_new_tokens=own["max_new_tokens"],
+                              do_sample=False)[0]
     layout, kept = adapter.last_selection[0]
     stats = result.stats
     report = {
@@ -72,7 +80,10 @@ def inspect(argv: list[str]) -> dict:
         "visual_tokens_before": stats.visual_tokens_before, "visual_tokens_kept": stats.visual_tokens_kept,
         "newline_tokens": stats.newline_tokens_kept, "newline_tokens_before": stats.newline_tokens_before,
         "kept_per_view": stats.kept_per_view[0], "crop_budgets": stats.crop_budgets[0] if stats.crop_budgets else None,
-        "ratio_convention": stats.ratio_convention, "answer": result.text,
+        "ratio_convention": stats.ratio_convention, "protocol": protocol.name,
+        "template": protocol.template_name(adapter), "prompt": result.prompt,
+        "checkpoint_prompt": checkpoint_prompt(adapter, own["prompt"], 1),
+        "answer": protocol.postprocess(decoded(result), []),
         "image_tokens_per_layer": stats.image_tokens_per_layer,
         "layer_averaged_image_tokens": stats.layer_averaged_image_tokens,
         "timing_ms": {"vision": stats.vision_ms, "compression": stats.compression_ms, "prefill": stats.prefill_ms,

@@ -253,7 +253,8 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
 
     params = compressor.params()
     common = {"compressor": {"name": compressor.name, "params": params}, "ratio": params.get("ratio", 1.0),
-              "suite": cfg.suite.name, "versions": package_versions(), "git_commit": git_commit(),
+              "suite": cfg.suite.name, "protocol": protocol_name(cfg), "versions": package_versions(),
+              "git_commit": git_commit(),
               "config": OmegaConf.to_container(cfg, resolve=True)}
     model = {"name": cfg.model.name, "path": cfg.model.get("path"), "revision": cfg.model.get("revision")}
     records, failed = [], []
@@ -289,7 +290,8 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
     if cache.loaded:
         print(f"{head}: {cache.loaded} answers cached by an earlier attempt are reused", flush=True)
     scope = {"model": {k: v for k, v in model.items() if k != "device"}, "compressor": common["compressor"]}
-    lm = GC2BenchLMM(CachingAdapter(adapter, cache, scope), batch_size=cfg.suite.batch_size)
+    lm = GC2BenchLMM(CachingAdapter(adapter, cache, scope), batch_size=cfg.suite.batch_size,
+                     protocol=cfg.suite.get("protocol"))
     tracker = start_tracking(cfg, name=directory.name, group=_sweep_name())
     try:
         for index, entry in enumerate(todo, 1):
@@ -321,7 +323,7 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
             record = {**common, "task": entry["task"], "entry": entry, "limit": cfg.suite.limit,
                       "data": data_description(entry), "metrics": result.metrics,
                       "tokens": tokens, "efficiency": efficiency, "failures": result.failures,
-                      "samples": result.samples, "status": "done",
+                      "samples": result.samples, "prompting": lm.prompting.get(entry["task"]), "status": "done",
                       "timing": {"started": started_at, "finished": _now(), "wall_s": time.perf_counter() - started,
                                  "model_load_s": load_s, "answers_from_cache": cache.hits - hits}}
             record.update(tracker.info())
@@ -401,6 +403,13 @@ def _write_skipped(directory: Path, entry: dict, reason: str, common: dict) -> d
               "status": "skipped", "reason": reason, "timing": {"finished": _now()}}
     write_record(record_path(directory, entry["task"]), record)
     return record
+
+
+def protocol_name(cfg: DictConfig) -> str:
+    """The run's evaluation protocol (``suite.protocol``; gc2bench.evaluation.protocols)."""
+    from gc2bench.evaluation.protocols import get_protocol
+
+    return get_protocol(cfg.suite.get("protocol")).name
 
 
 def suite_entries(cfg: DictConfig) -> list[dict]:

@@ -86,3 +86,24 @@ def test_inspect_on_the_tiny_onevision(capsys, cache_dir, photo, tmp_path, compr
 def test_inspect_refuses_cls_scores_on_onevision(capsys, cache_dir, photo):
     code, _, err = run_inspect(capsys, "model=tiny_onevision", f"image={photo}", "compressor=fastervlm")
     assert code == 2 and "has no CLS token; add compressor.score=cosine" in err
+
+
+@pytest.mark.parametrize("arguments, protocol", [([], "lmms_eval"), (["protocol=llava_eval"], "llava_eval"),
+                                                 (["suite.protocol=llava_eval"], "llava_eval")])
+def test_inspect_shows_the_prompt_the_protocol_renders(capsys, cache_dir, photo, arguments, protocol):
+    code, out, _ = run_inspect(capsys, f"image={photo}", "prompt=What is this?", "max_new_tokens=2", *arguments)
+    assert code == 0
+    report = json.loads(out)
+    assert report["protocol"] == protocol
+    if protocol == "llava_eval":
+        assert report["prompt"] == ("A chat between a curious user and an artificial intelligence assistant. The "
+                                    "assistant gives helpful, detailed, and polite answers to the user's questions. "
+                                    "USER: <image>\nWhat is this? ASSISTANT:")
+        assert report["template"] == "vicuna_v1" and report["prompt"] != report["checkpoint_prompt"]
+    else:
+        assert report["prompt"] == report["checkpoint_prompt"] == "USER: <image>\nWhat is this? ASSISTANT:"
+
+
+def test_inspect_names_a_bad_protocol(capsys, cache_dir, photo):
+    code, _, err = run_inspect(capsys, f"image={photo}", "protocol=paper")
+    assert code == 2 and "suite.protocol='paper' is not one of lmms_eval, llava_eval" in err

@@ -21,22 +21,25 @@ import traceback
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-IMAGE_PLACEHOLDER = "<image>"
+from gc2bench.evaluation.protocols import get_protocol, prompting_record
 
 
 class GC2BenchLMM(lmms):
     is_simple = True
 
-    def __init__(self, adapter, batch_size: int = 1, **_ignored):
+    def __init__(self, adapter, batch_size: int = 1, protocol: str | None = None, **_ignored):
         super().__init__()
         self.adapter = adapter
         self.batch_size = int(batch_size)
+        self.protocol = get_protocol(protocol)
         self.sample_stats: dict[tuple[str, int], dict] = {}
         self.failures: list[dict] = []
+        self.prompting: dict[str, dict] = {}  # per task: protocol, template, generate kwargs (for the record)
 
     def __str__(self) -> str:  # lmms-eval's response cache is keyed on str(model)
         compressor = self.adapter.compressor
-        return f"gc2bench({self.adapter.name}, {compressor.name}, {sorted(compressor.params().items())})"
+        return (f"gc2bench({self.adapter.name}, {compressor.name}, {sorted(compressor.params().items())}, "
+                f"protocol={self.protocol.name})")
 
     def clean(self) -> None:
         """Called by lmms-eval after each evaluation. The adapter stays loaded for the run's next task,
@@ -96,10 +99,10 @@ class GC2BenchLMM(lmms):
                 context, _gen_kwargs, doc_to_visual, doc_id, task, split = requests[i].args
                 keys.append((task, doc_id))
                 visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
-                texts.append(context.replace(IMAGE_PLACEHOLDER, "").strip())
+                texts.append(context)
                 images.append(list(visuals))
-            gen_kwargs, until = to_generate_kwargs(requests[indices[0]].args[1])
-            results = self.adapter.generate(texts, images, **gen_kwargs)
+            gen_kwargs, until = self.protocol.generate_kwargs(task, requests[indices[0]].args[1])
+            results = self.adapter.generate(texts, images, protocol=self.protocol.name, **gen_kwargs)
         except Exception as error:
             if len(indices) > 1:  # isolate the failing sample
                 for i in indices:
@@ -111,31 +114,26 @@ class GC2BenchLMM(lmms):
             print(f"gc2bench: {task} doc {doc_id} failed and is skipped: {type(error).__name__}: {error}",
                   file=sys.stderr)
             return
+        self._note_prompting(keys[0][0], texts[0], len(images[0]), gen_kwargs)
         for i, key, result in zip(indices, keys, results):
-            answers[i] = cut_at_stop_strings(result.text, until)
+            answers[i] = self.protocol.postprocess(decoded(result), until)
             self.sample_stats[key] = dataclasses.asdict(result.stats)
 
-
-def to_generate_kwargs(task_kwargs: dict) -> tuple[dict, list[str]]:
-    """lmms-eval generation kwargs → transformers ``generate`` kwargs and stop strings."""
-    task_kwargs = dict(task_kwargs)
-    until = task_kwargs.pop("until", None) or []
-    until = [until] if isinstance(until, str) else list(until)
-    temperature = float(task_kwargs.pop("temperature", 0) or 0)
-    do_sample = bool(task_kwargs.pop("do_sample", False)) and temperature > 0
-    kwargs = {"max_new_tokens": int(task_kwargs.pop("max_new_tokens", 128)), "do_sample": do_sample,
-              "num_beams": int(task_kwargs.pop("num_beams", 1) or 1)}
-    if do_sample:
-        kwargs["temperature"] = temperature
-        kwargs["top_p"] = float(task_kwargs.pop("top_p", 1.0) or 1.0)
-    return kwargs, until
+    def _note_prompting(self, task: str, context: str, num_images: int, gen_kwargs: dict) -> None:
+        """Once per task: what the record states about prompting (``prompting_record``)."""
+        if task in self.prompting:
+            return
+        try:
+            self.prompting[task] = prompting_record(self.protocol, task, self.adapter, context, num_images,
+                                                    gen_kwargs)
+        except AttributeError:  # an adapter stand-in without tokenizer or config
+            self.prompting[task] = {**self.protocol.describe(task), "generate_kwargs": dict(gen_kwargs)}
 
 
-def cut_at_stop_strings(text: str, until: list[str]) -> str:
-    for stop in until:
-        if stop:
-            text = text.split(stop)[0]
-    return text
+def decoded(result) -> str:
+    """The answer as decoded, before any strip (``text`` when a stand-in replaced it)."""
+    raw = result.raw_text
+    return raw if raw is not None and raw.strip() == result.text else result.text
 
 
 class GC2BenchModel(GC2BenchLMM):
@@ -155,7 +153,8 @@ class GC2BenchModel(GC2BenchLMM):
         overrides = list(overrides) + [f"{key}={value}" for key, value in model_args.items()]
         self.run_config = compose_run_config(overrides, device=device)
         compressor = build_compressor(self.run_config)
-        super().__init__(build_model(self.run_config, compressor), batch_size=_batch_size(batch_size, self.run_config))
+        super().__init__(build_model(self.run_config, compressor), batch_size=_batch_size(batch_size, self.run_config),
+                         protocol=self.run_config.suite.get("protocol"))
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "GC2BenchModel":

@@ -212,13 +212,17 @@ def _lmms_eval_version() -> str:
     return version("lmms_eval")
 
 
-def task_spec(entry: dict) -> str | dict:
+def task_spec(entry: dict, protocol: str | None = None) -> str | dict:
     """The task name, or a dict override of that built-in task (local data, protocol options).
 
-    The override keeps the task's prompt, filters and metric; it only points the task at local
-    parquet files and sets the options ``entry`` asks for.
+    The override keeps the task's filters and metric; it points the task at local parquet files,
+    sets the prompt text the evaluation ``protocol`` (suite.protocol) defines for the task, and
+    the options ``entry`` asks for (which win over the protocol's).
     """
+    from gc2bench.evaluation.protocols import get_protocol
+
     validate_entry(entry)
+    protocol_prompt, doc_to_text = get_protocol(protocol).prompt_options(entry["task"])
     task, family = entry["task"], benchmark_family(entry["task"])
     override: dict = {}
     data_files, images_file = _local_data(entry)
@@ -226,7 +230,10 @@ def task_spec(entry: dict) -> str | dict:
         override.update(dataset_path="parquet", dataset_kwargs={"data_files": data_files})
     if images_file:
         override["process_docs"] = functools.partial(gqa_docs_with_local_images, images_file=images_file)
-    prompt = {("ocr" if key == "ocr_tokens" else key): entry[key] for key in PROMPT_KEYS if entry.get(key) is not None}
+    prompt = {**protocol_prompt,
+              **{("ocr" if key == "ocr_tokens" else key): entry[key] for key in PROMPT_KEYS if entry.get(key) is not None}}
+    if doc_to_text is not None:
+        override["doc_to_text"] = doc_to_text
     if prompt:
         kwargs = copy.deepcopy(task_yaml(task).get("lmms_eval_specific_kwargs") or {})
         if "default" not in kwargs:
@@ -315,12 +322,12 @@ def judge_environment(entry: dict):
                 os.environ["MODEL_VERSION"] = previous
 
 
-def load_task(entry: dict):
+def load_task(entry: dict, protocol: str | None = None):
     """lmms-eval's task object for ``entry`` (its real definition, with ``task_spec``'s overrides)."""
     from lmms_eval.tasks import get_task_dict
 
     with judge_environment(entry):
-        return get_task_dict([task_spec(entry)], task_manager())[entry["task"]]
+        return get_task_dict([task_spec(entry, protocol)], task_manager())[entry["task"]]
 
 
 # -- evaluation ----------------------------------------------------------------------------------------
@@ -348,7 +355,7 @@ def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0,
     if reason:
         raise TaskSkipped(entry["task"], reason)
     name = entry["task"]
-    task = load_task(entry)
+    task = load_task(entry, lm.protocol.name)
     parts = entry["metric"].split("+")
     missing = [part for part in parts if part not in task.aggregation()]
     if missing:

@@ -67,6 +67,8 @@ class Generation:
     stats: SampleStats
     token_ids: list[int] = field(default_factory=list)
     scores: torch.Tensor | None = None   # [steps, vocab] logits, when generate(output_scores=True)
+    raw_text: str | None = None          # the decoded answer before ``text``'s strip
+    prompt: str | None = None            # the rendered prompt the model was given
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -91,6 +93,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def with_bos(input_ids: torch.Tensor, attention_mask: torch.Tensor, bos: int, pad: int | None):
+    """Left-padded ``input_ids`` / ``attention_mask`` [B, L] with ``bos`` before each row's first token
+    where it is not already there ([B, L + 1] if any row gained it)."""
+    lengths = attention_mask.sum(dim=1)
+    first = input_ids.gather(1, (input_ids.shape[1] - lengths).clamp(max=input_ids.shape[1] - 1)[:, None])[:, 0]
+    missing = (first != bos) | (lengths == 0)
+    if not bool(missing.any()):
+        return input_ids, attention_mask
+    batch, length = input_ids.shape
+    ids = torch.full((batch, length + 1), bos if pad is None else pad, dtype=input_ids.dtype)
+    mask = torch.zeros((batch, length + 1), dtype=attention_mask.dtype)
+    ids[:, 1:], mask[:, 1:] = input_ids, attention_mask
+    for row in missing.nonzero()[:, 0].tolist():
+        start = length - int(lengths[row])
+        ids[row, start], mask[row, start] = bos, 1
+    return ids, mask
 
 
 class VisionStageAdapter:
@@ -198,11 +218,34 @@ class VisionStageAdapter:
 
     # -- generation ---------------------------------------------------------------------------
 
+    def model_inputs(self, prompts: list[str], images: list[list], add_bos: bool = False):
+        """The processor's output for rendered ``prompts`` and RGB ``images``; with ``add_bos`` each row
+        starts with the tokenizer's BOS id (put in front of rows whose tokenizer added none)."""
+        inputs = self.processor(images=self.processor_images(images), text=prompts, padding=True, return_tensors="pt")
+        bos = self.tokenizer.bos_token_id
+        if add_bos and bos is not None:
+            inputs["input_ids"], inputs["attention_mask"] = with_bos(inputs["input_ids"], inputs["attention_mask"],
+                                                                     bos, self.tokenizer.pad_token_id)
+        return inputs
+
+    def render(self, texts: list[str], images: list[list], protocol: str | None = None) -> tuple[list[str], bool]:
+        """(prompts, add_bos): ``texts`` in the checkpoint's chat template, or, with ``protocol``, as that
+        evaluation protocol renders a benchmark context (gc2bench.evaluation.protocols)."""
+        if protocol is None:
+            return [self.prompt(text, len(imgs)) for text, imgs in zip(texts, images)], False
+        from gc2bench.evaluation.protocols import get_protocol
+
+        rendered = [get_protocol(protocol).render(text, len(imgs), self) for text, imgs in zip(texts, images)]
+        return [r.text for r in rendered], any(r.add_bos for r in rendered)
+
     @torch.no_grad()
     @collector_paused()
-    def generate(self, texts: list[str], images: list[list], prune_replay=None, **gen_kwargs) -> list[Generation]:
+    def generate(self, texts: list[str], images: list[list], prune_replay=None, protocol: str | None = None,
+                 **gen_kwargs) -> list[Generation]:
         """Answer each ``texts[i]`` about ``images[i]`` (a list of PIL images, possibly empty).
 
+        ``texts`` are questions put in the checkpoint's chat template or, with ``protocol``, benchmark
+        contexts rendered by that evaluation protocol, which also adds its token-id kwargs (``render``).
         ``prune_replay`` (LLM-stage compressors, for verification): the ``records`` of an earlier
         call's ``last_plan``; every prefill then prunes the prompt exactly as that call did.
         Python's garbage collector is paused during the call, so no collection lands in a timed
@@ -210,9 +253,12 @@ class VisionStageAdapter:
         """
         reset_peak_memory(self.device)
         images = [[to_rgb(image) for image in group] for group in images]
-        prompts = [self.prompt(text, len(imgs)) for text, imgs in zip(texts, images)]
-        inputs = self.processor(images=self.processor_images(images), text=prompts, padding=True,
-                                return_tensors="pt")
+        prompts, add_bos = self.render(texts, images, protocol)
+        if protocol is not None:
+            from gc2bench.evaluation.protocols import get_protocol
+
+            gen_kwargs = get_protocol(protocol).bind(gen_kwargs, self.tokenizer)
+        inputs = self.model_inputs(prompts, images, add_bos=add_bos)
         input_ids = inputs["input_ids"].to(self.device)
         attention_mask = inputs["attention_mask"].to(self.device)
         stats = [SampleStats() for _ in texts]
@@ -239,7 +285,7 @@ class VisionStageAdapter:
         output = output.sequences if want_scores else output
         new_tokens = output[:, input_ids.shape[1]:]
         answers = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        pad = self.model.generation_config.pad_token_id
+        pad = gen_kwargs.get("pad_token_id", self.model.generation_config.pad_token_id)
         peak_mb, warmup = peak_memory_mb(self.device), self.batches_answered == 0
         self.batches_answered += 1
         for row, stat in enumerate(stats):
@@ -255,8 +301,9 @@ class VisionStageAdapter:
             cost = sample_tflops(self.config, stat.visual_tokens_kept, stat.llm_input_tokens - stat.visual_tokens_kept,
                                  stat.image_tokens_per_layer)
             stat.analytic_tflops, stat.kv_cache_mb = cost["tflops"], cost["kv_cache_mb"]
-        return [Generation(answer.strip(), stat, new_tokens[row].tolist(), None if scores is None else scores[row])
-                for row, (answer, stat) in enumerate(zip(answers, stats))]
+        return [Generation(answer.strip(), stat, new_tokens[row].tolist(), None if scores is None else scores[row],
+                           raw_text=answer, prompt=prompt)
+                for row, (answer, stat, prompt) in enumerate(zip(answers, stats, prompts))]
 
     def _compress(self, inputs, images: list[list], stats: list[SampleStats]):
         """Kept features per image and the prompts with each image's token run shrunk to match."""

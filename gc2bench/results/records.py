@@ -223,13 +223,16 @@ class CachingAdapter:
         keys = [self.sample_key(text, imgs, gen_kwargs) for text, imgs in zip(texts, images)]
         results = [self.cache.get(key) for key in keys]
         results = [None if entry is None else Generation(entry["text"], SampleStats(**entry["stats"]),
-                                                         entry.get("token_ids", []))
+                                                         entry.get("token_ids", []), raw_text=entry.get("raw_text"),
+                                                         prompt=entry.get("prompt"))
                    for entry in results]
         missing = [i for i, result in enumerate(results) if result is None]
         if missing:
             made = self.adapter.generate([texts[i] for i in missing], [images[i] for i in missing], **gen_kwargs)
             for i, generation in zip(missing, made):
-                self.cache.put(keys[i], {"text": generation.text, "stats": dataclasses.asdict(generation.stats),
+                self.cache.put(keys[i], {"text": generation.text, "raw_text": generation.raw_text,
+                                         "prompt": generation.prompt,
+                                         "stats": dataclasses.asdict(generation.stats),
                                          "token_ids": list(generation.token_ids)})
                 results[i] = generation
         return results
