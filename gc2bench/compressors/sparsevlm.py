@@ -57,7 +57,7 @@ from gc2bench.compressors.base import (DecoderStage, LLMContext, PruneDecision, 
                                       check_crop_order, crop_order_params, crop_order_selection)
 from gc2bench.compressors.fastv import keep_top_image_tokens
 from gc2bench.compressors.pdrop import parse_budget_of, parse_layers, scaled_layers, stage_share
-from gc2bench.config import validate_ratio
+from gc2bench.config import check_choice, validate_ratio
 
 PRESETS = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}  # score.py, v1
 PRESET_BASE = 576
@@ -65,6 +65,7 @@ RECYCLE_TAKE = 0.3        # share of the pruned tokens clustered (+1)
 CLUSTER_DIVISOR = 10      # groups = ⌊taken/10⌋ + 1
 RECYCLE_RATE = RECYCLE_TAKE / CLUSTER_DIVISOR  # asymptotic groups per pruned token, for the R-mode share
 NOISE_SCALE = 1e-6
+COUNTINGS = ("authors", "entering")
 
 
 def recycled_groups(num_pruned: int) -> tuple[int, int]:
@@ -163,9 +164,10 @@ class SparseVLM:
 
     def __init__(self, ratio: float = 0.25, name: str = "sparsevlm", layers="auto", preset: int | None = None,
                  tokens=None, budget_of: str | int = "block", recycle: bool = True, num_layers: int | None = None,
-                 crop_order: str = "packed"):
+                 crop_order: str = "packed", counting: str = "authors"):
         self.ratio = validate_ratio(ratio)
         self.name = name
+        self.counting = check_choice(counting, COUNTINGS, "counting", name)
         self.crop_order = check_crop_order(crop_order, name)
         # "auto": the authors' layers (2, 6, 15) where they fit the LLM, else scaled to its depth (tiny models).
         self.auto_layers = layers is None or layers == "auto"
@@ -210,9 +212,11 @@ class SparseVLM:
             raise ValueError(f"sparsevlm: layers={self.layers} do not fit a {num_layers}-layer LLM (a stage scores "
                              f"at layer l and drops before l + 1, so l must be 0..{num_layers - 2}){fit}")
 
-    def share(self, fractions, num_layers: int, layers: list[int] | None = None) -> float:
-        """Layer-averaged share of image tokens for kept fractions κ_s (recycled groups at their asymptotic rate)."""
-        drops = [layer + 1 for layer in (self.layers if layers is None else layers)]
+    def share(self, fractions, num_layers: int, layers: list[int] | None = None, counting: str | None = None) -> float:
+        """Layer-averaged share of image tokens for kept fractions κ_s (recycled groups at their asymptotic rate),
+        layer l of a stage counted after its drop (``authors``) or with the tokens entering it (``entering``)."""
+        shift = 0 if (counting or self.counting) == "authors" else 1
+        drops = [layer + shift for layer in (self.layers if layers is None else layers)]
         rate = RECYCLE_RATE if self.recycle else 0.0
         present, totals = 1.0, []
         for kappa in fractions:
@@ -280,7 +284,17 @@ class SparseVLM:
         """JSON record of the schedule used on a ``num_layers``-layer LLM (for run records)."""
         fractions = self.stage_fractions(num_layers)
         return {"num_layers": num_layers, "layers": list(self.layers), "kept_fractions": fractions,
-                "layer_share": self.share(fractions, num_layers), "share_per_layer": self.schedule(num_layers)}
+                "counting": self.counting, "layer_share": self.share(fractions, num_layers),
+                **{f"layer_share_{c}": self.share(fractions, num_layers, counting=c) for c in COUNTINGS},
+                "share_per_layer": self.schedule(num_layers)}
+
+    def equivalent_tokens(self, num_image_tokens: int, num_layers: int, counting: str | None = None) -> float:
+        """Layer-averaged image tokens of a row (``layer_counts``), layer l of a stage counted after its drop
+        (``authors``: their printed "Equal Tokens") or entering it (``entering``)."""
+        counts = self.layer_counts(num_image_tokens, num_layers)
+        if (counting or self.counting) == "authors":
+            counts = [counts[layer + 1] if layer in self.layers else n for layer, n in enumerate(counts)]
+        return sum(counts) / num_layers
 
     def kept_count(self, stage: int, base: int, fractions: list[float]) -> int:
         """k_s for an image block of ``base`` tokens (host arithmetic, as ``prune`` does on device)."""
@@ -313,10 +327,13 @@ class SparseVLM:
             rule = (f"stage s keeps floor(k_s x N / 576) image tokens, k = {self.tokens}"
                     + (f" (preset {self.preset})" if self.preset is not None else "") + "; R is a label")
         else:
-            rule = ("R is the layer-averaged share of image tokens (recycled included) over all decoder layers; "
-                    "stage s keeps floor(kappa_s x N), kappa on the authors' preset path solved from R")
+            counted = ("layer l of a stage counted after its drop, as the authors' Equal Tokens" if self.counting == "authors"
+                       else "each layer counted with the tokens entering it")
+            rule = ("R is the layer-averaged share of image tokens (recycled included) over all decoder layers "
+                    f"({counted}); stage s keeps floor(kappa_s x N), kappa on the authors' preset path solved from R")
         return {"ratio": self.ratio, "layers": "auto" if self.auto_layers else list(self.layers), "preset": self.preset, "tokens": self.tokens,
                 "budget_of": self.budget_of, "recycle": self.recycle, "num_layers": self.num_layers,
+                "counting": self.counting,
                 "solved_fractions": None if self.num_layers is None else self.stage_fractions(self.num_layers),
                 **crop_order_params(self.crop_order),
                 "convention": f"{rule}; N = {base}; text raters; recycled cluster means; positions compacted"}
