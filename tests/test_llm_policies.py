@@ -469,3 +469,48 @@ def test_fastv_layer_average_share_below_its_floor_raises():
         FastV(0.5, share="mean")
     with pytest.raises(ValueError, match="decode='dynamic' is not one of reselect, static"):
         FastV(0.5, decode="dynamic")
+
+
+def rank_context(n_image, rank, *, queries=4, stage_index=0, seed=0, input_embeds=None):
+    """One row: 2 text, ``n_image`` image tokens, 3 text; query attention of the given rank over the image."""
+    image = torch.tensor([block(2, n_image, 3)])
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.rand(rank, image.shape[1], generator=gen)
+    mix = torch.rand(queries, rank, generator=gen)
+    ctx = context(image, seed=seed, input_embeds=input_embeds)
+    ctx.query_attention = (mix @ basis)[None]
+    return ctx
+
+
+def test_sparsevlm_v1_keeps_rank_times_scale_plus_bias_capped_at_n_minus_one():
+    v1 = SparseVLM(0.5, version="v1", scale=3.0, bias=1.0, recycle=False, layers=[0])
+    v1.stages(4)
+    assert v1.wants_query_attention and not SparseVLM(0.5).wants_query_attention
+    ctx = rank_context(20, 2)
+    assert int(v1.prune(ctx).keep[0][ctx.image[0]].sum()) == 7           # int(2 x 3 + 1)
+    ctx = rank_context(20, 4)
+    assert int(v1.prune(ctx).keep[0][ctx.image[0]].sum()) == 13          # int(4 x 3 + 1)
+    big = SparseVLM(0.5, version="v1", scale=30.0, recycle=False, layers=[0])
+    big.stages(4)
+    assert int(big.prune(rank_context(20, 2)).keep[0][ctx.image[0]].sum()) == 19    # min(60, n - 1)
+    full = rank_context(3, 3)                                             # rank = n: the stage does not prune
+    assert bool(big.prune(full).keep.all())
+
+
+def test_sparsevlm_v1_r_mode_scales_by_the_first_stage_rank():
+    v1 = SparseVLM(0.5, version="v1", recycle=False, layers=[0, 1])
+    v1.stages(4)
+    kappa = v1.stage_fractions(4)
+    assert kappa[0] == kappa[1] and v1.share(kappa, 4) == pytest.approx(0.5, abs=1e-12)
+    first = rank_context(40, 3)
+    kept = int(v1.prune(first).keep[0][first.image[0]].sum())
+    assert kept == math.floor(40 * kappa[0])
+    later = rank_context(kept, 2, stage_index=1, input_embeds=first.input_embeds)
+    later.stage_index, later.image_tokens_at_start = 1, torch.tensor([40])
+    assert int(v1.prune(later).keep[0][later.image[0]].sum()) == min(2 * kept // 3, kept - 1)
+    with pytest.raises(ValueError, match="preset/tokens are v1.5's schedules"):
+        SparseVLM(0.5, version="v1", preset=64)
+    with pytest.raises(ValueError, match="scale/bias are version=v1's rule"):
+        SparseVLM(0.5, scale=2.0)
+    assert SparseVLM(0.5, version="v1").stages(32)[-1] == DecoderStage(19, 20)
+    assert SparseVLM(0.1, version="v1", budget_of=2880).equivalent_tokens(2880, 32) / 2880 == pytest.approx(0.1, rel=0.01)

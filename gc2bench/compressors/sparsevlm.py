@@ -65,6 +65,8 @@ RECYCLE_TAKE = 0.3        # share of the pruned tokens clustered (+1)
 CLUSTER_DIVISOR = 10      # groups = ⌊taken/10⌋ + 1
 RECYCLE_RATE = RECYCLE_TAKE / CLUSTER_DIVISOR  # asymptotic groups per pruned token, for the R-mode share
 NOISE_SCALE = 1e-6
+VERSIONS = ("v1.5", "v1")
+DEFAULT_LAYERS = {"v1.5": (2, 6, 15), "v1": (2, 6, 15, 19)}   # score.py layer_dict (HEAD); b72c5d6 pruning_loc
 COUNTINGS = ("authors", "entering")
 
 
@@ -164,14 +166,26 @@ class SparseVLM:
 
     def __init__(self, ratio: float = 0.25, name: str = "sparsevlm", layers="auto", preset: int | None = None,
                  tokens=None, budget_of: str | int = "block", recycle: bool = True, num_layers: int | None = None,
-                 crop_order: str = "packed", counting: str = "authors"):
+                 crop_order: str = "packed", counting: str = "authors", version: str = "v1.5",
+                 scale: float | None = None, bias: float = 0.0):
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.counting = check_choice(counting, COUNTINGS, "counting", name)
+        self.version = check_choice(version, VERSIONS, "version", name)
         self.crop_order = check_crop_order(crop_order, name)
-        # "auto": the authors' layers (2, 6, 15) where they fit the LLM, else scaled to its depth (tiny models).
+        self.default_layers = DEFAULT_LAYERS[self.version]
+        # "auto": the authors' layers where they fit the LLM, else scaled to its depth (tiny models).
         self.auto_layers = layers is None or layers == "auto"
-        self.layers = parse_layers((2, 6, 15) if self.auto_layers else layers, "sparsevlm", 0)
+        self.layers = parse_layers(self.default_layers if self.auto_layers else layers, "sparsevlm", 0)
+        self.scale = None if scale is None else float(scale)
+        self.bias = float(bias)
+        if self.version == "v1" and (preset is not None or tokens is not None):
+            raise ValueError("sparsevlm: version=v1 keeps min(int(rank x scale + bias), n - 1) tokens per stage; "
+                             "preset/tokens are v1.5's schedules (give scale/bias, or neither for the R-driven scale)")
+        if self.version != "v1" and (scale is not None or bias != 0.0):
+            raise ValueError(f"sparsevlm: scale/bias are version=v1's rule (version={self.version})")
+        if self.scale is not None and self.scale < 0:
+            raise ValueError(f"sparsevlm: scale={scale!r} must be >= 0")
         if preset is not None and tokens is not None:
             raise ValueError("sparsevlm: give preset or tokens, not both")
         if preset is not None:
@@ -187,7 +201,7 @@ class SparseVLM:
             if any(t < 0 for t in tokens):
                 raise ValueError(f"sparsevlm: tokens={tokens!r} must be counts >= 0")
         needed = len(tokens) if tokens is not None else len(PRESETS[192])
-        if len(self.layers) != needed:
+        if len(self.layers) != needed and self.version != "v1":
             what = f"tokens={tokens}" if tokens is not None else "the R-driven schedule (built on the 3-stage presets)"
             raise ValueError(f"sparsevlm: layers={self.layers} has {len(self.layers)} stages but {what} needs {needed}")
         self.preset = preset
@@ -197,6 +211,7 @@ class SparseVLM:
         self._solved: dict[int, list[float]] = {}
         self._active: list[float] | None = None
         self._raters = PrefillMemo()
+        self._first_stage = PrefillMemo()
         self.num_layers = None if num_layers is None else int(num_layers)
         if self.num_layers is not None:
             self.stages(self.num_layers)
@@ -205,7 +220,9 @@ class SparseVLM:
 
     def _check_layers(self, num_layers: int) -> None:
         if self.auto_layers and self.layers[-1] + 1 >= num_layers:
-            self.layers = scaled_layers(list((2, 6, 15)), num_layers, 32, 0)
+            self.layers = scaled_layers(list(self.default_layers), num_layers, 32, 0)
+            if self.version == "v1":   # any number of stages: keep those that fit
+                self.layers = [layer for layer in self.layers if layer + 1 < num_layers] or self.layers
         if self.layers[-1] + 1 >= num_layers:
             hint = scaled_layers(self.layers, num_layers, 32, 0)
             fit = f"; e.g. compressor.layers={hint}" if hint[-1] + 1 < num_layers else ""
@@ -227,6 +244,8 @@ class SparseVLM:
 
     def _knots(self) -> list[tuple[float, ...]]:
         stages = len(self.layers)
+        if self.version == "v1":   # one kept fraction for every stage (k = rank x scale with the rank unchanged)
+            return [(0.0,) * stages, (1.0,) * stages]
         shapes = [tuple(t / PRESET_BASE for t in PRESETS[p]) for p in sorted(PRESETS)]
         return [(0.0,) * stages] + shapes + [(1.0,) * stages]
 
@@ -264,6 +283,9 @@ class SparseVLM:
         self._check_layers(num_layers)
         if self.tokens is not None:
             return [t / PRESET_BASE for t in self.tokens]
+        if self.scale is not None:
+            raise ValueError("sparsevlm: version=v1 with an explicit scale keeps a data-dependent count (the rank of "
+                             "the raters' attention); no schedule before the prompt is seen")
         if num_layers not in self._solved:
             self._solved[num_layers] = self.solve_fractions(num_layers)
         return self._solved[num_layers]
@@ -308,9 +330,10 @@ class SparseVLM:
         fractions = self.stage_fractions(num_layers)
         base = num_image_tokens if self.budget_of == "block" else self.budget_of
         present, out = num_image_tokens, []
+        cap = 1 if self.version == "v1" else 0   # v1 keeps at most n - 1 (assuming the raters' rank holds)
         for layer in range(num_layers):
             if layer - 1 in self.layers:
-                kept = min(self.kept_count(self.layers.index(layer - 1), base, fractions), present)
+                kept = min(self.kept_count(self.layers.index(layer - 1), base, fractions), present - cap)
                 groups = recycled_groups(present - kept)[1] if self.recycle else 0
                 if groups and kept == 0:
                     kept = 1
@@ -323,18 +346,27 @@ class SparseVLM:
 
     def params(self) -> dict:
         base = "the image tokens in the prompt" if self.budget_of == "block" else f"{self.budget_of} tokens"
+        counted = ("layer l of a stage counted after its drop, as the authors' Equal Tokens" if self.counting == "authors"
+                   else "each layer counted with the tokens entering it")
         if self.tokens is not None:
             rule = (f"stage s keeps floor(k_s x N / 576) image tokens, k = {self.tokens}"
                     + (f" (preset {self.preset})" if self.preset is not None else "") + "; R is a label")
+        elif self.version == "v1" and self.scale is not None:
+            rule = (f"v1 (b72c5d6): stage s keeps min(int(rank_s x {self.scale} + {self.bias}), n - 1) image tokens, "
+                    "rank_s = rank of the raters' attention over the image tokens; R is a label")
+        elif self.version == "v1":
+            rule = ("v1 (b72c5d6): stage s keeps min(int(rank_s x scale), n - 1) image tokens, rank_s = rank of the "
+                    "raters' attention over the image tokens, scale = floor(kappa x N) / rank_0 per row, kappa solved "
+                    f"so that the layer-averaged share ({counted}) is R while the rank holds")
         else:
-            counted = ("layer l of a stage counted after its drop, as the authors' Equal Tokens" if self.counting == "authors"
-                       else "each layer counted with the tokens entering it")
             rule = ("R is the layer-averaged share of image tokens (recycled included) over all decoder layers "
                     f"({counted}); stage s keeps floor(kappa_s x N), kappa on the authors' preset path solved from R")
         return {"ratio": self.ratio, "layers": "auto" if self.auto_layers else list(self.layers), "preset": self.preset, "tokens": self.tokens,
                 "budget_of": self.budget_of, "recycle": self.recycle, "num_layers": self.num_layers,
-                "counting": self.counting,
-                "solved_fractions": None if self.num_layers is None else self.stage_fractions(self.num_layers),
+                "counting": self.counting, "version": self.version,
+                **({"scale": self.scale, "bias": self.bias} if self.version == "v1" else {}),
+                "solved_fractions": (None if self.num_layers is None or self.scale is not None
+                                     else self.stage_fractions(self.num_layers)),
                 **crop_order_params(self.crop_order),
                 "convention": f"{rule}; N = {base}; text raters; recycled cluster means; positions compacted"}
 
@@ -346,7 +378,8 @@ class SparseVLM:
         return crop_order_selection(layouts, self.crop_order)
 
     def stages(self, num_layers: int) -> list[DecoderStage]:
-        self._active = self.stage_fractions(num_layers)
+        self._check_layers(num_layers)
+        self._active = None if self.scale is not None else self.stage_fractions(num_layers)
         return [DecoderStage(layer, layer + 1) for layer in self.layers]  # modelling_sparse_llama: layer l's output
 
     def active_fractions(self) -> list[float]:
@@ -374,7 +407,35 @@ class SparseVLM:
             return self.tokens[ctx.stage_index] * base // PRESET_BASE
         return (base.double() * self.active_fractions()[ctx.stage_index]).floor().long()
 
+    @property
+    def wants_query_attention(self) -> bool:
+        return self.version == "v1"
+
+    def v1_counts(self, ctx: LLMContext) -> torch.Tensor:
+        """[B] long, v1's k = min(int(rank x scale + bias), n - 1), n where rank = n (no pruning); rank = the
+        rank of the raters' attention rows over the image tokens present. R-driven (no ``scale``): scale =
+        K / rank_0 per row, K = floor(kappa x N) and rank_0 the rank at stage 0, so k = K while the rank holds."""
+        if ctx.query_attention is None:
+            raise RuntimeError("sparsevlm: version=v1 needs ctx.query_attention (the raters' attention rows)")
+        present = ctx.image.sum(1)
+        ranks = torch.stack([torch.linalg.matrix_rank(ctx.query_attention[b][:, ctx.image[b]].float())
+                             for b in range(ctx.image.shape[0])]).to(present)
+        if self.scale is not None:
+            wanted = (ranks.double() * self.scale + self.bias).floor().long()
+        else:
+            if ctx.stage_index == 0:
+                base = ctx.image_tokens_at_start if self.budget_of == "block" else torch.full_like(present, self.budget_of)
+                target = (base.double() * self.active_fractions()[0]).floor().long()
+                self._first_stage.store(ctx, (target, ranks.clamp(min=1)))
+            target, first_rank = self._first_stage.load(ctx, "sparsevlm")
+            wanted = torch.div(ranks * target, first_rank, rounding_mode="floor")
+        return torch.where(ranks == present, present, torch.minimum(wanted, present - 1).clamp(min=0))
+
     def prune(self, ctx: LLMContext) -> PruneDecision:
+        if self.version == "v1":
+            counts = self.v1_counts(ctx)
+            keep = keep_top_image_tokens(ctx, ctx.attention, counts)
+            return self.recycle_pruned(ctx, keep)
         self.active_fractions()
         counts = torch.minimum(self.stage_counts(ctx), ctx.image.sum(1))
         return self.recycle_pruned(ctx, keep_top_image_tokens(ctx, ctx.attention, counts))

@@ -102,7 +102,7 @@ class DecoderPruner:
         self.plan: PrefillPlan | None = None
         self.state: RowState | None = None        # current sequence during a prefill
         self.stage_states: dict[int, RowState] = {}  # layer index → state after its pruning (for decode)
-        self._pending: dict[int, torch.Tensor] = {}
+        self._pending: dict[int, tuple] = {}
         self._handles = [layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
                          for index, layer in enumerate(self.layers)]
         self._handles.append(language_model.register_forward_pre_hook(self._new_forward, with_kwargs=True))
@@ -165,7 +165,7 @@ class DecoderPruner:
         for number, stage in enumerate(self.stages):
             if stage.score_layer == index and self.plan.replay is None:
                 self._pending[number] = self._attention_rows(layer, hidden, number)
-                self.plan.attention_rows[number] = self._pending[number]
+                self.plan.attention_rows[number] = self._pending[number][0]
             if stage.prune_layer == index:
                 hidden = self._prune(number, hidden)
                 replacing = True
@@ -250,14 +250,14 @@ class DecoderPruner:
         kwargs.update(attention_mask=mask, position_embeddings=embeddings, position_ids=positions)
         return args, kwargs
 
-    def _context(self, number: int, hidden: torch.Tensor, attention=None) -> LLMContext:
+    def _context(self, number: int, hidden: torch.Tensor, attention=(None, None)) -> LLMContext:
         generator = torch.Generator(device="cpu").manual_seed(self.seed + number)
         return LLMContext(
             stage_index=number, stage=self.stages[number], hidden=hidden,
             input_embeds=getattr(self, "_embeds", None), original_index=self.state.original_index,
             image=self.state.image, valid=self.state.valid, segment=self.state.segment,
             image_tokens_at_start=self.plan.image.sum(1), segment_budgets=self.plan.segment_budgets,
-            attention=attention, generator=generator)
+            attention=attention[0], query_attention=attention[1], generator=generator)
 
     def _allowed(self, state: RowState) -> torch.Tensor:
         """[B, L, L] bool: causal over positions, keys restricted to valid ones (padding rows see themselves)."""
@@ -274,8 +274,9 @@ class DecoderPruner:
                 ~allowed, torch.finfo(dtype).min)
         return allowed
 
-    def _attention_rows(self, layer, hidden: torch.Tensor, number: int) -> torch.Tensor:
-        """[B, L] head-mean post-softmax attention of the stage's query rows, averaged over them."""
+    def _attention_rows(self, layer, hidden: torch.Tensor, number: int) -> tuple:
+        """([B, L] head-mean post-softmax attention of the stage's query rows averaged over them, and, for a
+        compressor with ``wants_query_attention``, the rows themselves [B, Q, L] (0 past each row's count))."""
         state = self.state
         queries = self.compressor.query_rows(self._context(number, hidden)) & state.valid
         self.plan.query_rows[number] = queries
@@ -302,7 +303,8 @@ class DecoderPruner:
         logits = logits.masked_fill(~allowed[:, None], -torch.inf)
         rows = logits.softmax(-1).mean(1)                                             # [B, Q, L]
         rows = rows.masked_fill(~present[..., None], 0.0)
-        return rows.sum(1) / count.clamp(min=1)[:, None]
+        per_query = rows if getattr(self.compressor, "wants_query_attention", False) else None
+        return rows.sum(1) / count.clamp(min=1)[:, None], per_query
 
     def _prune(self, number: int, hidden: torch.Tensor) -> torch.Tensor:
         state = self.state
