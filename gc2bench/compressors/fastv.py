@@ -1,12 +1,21 @@
 """FastV (Chen et al., "An Image is Worth 1/2 Tokens After Layer 2"; public code pkunlp-icler/FastV):
 inside the LLM. Layers < K see every token; layer K−1's post-softmax attention from the last
-prompt token, averaged over heads, ranks the image tokens; the top round(R · N) are kept
-(in their original order) and keep their original position ids (gaps). Pruning happens at
-prefill only; the whole image block (thumbnail, crops, newlines) is prunable.
+prompt token, averaged over heads, ranks the image tokens; the top round(r · N) are kept
+(in their original order) and keep their original position ids (gaps); the whole image block
+(thumbnail, crops, newlines) is prunable.
 
 ``budget_of``: ``block`` (N = the image tokens actually in the prompt) or a number such as
 2880 (N fixed, as the GlobalCom² papers apply FastV to LLaVA-NeXT; the count is capped at
 the tokens present).
+
+``share``: ``kept`` (r = R, FastV's own R) or ``layer_average`` (r = (R·L − K)/(L − K), so that the
+layer-averaged share (K + (L − K)·r)/L is R: the AAAI GlobalCom² paper's "equivalent token count").
+
+``decode``: ``reselect`` (the authors' mask path, ``modeling_llama.py``: each generated token's
+layer K−1 attention over the whole cache re-ranks the prompt's image tokens and layers ≥ K see only
+the top k; the prefill masks instead of dropping, so the cache stays whole) or ``static`` (chosen
+once at prefill, decoding on the shorter cache, as their ``fastv_kvcache.py``). The mechanism is the
+decoder pruner's (``gc2bench/models/decoder_pruning.py``); ``kept_counts`` gives it k.
 
 ``crop_order``: ``packed`` (transformers' order, the default), or ``sequential`` / ``reversed``:
 the crops emitted one after another, 1..n or n..1 (AAAI GlobalCom² Fig. 4; see

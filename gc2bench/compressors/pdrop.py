@@ -20,10 +20,13 @@ tokens over all L decoder layers equals R: share(λ) = (l_1 + Σ_s (l_{s+1} − 
 l_{S+1} = L (layers before l_1 count 1). share(0) = l_1/L is a floor: R ≤ l_1/L cannot be
 reached (λ = 0 would drop every image token) and raises, naming layers that reach R. The
 solver runs when the LLM's depth is known (``stages(num_layers)``, or ``num_layers=`` up front).
+``layers`` may be a table {R: layers} (the experiments' per-ratio schedules, e.g. the PyramidDrop
+author's [2, 8, 16] for low ratios where [8, 16, 24] cannot reach R); the table is recorded.
 
 ``crop_order``: ``packed`` (default) | ``sequential`` | ``reversed``, as FastV's (positional-bias analysis).
 
-Departures: their code truncates the sequence to 2048 tokens after each drop (not copied);
+Decode: a generated token's position in a layer after a drop is its compacted cache length, as
+theirs. Departures: their code truncates the sequence to 2048 tokens after each drop (not copied);
 ties in the score go to the lower position (theirs: ``topk``'s order).
 """
 

@@ -1,5 +1,9 @@
-"""SparseVLM (Zhang et al., ICML 2025; public code Gumpest/SparseVLMs, v1 = ``USE_VERSION=1_0``):
-text-guided pruning of image tokens inside the LLM, with recycling of pruned tokens.
+"""SparseVLM (Zhang et al., ICML 2025; public code Gumpest/SparseVLMs): text-guided pruning of image
+tokens inside the LLM, with recycling of pruned tokens. ``version``: ``v1.5`` (their HEAD,
+``USE_VERSION=1_0``, the preset schedules below) or ``v1`` (commit b72c5d6: stages [2, 6, 15, 19],
+stage s keeps min(int(rank_s·scale + bias), n − 1), rank_s the rank of the raters' attention rows
+over the n image tokens, no pruning where rank_s = n; ``scale``/``bias`` as their scripts, or
+R-driven scale = ⌊κ·N⌋/rank_0 per row with one κ for every stage).
 
 As the authors' code computes it (``llava/model/language_model/modelling_sparse_llama.py``,
 ``score.py``, ``utils.py``):
@@ -26,11 +30,13 @@ Schedules k_s (option names are ours):
   block N as k_s = ⌊P_s·N/576⌋ (N = 576 gives theirs; ``budget_of: 2880`` scales to 2880 as the
   GlobalCom² paper's "R of 2880" comparison does). ``tokens`` = an explicit list in the same units.
   R is then only a label.
-- R-mode (``preset: null``, the default): R is the layer-averaged share of image tokens entering
-  the L decoder layers, recycled tokens included. The kept fractions κ = (κ_1, κ_2, κ_3) move along
+- R-mode (``preset: null``, the default): R is the layer-averaged share of image tokens over the L
+  decoder layers, recycled tokens included, layer l of a stage counted after its drop (``counting:
+  authors``, their "Equal Tokens", which reproduces their preset names 64.8/96.9/128.6/192.0) or
+  with the tokens entering it (``counting: entering``; then p_s = l_s + 1 below, else p_s = l_s). The kept fractions κ = (κ_1, κ_2, κ_3) move along
   the authors' presets, (0,0,0) → 64 → 96 → 128 → 192 → (1,1,1), linearly between neighbours, to the
-  point where share(κ) = R, with share(κ) = (p_1 + Σ_s (p_{s+1} − p_s)·ρ_s)/L, p_s = l_s + 1 the
-  drop layers, p_4 = L, and ρ_s = κ_s + 0.03·(ρ_{s−1} − κ_s), ρ_0 = 1, the image tokens after stage
+  point where share(κ) = R, with share(κ) = (p_1 + Σ_s (p_{s+1} − p_s)·ρ_s)/L, p_s the first layer
+  counted at stage s's count, p_{S+1} = L, and ρ_s = κ_s + 0.03·(ρ_{s−1} − κ_s), ρ_0 = 1, the image tokens after stage
   s counting the recycled groups at their asymptotic rate (⌊0.3n⌋+1 taken, a tenth of them groups).
   k_s = ⌊κ_s·N⌋. share((0,0,0)) ≈ p_1/L is a floor: R below it raises, naming layers that reach it.
 
