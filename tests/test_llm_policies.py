@@ -459,7 +459,9 @@ def test_fastv_layer_average_share_equals_r_within_one_percent_on_32_layers(rati
     assert aaai.schedule_info(32)["layer_share"] == pytest.approx(ratio, abs=1e-12)
     kept = FastV(ratio, budget_of=2880)
     assert kept.schedule_info(32)["layer_share"] == pytest.approx((2 + 30 * ratio) / 32, abs=1e-12)
-    assert experiment_compressor("aaai_table1_llm", "fastv", ratio).params()["share"] == "kept"
+    for experiment in ("aaai_table1_llm", "tcsvt_table1_llm"):
+        params = experiment_compressor(experiment, "fastv", ratio).params()
+        assert (params["share"], params["decode"], params["budget_of"]) == ("kept", "static", 2880)
 
 
 def test_fastv_layer_average_share_below_its_floor_raises():
@@ -514,3 +516,24 @@ def test_sparsevlm_v1_r_mode_scales_by_the_first_stage_rank():
         SparseVLM(0.5, scale=2.0)
     assert SparseVLM(0.5, version="v1").stages(32)[-1] == DecoderStage(19, 20)
     assert SparseVLM(0.1, version="v1", budget_of=2880).equivalent_tokens(2880, 32) / 2880 == pytest.approx(0.1, rel=0.01)
+
+
+def test_fastv_defaults_to_the_authors_reselecting_decode_and_records_it():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["compressor=fastv", "ratio=0.25"])
+        static = compose("config", overrides=["compressor=fastv", "ratio=0.25", "fastv.decode=static"])
+    assert instantiate(cfg.compressor).params()["decode"] == "reselect"
+    assert instantiate(static.compressor).params()["decode"] == "static"
+    assert "re-ranks" in instantiate(cfg.compressor).params()["convention"]
+
+
+def test_experiments_choose_their_sparsevlm_version_and_record_it():
+    tcsvt = experiment_compressor("tcsvt_table1_llm", "sparsevlm", 0.1).params()
+    aaai = experiment_compressor("aaai_table1_llm", "sparsevlm", 0.1).params()
+    assert (tcsvt["version"], tcsvt["counting"], tcsvt["budget_of"]) == ("v1", "authors", 2880)
+    assert (aaai["version"], aaai["counting"], aaai["budget_of"]) == ("v1.5", "authors", 2880)
