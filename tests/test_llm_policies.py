@@ -1,5 +1,6 @@
 """LLM-stage policies (PDrop, SparseVLM, "+GlobalCom²") on synthetic LLMContexts: no model needed."""
 
+import contextlib
 import math
 import re
 from itertools import pairwise
@@ -10,6 +11,7 @@ import torch
 from gc2bench.compressors.base import SEGMENT_NEWLINE, SEGMENT_RECYCLED, SEGMENT_TEXT, DecoderStage, LLMContext
 from gc2bench.compressors.globalcom2 import GlobalCom2
 from gc2bench.compressors.hybrid import FastVGlobalCom2, SparseVLMGlobalCom2, keep_top_per_group
+from gc2bench.compressors.fastv import FastV
 from gc2bench.compressors.none import NoCompression
 from gc2bench.compressors.pdrop import PDrop
 from gc2bench.compressors.sparsevlm import PRESETS, SparseVLM, recycled_groups, text_raters
@@ -274,7 +276,9 @@ def test_sparsevlm_r_mode_hits_the_layer_averaged_share():
         fractions = sparse.stage_fractions(32)
         assert sparse.share(fractions, 32) == pytest.approx(ratio, abs=1e-9)
         assert all(a >= b for a, b in pairwise(fractions))
-        assert sum(sparse.layer_counts(2880, 32)) / 32 / 2880 == pytest.approx(ratio, abs=2e-3)
+        assert sparse.equivalent_tokens(2880, 32) / 2880 == pytest.approx(ratio, abs=2e-3)
+        entering = SparseVLM(ratio, counting="entering")
+        assert sum(entering.layer_counts(2880, 32)) / 32 / 2880 == pytest.approx(ratio, abs=2e-3)
     assert SparseVLM(1.0).stage_fractions(32) == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match=r"cannot be reached.*compressor.layers=\["):
         SparseVLM(0.05).stages(32)
@@ -398,3 +402,138 @@ def test_sparsevlm_globalcom2_scales_its_stage_fractions_per_segment():
     full = SparseVLMGlobalCom2(1.0, layers=[0, 1, 2])
     full.stages(4)
     assert full.prune(ctx).keep.all()
+
+
+# --------------------------------------------------- token accounting on LLaVA-NeXT-7B's geometry (32 layers)
+
+
+def test_sparsevlm_authors_counting_reproduces_their_preset_names_and_counts_at_r_0_1():
+    """Their "Equal Tokens" count layer l after its drop: 64.8 / 96.9 / 128.6 / 192.0 for presets 64..192."""
+    authors = [round(SparseVLM(0.5, preset=p).equivalent_tokens(576, 32), 1) for p in (64, 96, 128, 192)]
+    entering = [round(SparseVLM(0.5, preset=p, counting="entering").equivalent_tokens(576, 32), 1)
+                for p in (64, 96, 128, 192)]
+    assert authors == [64.8, 96.9, 128.6, 192.0]
+    assert entering == [82.2, 114.1, 145.4, 206.5]
+    kept = {c: [math.floor(2880 * f) for f in SparseVLM(0.1, budget_of=2880, counting=c).stage_fractions(32)]
+            for c in ("authors", "entering")}
+    assert kept == {"authors": [244, 111, 63], "entering": [16, 7, 4]}
+    sparse = SparseVLM(0.1, budget_of=2880, num_layers=32)
+    assert sparse.params()["counting"] == "authors"
+    info = sparse.schedule_info(32)
+    assert info["layer_share_authors"] == pytest.approx(0.1, abs=1e-9)
+    assert info["layer_share_entering"] == pytest.approx(0.1305, abs=1e-4)   # the same schedule counted entering
+
+
+def experiment_compressor(experiment: str, method: str, ratio: float):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}", f"compressor={method}", f"ratio={ratio}"])
+    return instantiate(cfg.compressor)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.25, 0.1])
+def test_pdrop_experiment_schedules_reach_r_within_one_percent_on_32_layers(ratio):
+    pdrop = experiment_compressor("aaai_table1_llm", "pdrop", ratio)
+    counts = pdrop.layer_counts(2880, 32)
+    assert sum(counts) / 32 / 2880 == pytest.approx(ratio, rel=0.01)
+    assert pdrop.layers == ([8, 16, 24] if ratio == 0.5 else [2, 8, 16])
+    assert pdrop.params()["layers_by_ratio"] == {0.5: [8, 16, 24], 0.25: [2, 8, 16], 0.1: [2, 8, 16]}
+    with pytest.raises(ValueError, match="cannot be reached") if ratio < 0.5 else contextlib.nullcontext():
+        PDrop(ratio, num_layers=32)          # the default [8, 16, 24] keeps its clear error
+
+
+def test_pdrop_layers_by_ratio_names_a_missing_ratio():
+    with pytest.raises(ValueError, match=r"not for ratio=0.3"):
+        PDrop(0.3, layers={0.5: [8, 16, 24], 0.1: [2, 8, 16]})
+
+
+@pytest.mark.parametrize("ratio", [0.75, 0.5, 0.25, 0.1])
+def test_fastv_layer_average_share_equals_r_within_one_percent_on_32_layers(ratio):
+    aaai = FastV(ratio, budget_of=2880, share="layer_average")
+    assert sum(aaai.layer_counts(2880, 32)) / 32 / 2880 == pytest.approx(ratio, rel=0.01)
+    assert aaai.schedule_info(32)["layer_share"] == pytest.approx(ratio, abs=1e-12)
+    kept = FastV(ratio, budget_of=2880)
+    assert kept.schedule_info(32)["layer_share"] == pytest.approx((2 + 30 * ratio) / 32, abs=1e-12)
+    for experiment in ("aaai_table1_llm", "tcsvt_table1_llm"):
+        params = experiment_compressor(experiment, "fastv", ratio).params()
+        assert (params["share"], params["decode"], params["budget_of"]) == ("kept", "static", 2880)
+
+
+def test_fastv_layer_average_share_below_its_floor_raises():
+    with pytest.raises(ValueError, match=r"ratio=0.05 cannot be the layer-averaged share.*2/32"):
+        FastV(0.05, share="layer_average").stages(32)
+    with pytest.raises(ValueError, match="share='mean' is not one of kept, layer_average"):
+        FastV(0.5, share="mean")
+    with pytest.raises(ValueError, match="decode='dynamic' is not one of reselect, static"):
+        FastV(0.5, decode="dynamic")
+
+
+def rank_context(n_image, rank, *, queries=4, stage_index=0, seed=0, input_embeds=None):
+    """One row: 2 text, ``n_image`` image tokens, 3 text; query attention of the given rank over the image."""
+    image = torch.tensor([block(2, n_image, 3)])
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.rand(rank, image.shape[1], generator=gen)
+    mix = torch.rand(queries, rank, generator=gen)
+    ctx = context(image, seed=seed, input_embeds=input_embeds)
+    ctx.query_attention = (mix @ basis)[None]
+    return ctx
+
+
+def test_sparsevlm_v1_keeps_rank_times_scale_plus_bias_capped_at_n_minus_one():
+    v1 = SparseVLM(0.5, version="v1", scale=3.0, bias=1.0, recycle=False, layers=[0])
+    v1.stages(4)
+    assert v1.wants_query_attention and not SparseVLM(0.5).wants_query_attention
+    ctx = rank_context(20, 2)
+    assert int(v1.prune(ctx).keep[0][ctx.image[0]].sum()) == 7           # int(2 x 3 + 1)
+    ctx = rank_context(20, 4)
+    assert int(v1.prune(ctx).keep[0][ctx.image[0]].sum()) == 13          # int(4 x 3 + 1)
+    big = SparseVLM(0.5, version="v1", scale=30.0, recycle=False, layers=[0])
+    big.stages(4)
+    assert int(big.prune(rank_context(20, 2)).keep[0][ctx.image[0]].sum()) == 19    # min(60, n - 1)
+    full = rank_context(3, 3)                                             # rank = n: the stage does not prune
+    assert bool(big.prune(full).keep.all())
+
+
+def test_sparsevlm_v1_r_mode_scales_by_the_first_stage_rank():
+    v1 = SparseVLM(0.5, version="v1", recycle=False, layers=[0, 1])
+    v1.stages(4)
+    kappa = v1.stage_fractions(4)
+    assert kappa[0] == kappa[1] and v1.share(kappa, 4) == pytest.approx(0.5, abs=1e-12)
+    first = rank_context(40, 3)
+    kept = int(v1.prune(first).keep[0][first.image[0]].sum())
+    assert kept == math.floor(40 * kappa[0])
+    later = rank_context(kept, 2, stage_index=1, input_embeds=first.input_embeds)
+    later.stage_index, later.image_tokens_at_start = 1, torch.tensor([40])
+    assert int(v1.prune(later).keep[0][later.image[0]].sum()) == min(2 * kept // 3, kept - 1)
+    with pytest.raises(ValueError, match="preset/tokens are v1.5's schedules"):
+        SparseVLM(0.5, version="v1", preset=64)
+    with pytest.raises(ValueError, match="scale/bias are version=v1's rule"):
+        SparseVLM(0.5, scale=2.0)
+    assert SparseVLM(0.5, version="v1").stages(32)[-1] == DecoderStage(19, 20)
+    assert SparseVLM(0.1, version="v1", budget_of=2880).equivalent_tokens(2880, 32) / 2880 == pytest.approx(0.1, rel=0.01)
+
+
+def test_fastv_defaults_to_the_authors_reselecting_decode_and_records_it():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["compressor=fastv", "ratio=0.25"])
+        static = compose("config", overrides=["compressor=fastv", "ratio=0.25", "fastv.decode=static"])
+    assert instantiate(cfg.compressor).params()["decode"] == "reselect"
+    assert instantiate(static.compressor).params()["decode"] == "static"
+    assert "re-ranks" in instantiate(cfg.compressor).params()["convention"]
+
+
+def test_experiments_choose_their_sparsevlm_version_and_record_it():
+    tcsvt = experiment_compressor("tcsvt_table1_llm", "sparsevlm", 0.1).params()
+    aaai = experiment_compressor("aaai_table1_llm", "sparsevlm", 0.1).params()
+    assert (tcsvt["version"], tcsvt["counting"], tcsvt["budget_of"]) == ("v1", "authors", 2880)
+    assert (aaai["version"], aaai["counting"], aaai["budget_of"]) == ("v1.5", "authors", 2880)

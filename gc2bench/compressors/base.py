@@ -185,6 +185,8 @@ class LLMContext:
                   vision-stage selection supplied crop budgets ("+GlobalCom²"); NaN-padded.
     attention:    [B, L] float or None, head-mean post-softmax attention of the stage's query
                   rows to every key, averaged over the query rows (0 at padding); set for ``prune``.
+    query_attention: [B, Q, L] float or None, those query rows one by one (rows past a row's query
+                  count are 0), for a compressor with ``wants_query_attention`` (SparseVLM v1's rank).
     generator:    a seeded torch.Generator for methods with randomness.
     """
 
@@ -200,6 +202,7 @@ class LLMContext:
     segment_budgets: torch.Tensor | None = None
     attention: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    query_attention: torch.Tensor | None = None
 
 
 @dataclass

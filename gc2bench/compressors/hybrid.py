@@ -143,7 +143,7 @@ class FastVGlobalCom2:
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.crop_order = check_crop_order(crop_order, name)
-        self.fastv = FastV(self.ratio, name=name, layer=layer)
+        self.fastv = FastV(self.ratio, name=name, layer=layer, decode="static")
         self.budgets = SegmentBudgets(self.ratio, name, score, tau, allocation, newlines)
         self.score_request = self.budgets.allocator.score_request
 
@@ -191,12 +191,12 @@ class SparseVLMGlobalCom2:
     def __init__(self, ratio: float = 0.25, name: str = "sparsevlm_globalcom2", layers="auto",
                  preset: int | None = None, tokens=None, recycle: bool = True, score: str = "cls_logit",
                  tau: float = 10.0, allocation: str = "softmax_sum", newlines: str = "keep",
-                 num_layers: int | None = None, crop_order: str = "packed"):
+                 num_layers: int | None = None, crop_order: str = "packed", counting: str = "authors"):
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.crop_order = check_crop_order(crop_order, name)
         self.sparsevlm = SparseVLM(self.ratio, name=name, layers=layers, preset=preset, tokens=tokens,
-                                   recycle=recycle, num_layers=num_layers)
+                                   recycle=recycle, num_layers=num_layers, counting=counting)
         self.budgets = SegmentBudgets(self.ratio, name, score, tau, allocation, newlines)
         self.score_request = self.budgets.allocator.score_request
         self._start_sizes = PrefillMemo()

@@ -20,16 +20,20 @@ tokens over all L decoder layers equals R: share(λ) = (l_1 + Σ_s (l_{s+1} − 
 l_{S+1} = L (layers before l_1 count 1). share(0) = l_1/L is a floor: R ≤ l_1/L cannot be
 reached (λ = 0 would drop every image token) and raises, naming layers that reach R. The
 solver runs when the LLM's depth is known (``stages(num_layers)``, or ``num_layers=`` up front).
+``layers`` may be a table {R: layers} (the experiments' per-ratio schedules, e.g. the PyramidDrop
+author's [2, 8, 16] for low ratios where [8, 16, 24] cannot reach R); the table is recorded.
 
 ``crop_order``: ``packed`` (default) | ``sequential`` | ``reversed``, as FastV's (positional-bias analysis).
 
-Departures: their code truncates the sequence to 2048 tokens after each drop (not copied);
+Decode: a generated token's position in a layer after a drop is its compacted cache length, as
+theirs. Departures: their code truncates the sequence to 2048 tokens after each drop (not copied);
 ties in the score go to the lower position (theirs: ``topk``'s order).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from itertools import pairwise
 
 import torch
@@ -67,6 +71,20 @@ def parse_budget_of(budget_of, method: str) -> str | int:
     return value
 
 
+def layers_for_ratio(table: Mapping, ratio: float, method: str) -> tuple[dict, object]:
+    """(the table as {R: layers}, the entry for ``ratio``) of a per-ratio ``layers`` table, or a ValueError naming
+    the ratio when the table has no entry for it."""
+    try:
+        plain = {float(key): value if isinstance(value, str) else [int(v) for v in value] for key, value in table.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"{method}: layers={dict(table)!r} must map ratios to layer lists") from None
+    for key, value in plain.items():
+        if math.isclose(key, ratio, rel_tol=0, abs_tol=1e-9):
+            return plain, value
+    raise ValueError(f"{method}: layers has entries for ratio {sorted(plain)} but not for ratio={ratio} "
+                     f"(add one, or give compressor.layers a list)")
+
+
 def scaled_layers(layers: list[int], num_layers: int, reference: int, minimum: int) -> list[int]:
     """``layers`` (meant for a ``reference``-layer LLM) placed proportionally on ``num_layers`` layers."""
     out = []
@@ -84,7 +102,8 @@ def stage_share(first: int, spans: list[int], fractions: list[float], num_layers
 class PDrop:
     """PyramidDrop (see module docstring).
 
-    ratio: target layer-averaged share R in (0, 1]; layers: stage layers l_s (>= 1);
+    ratio: target layer-averaged share R in (0, 1]; layers: stage layers l_s (>= 1), ``auto``, or a table
+    {R: layers} (the experiments' per-ratio schedules; recorded as ``layers_by_ratio``);
     lam: explicit stage ratio λ in (0, 1] (overrides the solve); budget_of: ``block`` (N = image
     tokens in the prompt) or a token count such as 2880 (N fixed, counts capped at the tokens
     present); num_layers: the LLM's depth, to validate and solve at construction; crop_order:
@@ -100,6 +119,9 @@ class PDrop:
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.crop_order = check_crop_order(crop_order, name)
+        self.layers_by_ratio = layers_for_ratio(layers, self.ratio, "pdrop") if isinstance(layers, Mapping) else None
+        if self.layers_by_ratio is not None:
+            layers = self.layers_by_ratio[1]
         # "auto": the authors' layers (8, 16, 24) where they fit the LLM, else scaled to its depth (tiny models).
         self.auto_layers = layers is None or layers == "auto"
         self.layers = parse_layers((8, 16, 24) if self.auto_layers else layers, "pdrop", 1)
@@ -203,8 +225,9 @@ class PDrop:
 
     def params(self) -> dict:
         base = "the image tokens in the prompt" if self.budget_of == "block" else f"{self.budget_of} tokens"
-        return {"ratio": self.ratio, "layers": "auto" if self.auto_layers else list(self.layers), "lam": self.lam, "budget_of": self.budget_of,
-                "num_layers": self.num_layers,
+        by_ratio = {} if self.layers_by_ratio is None else {"layers_by_ratio": self.layers_by_ratio[0]}
+        return {"ratio": self.ratio, "layers": "auto" if self.auto_layers else list(self.layers), **by_ratio,
+                "lam": self.lam, "budget_of": self.budget_of, "num_layers": self.num_layers,
                 "solved_lam": None if self.num_layers is None else self.lam_for(self.num_layers),
                 **crop_order_params(self.crop_order),
                 "convention": ("R is the layer-averaged share of image tokens over all decoder layers; stage s "

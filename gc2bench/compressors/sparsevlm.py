@@ -1,5 +1,9 @@
-"""SparseVLM (Zhang et al., ICML 2025; public code Gumpest/SparseVLMs, v1 = ``USE_VERSION=1_0``):
-text-guided pruning of image tokens inside the LLM, with recycling of pruned tokens.
+"""SparseVLM (Zhang et al., ICML 2025; public code Gumpest/SparseVLMs): text-guided pruning of image
+tokens inside the LLM, with recycling of pruned tokens. ``version``: ``v1.5`` (their HEAD,
+``USE_VERSION=1_0``, the preset schedules below) or ``v1`` (commit b72c5d6: stages [2, 6, 15, 19],
+stage s keeps min(int(rank_s·scale + bias), n − 1), rank_s the rank of the raters' attention rows
+over the n image tokens, no pruning where rank_s = n; ``scale``/``bias`` as their scripts, or
+R-driven scale = ⌊κ·N⌋/rank_0 per row with one κ for every stage).
 
 As the authors' code computes it (``llava/model/language_model/modelling_sparse_llama.py``,
 ``score.py``, ``utils.py``):
@@ -26,11 +30,13 @@ Schedules k_s (option names are ours):
   block N as k_s = ⌊P_s·N/576⌋ (N = 576 gives theirs; ``budget_of: 2880`` scales to 2880 as the
   GlobalCom² paper's "R of 2880" comparison does). ``tokens`` = an explicit list in the same units.
   R is then only a label.
-- R-mode (``preset: null``, the default): R is the layer-averaged share of image tokens entering
-  the L decoder layers, recycled tokens included. The kept fractions κ = (κ_1, κ_2, κ_3) move along
+- R-mode (``preset: null``, the default): R is the layer-averaged share of image tokens over the L
+  decoder layers, recycled tokens included, layer l of a stage counted after its drop (``counting:
+  authors``, their "Equal Tokens", which reproduces their preset names 64.8/96.9/128.6/192.0) or
+  with the tokens entering it (``counting: entering``; then p_s = l_s + 1 below, else p_s = l_s). The kept fractions κ = (κ_1, κ_2, κ_3) move along
   the authors' presets, (0,0,0) → 64 → 96 → 128 → 192 → (1,1,1), linearly between neighbours, to the
-  point where share(κ) = R, with share(κ) = (p_1 + Σ_s (p_{s+1} − p_s)·ρ_s)/L, p_s = l_s + 1 the
-  drop layers, p_4 = L, and ρ_s = κ_s + 0.03·(ρ_{s−1} − κ_s), ρ_0 = 1, the image tokens after stage
+  point where share(κ) = R, with share(κ) = (p_1 + Σ_s (p_{s+1} − p_s)·ρ_s)/L, p_s the first layer
+  counted at stage s's count, p_{S+1} = L, and ρ_s = κ_s + 0.03·(ρ_{s−1} − κ_s), ρ_0 = 1, the image tokens after stage
   s counting the recycled groups at their asymptotic rate (⌊0.3n⌋+1 taken, a tenth of them groups).
   k_s = ⌊κ_s·N⌋. share((0,0,0)) ≈ p_1/L is a floor: R below it raises, naming layers that reach it.
 
@@ -57,7 +63,7 @@ from gc2bench.compressors.base import (DecoderStage, LLMContext, PruneDecision, 
                                       check_crop_order, crop_order_params, crop_order_selection)
 from gc2bench.compressors.fastv import keep_top_image_tokens
 from gc2bench.compressors.pdrop import parse_budget_of, parse_layers, scaled_layers, stage_share
-from gc2bench.config import validate_ratio
+from gc2bench.config import check_choice, validate_ratio
 
 PRESETS = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}  # score.py, v1
 PRESET_BASE = 576
@@ -65,6 +71,9 @@ RECYCLE_TAKE = 0.3        # share of the pruned tokens clustered (+1)
 CLUSTER_DIVISOR = 10      # groups = ⌊taken/10⌋ + 1
 RECYCLE_RATE = RECYCLE_TAKE / CLUSTER_DIVISOR  # asymptotic groups per pruned token, for the R-mode share
 NOISE_SCALE = 1e-6
+VERSIONS = ("v1.5", "v1")
+DEFAULT_LAYERS = {"v1.5": (2, 6, 15), "v1": (2, 6, 15, 19)}   # score.py layer_dict (HEAD); b72c5d6 pruning_loc
+COUNTINGS = ("authors", "entering")
 
 
 def recycled_groups(num_pruned: int) -> tuple[int, int]:
@@ -163,13 +172,26 @@ class SparseVLM:
 
     def __init__(self, ratio: float = 0.25, name: str = "sparsevlm", layers="auto", preset: int | None = None,
                  tokens=None, budget_of: str | int = "block", recycle: bool = True, num_layers: int | None = None,
-                 crop_order: str = "packed"):
+                 crop_order: str = "packed", counting: str = "authors", version: str = "v1.5",
+                 scale: float | None = None, bias: float = 0.0):
         self.ratio = validate_ratio(ratio)
         self.name = name
+        self.counting = check_choice(counting, COUNTINGS, "counting", name)
+        self.version = check_choice(version, VERSIONS, "version", name)
         self.crop_order = check_crop_order(crop_order, name)
-        # "auto": the authors' layers (2, 6, 15) where they fit the LLM, else scaled to its depth (tiny models).
+        self.default_layers = DEFAULT_LAYERS[self.version]
+        # "auto": the authors' layers where they fit the LLM, else scaled to its depth (tiny models).
         self.auto_layers = layers is None or layers == "auto"
-        self.layers = parse_layers((2, 6, 15) if self.auto_layers else layers, "sparsevlm", 0)
+        self.layers = parse_layers(self.default_layers if self.auto_layers else layers, "sparsevlm", 0)
+        self.scale = None if scale is None else float(scale)
+        self.bias = float(bias)
+        if self.version == "v1" and (preset is not None or tokens is not None):
+            raise ValueError("sparsevlm: version=v1 keeps min(int(rank x scale + bias), n - 1) tokens per stage; "
+                             "preset/tokens are v1.5's schedules (give scale/bias, or neither for the R-driven scale)")
+        if self.version != "v1" and (scale is not None or bias != 0.0):
+            raise ValueError(f"sparsevlm: scale/bias are version=v1's rule (version={self.version})")
+        if self.scale is not None and self.scale < 0:
+            raise ValueError(f"sparsevlm: scale={scale!r} must be >= 0")
         if preset is not None and tokens is not None:
             raise ValueError("sparsevlm: give preset or tokens, not both")
         if preset is not None:
@@ -185,7 +207,7 @@ class SparseVLM:
             if any(t < 0 for t in tokens):
                 raise ValueError(f"sparsevlm: tokens={tokens!r} must be counts >= 0")
         needed = len(tokens) if tokens is not None else len(PRESETS[192])
-        if len(self.layers) != needed:
+        if len(self.layers) != needed and self.version != "v1":
             what = f"tokens={tokens}" if tokens is not None else "the R-driven schedule (built on the 3-stage presets)"
             raise ValueError(f"sparsevlm: layers={self.layers} has {len(self.layers)} stages but {what} needs {needed}")
         self.preset = preset
@@ -195,6 +217,7 @@ class SparseVLM:
         self._solved: dict[int, list[float]] = {}
         self._active: list[float] | None = None
         self._raters = PrefillMemo()
+        self._first_stage = PrefillMemo()
         self.num_layers = None if num_layers is None else int(num_layers)
         if self.num_layers is not None:
             self.stages(self.num_layers)
@@ -203,16 +226,20 @@ class SparseVLM:
 
     def _check_layers(self, num_layers: int) -> None:
         if self.auto_layers and self.layers[-1] + 1 >= num_layers:
-            self.layers = scaled_layers(list((2, 6, 15)), num_layers, 32, 0)
+            self.layers = scaled_layers(list(self.default_layers), num_layers, 32, 0)
+            if self.version == "v1":   # any number of stages: keep those that fit
+                self.layers = [layer for layer in self.layers if layer + 1 < num_layers] or self.layers
         if self.layers[-1] + 1 >= num_layers:
             hint = scaled_layers(self.layers, num_layers, 32, 0)
             fit = f"; e.g. compressor.layers={hint}" if hint[-1] + 1 < num_layers else ""
             raise ValueError(f"sparsevlm: layers={self.layers} do not fit a {num_layers}-layer LLM (a stage scores "
                              f"at layer l and drops before l + 1, so l must be 0..{num_layers - 2}){fit}")
 
-    def share(self, fractions, num_layers: int, layers: list[int] | None = None) -> float:
-        """Layer-averaged share of image tokens for kept fractions κ_s (recycled groups at their asymptotic rate)."""
-        drops = [layer + 1 for layer in (self.layers if layers is None else layers)]
+    def share(self, fractions, num_layers: int, layers: list[int] | None = None, counting: str | None = None) -> float:
+        """Layer-averaged share of image tokens for kept fractions κ_s (recycled groups at their asymptotic rate),
+        layer l of a stage counted after its drop (``authors``) or with the tokens entering it (``entering``)."""
+        shift = 0 if (counting or self.counting) == "authors" else 1
+        drops = [layer + shift for layer in (self.layers if layers is None else layers)]
         rate = RECYCLE_RATE if self.recycle else 0.0
         present, totals = 1.0, []
         for kappa in fractions:
@@ -223,6 +250,8 @@ class SparseVLM:
 
     def _knots(self) -> list[tuple[float, ...]]:
         stages = len(self.layers)
+        if self.version == "v1":   # one kept fraction for every stage (k = rank x scale with the rank unchanged)
+            return [(0.0,) * stages, (1.0,) * stages]
         shapes = [tuple(t / PRESET_BASE for t in PRESETS[p]) for p in sorted(PRESETS)]
         return [(0.0,) * stages] + shapes + [(1.0,) * stages]
 
@@ -260,6 +289,9 @@ class SparseVLM:
         self._check_layers(num_layers)
         if self.tokens is not None:
             return [t / PRESET_BASE for t in self.tokens]
+        if self.scale is not None:
+            raise ValueError("sparsevlm: version=v1 with an explicit scale keeps a data-dependent count (the rank of "
+                             "the raters' attention); no schedule before the prompt is seen")
         if num_layers not in self._solved:
             self._solved[num_layers] = self.solve_fractions(num_layers)
         return self._solved[num_layers]
@@ -280,7 +312,17 @@ class SparseVLM:
         """JSON record of the schedule used on a ``num_layers``-layer LLM (for run records)."""
         fractions = self.stage_fractions(num_layers)
         return {"num_layers": num_layers, "layers": list(self.layers), "kept_fractions": fractions,
-                "layer_share": self.share(fractions, num_layers), "share_per_layer": self.schedule(num_layers)}
+                "counting": self.counting, "layer_share": self.share(fractions, num_layers),
+                **{f"layer_share_{c}": self.share(fractions, num_layers, counting=c) for c in COUNTINGS},
+                "share_per_layer": self.schedule(num_layers)}
+
+    def equivalent_tokens(self, num_image_tokens: int, num_layers: int, counting: str | None = None) -> float:
+        """Layer-averaged image tokens of a row (``layer_counts``), layer l of a stage counted after its drop
+        (``authors``: their printed "Equal Tokens") or entering it (``entering``)."""
+        counts = self.layer_counts(num_image_tokens, num_layers)
+        if (counting or self.counting) == "authors":
+            counts = [counts[layer + 1] if layer in self.layers else n for layer, n in enumerate(counts)]
+        return sum(counts) / num_layers
 
     def kept_count(self, stage: int, base: int, fractions: list[float]) -> int:
         """k_s for an image block of ``base`` tokens (host arithmetic, as ``prune`` does on device)."""
@@ -294,9 +336,10 @@ class SparseVLM:
         fractions = self.stage_fractions(num_layers)
         base = num_image_tokens if self.budget_of == "block" else self.budget_of
         present, out = num_image_tokens, []
+        cap = 1 if self.version == "v1" else 0   # v1 keeps at most n - 1 (assuming the raters' rank holds)
         for layer in range(num_layers):
             if layer - 1 in self.layers:
-                kept = min(self.kept_count(self.layers.index(layer - 1), base, fractions), present)
+                kept = min(self.kept_count(self.layers.index(layer - 1), base, fractions), present - cap)
                 groups = recycled_groups(present - kept)[1] if self.recycle else 0
                 if groups and kept == 0:
                     kept = 1
@@ -309,15 +352,27 @@ class SparseVLM:
 
     def params(self) -> dict:
         base = "the image tokens in the prompt" if self.budget_of == "block" else f"{self.budget_of} tokens"
+        counted = ("layer l of a stage counted after its drop, as the authors' Equal Tokens" if self.counting == "authors"
+                   else "each layer counted with the tokens entering it")
         if self.tokens is not None:
             rule = (f"stage s keeps floor(k_s x N / 576) image tokens, k = {self.tokens}"
                     + (f" (preset {self.preset})" if self.preset is not None else "") + "; R is a label")
+        elif self.version == "v1" and self.scale is not None:
+            rule = (f"v1 (b72c5d6): stage s keeps min(int(rank_s x {self.scale} + {self.bias}), n - 1) image tokens, "
+                    "rank_s = rank of the raters' attention over the image tokens; R is a label")
+        elif self.version == "v1":
+            rule = ("v1 (b72c5d6): stage s keeps min(int(rank_s x scale), n - 1) image tokens, rank_s = rank of the "
+                    "raters' attention over the image tokens, scale = floor(kappa x N) / rank_0 per row, kappa solved "
+                    f"so that the layer-averaged share ({counted}) is R while the rank holds")
         else:
-            rule = ("R is the layer-averaged share of image tokens (recycled included) over all decoder layers; "
-                    "stage s keeps floor(kappa_s x N), kappa on the authors' preset path solved from R")
+            rule = ("R is the layer-averaged share of image tokens (recycled included) over all decoder layers "
+                    f"({counted}); stage s keeps floor(kappa_s x N), kappa on the authors' preset path solved from R")
         return {"ratio": self.ratio, "layers": "auto" if self.auto_layers else list(self.layers), "preset": self.preset, "tokens": self.tokens,
                 "budget_of": self.budget_of, "recycle": self.recycle, "num_layers": self.num_layers,
-                "solved_fractions": None if self.num_layers is None else self.stage_fractions(self.num_layers),
+                "counting": self.counting, "version": self.version,
+                **({"scale": self.scale, "bias": self.bias} if self.version == "v1" else {}),
+                "solved_fractions": (None if self.num_layers is None or self.scale is not None
+                                     else self.stage_fractions(self.num_layers)),
                 **crop_order_params(self.crop_order),
                 "convention": f"{rule}; N = {base}; text raters; recycled cluster means; positions compacted"}
 
@@ -329,7 +384,8 @@ class SparseVLM:
         return crop_order_selection(layouts, self.crop_order)
 
     def stages(self, num_layers: int) -> list[DecoderStage]:
-        self._active = self.stage_fractions(num_layers)
+        self._check_layers(num_layers)
+        self._active = None if self.scale is not None else self.stage_fractions(num_layers)
         return [DecoderStage(layer, layer + 1) for layer in self.layers]  # modelling_sparse_llama: layer l's output
 
     def active_fractions(self) -> list[float]:
@@ -357,7 +413,35 @@ class SparseVLM:
             return self.tokens[ctx.stage_index] * base // PRESET_BASE
         return (base.double() * self.active_fractions()[ctx.stage_index]).floor().long()
 
+    @property
+    def wants_query_attention(self) -> bool:
+        return self.version == "v1"
+
+    def v1_counts(self, ctx: LLMContext) -> torch.Tensor:
+        """[B] long, v1's k = min(int(rank x scale + bias), n - 1), n where rank = n (no pruning); rank = the
+        rank of the raters' attention rows over the image tokens present. R-driven (no ``scale``): scale =
+        K / rank_0 per row, K = floor(kappa x N) and rank_0 the rank at stage 0, so k = K while the rank holds."""
+        if ctx.query_attention is None:
+            raise RuntimeError("sparsevlm: version=v1 needs ctx.query_attention (the raters' attention rows)")
+        present = ctx.image.sum(1)
+        ranks = torch.stack([torch.linalg.matrix_rank(ctx.query_attention[b][:, ctx.image[b]].float())
+                             for b in range(ctx.image.shape[0])]).to(present)
+        if self.scale is not None:
+            wanted = (ranks.double() * self.scale + self.bias).floor().long()
+        else:
+            if ctx.stage_index == 0:
+                base = ctx.image_tokens_at_start if self.budget_of == "block" else torch.full_like(present, self.budget_of)
+                target = (base.double() * self.active_fractions()[0]).floor().long()
+                self._first_stage.store(ctx, (target, ranks.clamp(min=1)))
+            target, first_rank = self._first_stage.load(ctx, "sparsevlm")
+            wanted = torch.div(ranks * target, first_rank, rounding_mode="floor")
+        return torch.where(ranks == present, present, torch.minimum(wanted, present - 1).clamp(min=0))
+
     def prune(self, ctx: LLMContext) -> PruneDecision:
+        if self.version == "v1":
+            counts = self.v1_counts(ctx)
+            keep = keep_top_image_tokens(ctx, ctx.attention, counts)
+            return self.recycle_pruned(ctx, keep)
         self.active_fractions()
         counts = torch.minimum(self.stage_counts(ctx), ctx.image.sum(1))
         return self.recycle_pruned(ctx, keep_top_image_tokens(ctx, ctx.attention, counts))

@@ -15,7 +15,8 @@ score (``cls_logit``, ``cls_softmax``, ``cls_softmax_fullwidth``) gets ``compres
 automatically — the only score such a model serves and the one a run needs too (the AAAI
 GlobalCom² paper's §4.3) — and the row lists it in ``overrides``. Any other compressor the
 adapter rejects (``check_compressor``) becomes an ``unsupported`` row carrying the adapter's
-message, which names the fix.
+message, which names the fix. FastV runs ``compressor.decode=static`` (its pruned prefill; the
+default ``reselect`` keeps every token and masks, which saves nothing), also listed in ``overrides``.
 
 Every method sees the same synthetic images and prompt, of the square grid pinpoint's size that
 feeds the LLM the most visual tokens, fewest views on a tie (``bench_image_size``; LLaVA-NeXT:
@@ -366,6 +367,8 @@ def compose_compressor(name: str, ratio: float, num_layers: int, vision_has_cls:
         overrides.append(f"compressor.num_layers={num_layers}")
     if not vision_has_cls and cfg.compressor.get("score") in CLS_SCORES:
         overrides.append("compressor.score=cosine")
+    if cfg.compressor.get("decode") == "reselect":
+        overrides.append("compressor.decode=static")   # FastV's pruned prefill, what saves compute
     if overrides:
         cfg = compose("config", overrides=base + overrides)
     try:

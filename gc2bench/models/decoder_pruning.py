@@ -85,6 +85,7 @@ class RowState:
     position_ids: torch.Tensor
     position_embeddings: tuple
     mask: torch.Tensor | None = None   # 4-D mask handed to the layers once the sequence changed
+    masked: torch.Tensor | None = None  # [B, L] bool, image tokens hidden by a mask instead of dropped (reselect)
 
     def take(self, index: torch.Tensor, **replacements) -> "RowState":
         """Rows re-gathered along positions by ``index`` [B, L'] (index -1 → padding)."""
@@ -140,10 +141,14 @@ class DecoderPruner:
         self.cache_argument = cache_argument(language_model)
         self.stages = compressor.stages(len(self.layers))
         self.first_prune = min(stage.prune_layer for stage in self.stages)
+        self.reselect = getattr(compressor, "decode", "static") == "reselect"
+        if self.reselect and (len(self.stages) != 1 or compressor.positions != "keep"):
+            raise ValueError(f"{compressor.name}: decode=reselect needs one stage with positions='keep' (FastV)")
+        self._decode_visible: torch.Tensor | None = None   # reselect: [B, T] keys visible to layers >= K
         self.plan: PrefillPlan | None = None
         self.state: RowState | None = None        # current sequence during a prefill
         self.stage_states: dict[int, RowState] = {}  # layer index → state after its pruning (for decode)
-        self._pending: dict[int, torch.Tensor] = {}
+        self._pending: dict[int, tuple] = {}
         self._handles = [layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
                          for index, layer in enumerate(self.layers)]
         self._handles.append(language_model.register_forward_pre_hook(self._new_forward, with_kwargs=True))
@@ -206,11 +211,12 @@ class DecoderPruner:
         for number, stage in enumerate(self.stages):
             if stage.score_layer == index and self.plan.replay is None:
                 self._pending[number] = self._attention_rows(layer, hidden, number)
-                self.plan.attention_rows[number] = self._pending[number]
+                self.plan.attention_rows[number] = self._pending[number][0]
             if stage.prune_layer == index:
                 hidden = self._prune(number, hidden)
                 replacing = True
-        self.plan.image_tokens_per_layer[index] = self.state.image.sum(1)
+        visible = self.state.image if self.state.masked is None else self.state.image & ~self.state.masked
+        self.plan.image_tokens_per_layer[index] = visible.sum(1)
         if index >= self.first_prune:
             self.stage_states[index] = self.state
             replacing = True
@@ -220,6 +226,8 @@ class DecoderPruner:
                              self.state.position_ids)
 
     def _decode(self, index, hidden, args, kwargs):
+        if self.reselect:
+            return self._decode_reselect(index, hidden, args, kwargs)
         if index < self.first_prune or index not in self.stage_states:
             return None
         stage_state = self.stage_states[index]
@@ -239,6 +247,46 @@ class DecoderPruner:
             embeddings = self.model.rotary_emb(hidden, positions)
         return self._replace(hidden, args, kwargs, mask, embeddings, positions)
 
+    def _decode_reselect(self, index, hidden, args, kwargs):
+        """FastV's own decode (their mask path): the new token's layer K−1 attention over the whole cache
+        re-ranks the prompt's image tokens; layers >= K see only the top k of them (same k as at prefill)."""
+        stage = self.stages[0]
+        cache = kwargs.get("past_key_values")
+        if index == stage.score_layer:
+            row = self._decode_attention_row(self.layers[index], hidden, cache.layers[index].keys, kwargs)
+            batch, total = row.shape
+            generated = total - self.plan.image.shape[1]
+            image = torch.cat([self.plan.image, self.plan.image.new_zeros(batch, generated)], dim=1)
+            valid = torch.cat([self.plan.valid, self.plan.valid.new_ones(batch, generated)], dim=1)
+            present = self.plan.image.sum(1)
+            counts = self.compressor.kept_counts(present, present)
+            ranked = row.masked_fill(~image, -torch.inf) + 0.0
+            order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
+            rank = torch.empty_like(order).scatter_(1, order, torch.arange(total, device=row.device).expand_as(order))
+            self._decode_visible = valid & (~image | (rank < counts[:, None]))
+            return None
+        if index < stage.prune_layer:
+            return None
+        mask = self._mask_format(self._decode_visible[:, None, None, :])
+        return self._replace(hidden, args, kwargs, mask, kwargs["position_embeddings"], kwargs["position_ids"])
+
+    def _decode_attention_row(self, layer, hidden: torch.Tensor, cached_keys: torch.Tensor, kwargs) -> torch.Tensor:
+        """[B, T + 1] head-mean post-softmax attention of the one new token (``hidden`` [B, 1, D] entering
+        ``layer``) over the cached keys [B, H_kv, T, d] (rotated) and its own; padding keys excluded."""
+        attention = layer.self_attn
+        modeling = sys.modules[type(attention).__module__]
+        x = layer.input_layernorm(hidden)
+        batch, head_dim = x.shape[0], attention.head_dim
+        q = attention.q_proj(x).view(batch, 1, -1, head_dim).transpose(1, 2)
+        k = attention.k_proj(x).view(batch, 1, -1, head_dim).transpose(1, 2)
+        cos, sin = kwargs["position_embeddings"]
+        q, k = modeling.apply_rotary_pos_emb(q, k, cos, sin)
+        keys = modeling.repeat_kv(torch.cat([cached_keys, k], dim=2), attention.num_key_value_groups)
+        logits = (q.float() @ keys.float().transpose(-1, -2)) * attention.scaling          # [B, H, 1, T + 1]
+        generated = keys.shape[2] - self.plan.valid.shape[1]
+        valid = torch.cat([self.plan.valid, self.plan.valid.new_ones(batch, generated)], dim=1)
+        return logits.masked_fill(~valid[:, None, None, :], -torch.inf).softmax(-1).mean(1)[:, 0]
+
     # -- pieces -----------------------------------------------------------------------------------
 
     @staticmethod
@@ -251,14 +299,14 @@ class DecoderPruner:
         kwargs.update(attention_mask=mask, position_embeddings=embeddings, position_ids=positions)
         return args, kwargs
 
-    def _context(self, number: int, hidden: torch.Tensor, attention=None) -> LLMContext:
+    def _context(self, number: int, hidden: torch.Tensor, attention=(None, None)) -> LLMContext:
         generator = torch.Generator(device="cpu").manual_seed(self.seed + number)
         return LLMContext(
             stage_index=number, stage=self.stages[number], hidden=hidden,
             input_embeds=getattr(self, "_embeds", None), original_index=self.state.original_index,
             image=self.state.image, valid=self.state.valid, segment=self.state.segment,
             image_tokens_at_start=self.plan.image.sum(1), segment_budgets=self.plan.segment_budgets,
-            attention=attention, generator=generator)
+            attention=attention[0], query_attention=attention[1], generator=generator)
 
     def _allowed(self, state: RowState) -> torch.Tensor:
         """[B, L, L] bool: causal over positions, keys restricted to valid ones (padding rows see themselves)."""
@@ -275,8 +323,9 @@ class DecoderPruner:
                 ~allowed, torch.finfo(dtype).min)
         return allowed
 
-    def _attention_rows(self, layer, hidden: torch.Tensor, number: int) -> torch.Tensor:
-        """[B, L] head-mean post-softmax attention of the stage's query rows, averaged over them."""
+    def _attention_rows(self, layer, hidden: torch.Tensor, number: int) -> tuple:
+        """([B, L] head-mean post-softmax attention of the stage's query rows averaged over them, and, for a
+        compressor with ``wants_query_attention``, the rows themselves [B, Q, L] (0 past each row's count))."""
         state = self.state
         queries = self.compressor.query_rows(self._context(number, hidden)) & state.valid
         self.plan.query_rows[number] = queries
@@ -303,11 +352,15 @@ class DecoderPruner:
         logits = logits.masked_fill(~allowed[:, None], -torch.inf)
         rows = logits.softmax(-1).mean(1)                                             # [B, Q, L]
         rows = rows.masked_fill(~present[..., None], 0.0)
-        return rows.sum(1) / count.clamp(min=1)[:, None]
+        per_query = rows if getattr(self.compressor, "wants_query_attention", False) else None
+        return rows.sum(1) / count.clamp(min=1)[:, None], per_query
 
     def _prune(self, number: int, hidden: torch.Tensor) -> torch.Tensor:
         state = self.state
         if self.plan.replay is not None:
+            if self.reselect:
+                raise RuntimeError(f"{self.compressor.name}: replay re-applies the prefill's choice at every position; "
+                                   "decode=reselect re-ranks at every generated token (use decode=static)")
             record = self.plan.replay[number]
             extra = hidden.shape[1] - record.keep.shape[1]
             keep = torch.cat([record.keep, record.keep.new_ones(record.keep.shape[0], extra)], dim=1)
@@ -320,9 +373,25 @@ class DecoderPruner:
         keep = keep & state.valid
         if self.plan.replay is None:
             self.plan.records.append(PruneRecord(keep, recycled))
+        if self.reselect:
+            self._mask_out(state.image & ~keep)
+            self.plan.kept_segments.append(torch.where(self.state.masked, SEGMENT_TEXT, self.state.segment))
+            return hidden
         hidden = self._rebuild(hidden, keep, recycled)
         self.plan.kept_segments.append(self.state.segment)
         return hidden
+
+    def _mask_out(self, masked: torch.Tensor) -> None:
+        """Keep the sequence but hide the ``masked`` [B, L] image tokens as keys from every query in the later
+        layers (FastV's mask path: their keys and values stay in the cache for re-selection while decoding)."""
+        state = self.state
+        allowed = self._allowed(state) & ~masked[:, None, :]
+        eye = torch.eye(allowed.shape[1], dtype=torch.bool, device=allowed.device)[None]
+        allowed = allowed | (eye & ~allowed.any(-1, keepdim=True))
+        self.state = RowState(image=state.image, valid=state.valid, segment=state.segment,
+                              original_index=state.original_index, position_ids=state.position_ids,
+                              position_embeddings=state.position_embeddings,
+                              mask=self._mask_format(allowed[:, None]), masked=masked)
 
     def _rebuild(self, hidden: torch.Tensor, keep: torch.Tensor, recycled) -> torch.Tensor:
         """New left-padded sequence of the kept positions (+ recycled tokens after each row's last kept image token)."""
