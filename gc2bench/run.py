@@ -26,8 +26,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gc2bench.config import ConfigError, validate
+from gc2bench.results.identity import checkpoint, incomplete, mismatch, record_identity, run_identity, task_protocol
 from gc2bench.results.records import (AnswerCache, CachingAdapter, environment, git_commit, package_versions,
-                                      read_record, record_path, run_dir, run_lock, write_record)
+                                      params_digest, read_record, record_path, run_dir, run_lock, write_record)
 
 SWEEP_SIZE_ENV = "GC2BENCH_SWEEP_SIZE"
 SWEEP_ID_ENV = "GC2BENCH_SWEEP_ID"
@@ -40,6 +41,15 @@ NOT_LAUNCHED: list[list[str]] = []
 
 class RunFailed(RuntimeError):
     """Tasks of a run failed; their records (status: failed) say why, and a restart retries them."""
+
+
+class NoSampleScored(RuntimeError):
+    """A task of which no sample was scored (all failed, or none was read): failed, never done."""
+
+    def __init__(self, failures: list[dict]):
+        first = f"; first: doc {failures[0].get('doc_id')}: {failures[0].get('error')}" if failures else ""
+        super().__init__(f"no sample was scored ({len(failures)} failed{first})")
+        self.failures = failures
 
 
 # -- one Hydra job ------------------------------------------------------------------------------
@@ -233,12 +243,14 @@ def run(cfg: DictConfig, label: str = "") -> list[dict]:
     entries = suite_entries(cfg)
     compressor = build_compressor(cfg)
     params = compressor.params()
-    directory = run_dir(cfg.results_dir, cfg.model.name, compressor.name, params)
+    identity = run_identity(cfg)
+    directory = run_dir(cfg.results_dir, cfg.model.name, compressor.name, params, model=identity["model"])
     rank, world_size = data_parallel_rank()
     head = " ".join(filter(None, [label, f"{cfg.model.name} · {compressor.name} r={params.get('ratio', 1.0):g}"]))
     print(f"{head} → {directory}", flush=True)
+    _note_legacy_records(cfg, compressor, directory)
     with run_lock(directory) if rank == 0 else contextlib.nullcontext():
-        todo = [entry for entry in entries if cfg.overwrite or not _done(directory, entry, cfg.suite.limit)]
+        todo = [entry for entry in entries if cfg.overwrite or not _done(directory, entry, cfg, identity)]
         if not todo:
             return []
         if cfg.overwrite and rank == 0:
@@ -256,7 +268,9 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
               "suite": cfg.suite.name, "protocol": protocol_name(cfg), "versions": package_versions(),
               "git_commit": git_commit(),
               "config": OmegaConf.to_container(cfg, resolve=True)}
-    model = {"name": cfg.model.name, "path": cfg.model.get("path"), "revision": cfg.model.get("revision")}
+    identity = run_identity(cfg)
+    model = {"name": cfg.model.name, "path": cfg.model.get("path"), "revision": cfg.model.get("revision"),
+             "checkpoint": identity["checkpoint"]}
     records, failed = [], []
     for entry in list(todo):
         reason = skip_reason(entry)
@@ -265,7 +279,8 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
             print(f"skip {entry['task']}: {reason}", flush=True)
             if rank == 0:
                 records.append(_write_skipped(directory, entry, reason,
-                                              {**common, "model": model, "environment": environment()}))
+                                              {**common, "model": model, "environment": environment()},
+                                              _identity(cfg, identity, entry)))
     if not todo:
         return records
     if all(entry.get("fixture") or entry.get("data_files") for entry in todo):
@@ -279,17 +294,28 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
         adapter = build_model(cfg, compressor)
     except Exception as error:
         for entry in todo if rank == 0 else []:
-            _write_failed(directory, entry, error, {**common, "model": model, "environment": environment()})
+            _write_failed(directory, entry, error, {**common, "model": model, "environment": environment()},
+                          _identity(cfg, identity, entry))
         raise
     load_s = time.perf_counter() - started
-    model = {**adapter.describe(), "resolved_revision": getattr(adapter.model.config, "_commit_hash", None)}
+    identity = run_identity(cfg, loaded_checkpoint(adapter))
+    if not cfg.overwrite:  # a checkpoint first found by loading it (downloaded, built) may match a record
+        found = [entry for entry in todo if _done(directory, entry, cfg, identity, quiet=True)]
+        for entry in found:
+            print(f"skip {entry['task']}: record exists in {directory}, made from the checkpoint just loaded", flush=True)
+        todo = [entry for entry in todo if entry not in found]
+        if not todo:
+            return records
+    model = {**adapter.describe(), "resolved_revision": getattr(adapter.model.config, "_commit_hash", None),
+             "checkpoint": identity["checkpoint"]}
     if adapter.pruner is not None and hasattr(compressor, "schedule_info"):
         common["compressor"]["schedule"] = compressor.schedule_info(len(adapter.pruner.layers))
     common.update(model=model, environment=environment())
     cache = AnswerCache(directory, rank, world_size)
     if cache.loaded:
         print(f"{head}: {cache.loaded} answers cached by an earlier attempt are reused", flush=True)
-    scope = {"model": {k: v for k, v in model.items() if k != "device"}, "compressor": common["compressor"]}
+    scope = {"model": {k: v for k, v in model.items() if k != "device"}, "compressor": common["compressor"],
+             "identity": {"model": identity["model"], "fingerprint": identity["checkpoint"]["fingerprint"]}}
     lm = GC2BenchLMM(CachingAdapter(adapter, cache, scope), batch_size=cfg.suite.batch_size,
                      protocol=cfg.suite.get("protocol"))
     tracker = start_tracking(cfg, name=directory.name, group=_sweep_name())
@@ -303,15 +329,20 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
             outputs.mkdir(parents=True, exist_ok=True)
             try:
                 result = evaluate_task(lm, entry, limit=cfg.suite.limit, seed=cfg.seed, output_dir=outputs)
+                if result is not None and not result.samples:
+                    raise NoSampleScored(result.failures)
             except TaskSkipped as skipped:
                 print(f"{task_head}: skipped: {skipped.reason}", flush=True)
                 if rank == 0:
-                    records.append(_write_skipped(directory, entry, skipped.reason, common))
+                    records.append(_write_skipped(directory, entry, skipped.reason, common,
+                                                  _identity(cfg, identity, entry)))
                 continue
             except Exception as error:
                 print(f"{task_head}: failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
                 if rank == 0:
-                    failed.append(_write_failed(directory, entry, error, common))
+                    failures = {"failures": error.failures} if isinstance(error, NoSampleScored) else {}
+                    failed.append(_write_failed(directory, entry, error, {**common, **failures},
+                                                _identity(cfg, identity, entry)))
                 continue
             finally:
                 with contextlib.suppress(OSError):
@@ -324,6 +355,7 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
                       "data": data_description(entry), "metrics": result.metrics,
                       "tokens": tokens, "efficiency": efficiency, "failures": result.failures,
                       "samples": result.samples, "prompting": lm.prompting.get(entry["task"]), "status": "done",
+                      "identity": _identity(cfg, identity, entry),
                       "timing": {"started": started_at, "finished": _now(), "wall_s": time.perf_counter() - started,
                                  "model_load_s": load_s, "answers_from_cache": cache.hits - hits}}
             record.update(tracker.info())
@@ -346,23 +378,41 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
     return records
 
 
-def _done(directory: Path, entry: dict, limit, quiet: bool = False) -> bool:
-    """Whether ``entry``'s task has a done record made with the same suite entry and limit (printed)."""
+def _done(directory: Path, entry: dict, cfg: DictConfig, identity: dict, quiet: bool = False) -> bool:
+    """Whether ``entry``'s task has a done, complete record made by ``identity`` with this run's
+    protocol (suite entry, suite keys, seed); says why not (unless ``quiet``)."""
     say = (lambda message: None) if quiet else (lambda message: print(message, flush=True))
     record = read_record(record_path(directory, entry["task"]))
     if record is None or record.get("status") != "done":
         return False
-    suite = (record.get("config") or {}).get("suite") or {}
-    made_with = record.get("entry") or next((e for e in suite.get("tasks") or [] if e.get("task") == entry["task"]), None)
-    made_limit = record["limit"] if "limit" in record else suite.get("limit")
-    if made_limit != limit:
-        say(f"redo {entry['task']}: its record was made with suite.limit={made_limit} (now {limit})")
-        return False
-    if made_with != entry:
-        say(f"redo {entry['task']}: its record was made with the suite entry {made_with} (now {entry})")
+    reason = incomplete(record) or mismatch(record, identity, task_protocol(cfg, entry))
+    if reason:
+        say(f"redo {entry['task']}: {reason}")
         return False
     say(f"skip {entry['task']}: record exists in {directory} (overwrite=true to redo)")
     return True
+
+
+def _identity(cfg: DictConfig, identity: dict, entry: dict) -> dict:
+    return record_identity(identity, task_protocol(cfg, entry))
+
+
+def loaded_checkpoint(adapter) -> dict:
+    """``checkpoint`` of a loaded adapter (its resolved path; the loaded config's commit for a hub id)."""
+    found = checkpoint(adapter.path, adapter.revision)
+    if found["hub_id"] and not found["revision"]:
+        found["revision"] = getattr(adapter.model.config, "_commit_hash", None)
+    return found
+
+
+def _note_legacy_records(cfg: DictConfig, compressor, directory: Path) -> None:
+    """Say once when an older gc2bench's directory for this run (keyed by the compressor alone) holds
+    records: they do not say which model made them and are not reused."""
+    params = compressor.params()
+    legacy = Path(cfg.results_dir) / cfg.model.name / f"{compressor.name}_r{params.get('ratio', 1.0):g}_{params_digest(params)}"
+    if legacy != directory and legacy.is_dir() and any(legacy.glob("*.json")):
+        print(f"note: {legacy} holds records of an older gc2bench that do not say which model and checkpoint made "
+              f"them; they are not reused (this run writes {directory})", flush=True)
 
 
 def run_directory(cfg: DictConfig) -> Path | None:
@@ -371,7 +421,8 @@ def run_directory(cfg: DictConfig) -> Path | None:
     try:
         validate(cfg)
         compressor = build_compressor(cfg)
-        return run_dir(cfg.results_dir, cfg.model.name, compressor.name, compressor.params())
+        return run_dir(cfg.results_dir, cfg.model.name, compressor.name, compressor.params(),
+                       model=run_identity(cfg)["model"])
     except Exception:
         return None
 
@@ -385,21 +436,22 @@ def run_is_finished(cfg: DictConfig) -> bool:
     try:
         if directory is None or cfg.overwrite:
             return False
-        return all(_done(directory, entry, cfg.suite.limit, quiet=True) for entry in suite_entries(cfg))
+        identity = run_identity(cfg)
+        return all(_done(directory, entry, cfg, identity, quiet=True) for entry in suite_entries(cfg))
     except Exception:
         return False
 
 
-def _write_failed(directory: Path, entry: dict, error: BaseException, common: dict) -> dict:
-    record = {**common, "task": entry["task"], "metrics": None, "tokens": None, "efficiency": None,
+def _write_failed(directory: Path, entry: dict, error: BaseException, common: dict, identity: dict) -> dict:
+    record = {**common, "task": entry["task"], "identity": identity, "metrics": None, "tokens": None, "efficiency": None,
               "status": "failed", "error": f"{type(error).__name__}: {error}",
               "traceback": traceback.format_exc(limit=8), "timing": {"finished": _now()}}
     write_record(record_path(directory, entry["task"]), record)
     return record
 
 
-def _write_skipped(directory: Path, entry: dict, reason: str, common: dict) -> dict:
-    record = {**common, "task": entry["task"], "metrics": None, "tokens": None, "efficiency": None,
+def _write_skipped(directory: Path, entry: dict, reason: str, common: dict, identity: dict) -> dict:
+    record = {**common, "task": entry["task"], "identity": identity, "metrics": None, "tokens": None, "efficiency": None,
               "status": "skipped", "reason": reason, "timing": {"finished": _now()}}
     write_record(record_path(directory, entry["task"]), record)
     return record

@@ -21,6 +21,7 @@ import traceback
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
+from gc2bench.evaluation.images import decode_images, strict_decoding
 from gc2bench.evaluation.protocols import get_protocol, prompting_record
 
 
@@ -98,7 +99,9 @@ class GC2BenchLMM(lmms):
             for i in indices:
                 context, _gen_kwargs, doc_to_visual, doc_id, task, split = requests[i].args
                 keys.append((task, doc_id))
-                visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+                with strict_decoding():
+                    doc = decode_images(self.task_dict[task][split][doc_id])
+                visuals = doc_to_visual(doc) or []
                 texts.append(context)
                 images.append(list(visuals))
             gen_kwargs, until = self.protocol.generate_kwargs(task, requests[indices[0]].args[1])

@@ -38,6 +38,7 @@ from types import SimpleNamespace
 
 from gc2bench.config import ConfigError
 from gc2bench.evaluation.fixtures import COMPANIONS, build_fixture, fixture_digest, fixture_split
+from gc2bench.evaluation.images import undecoded_features
 
 ENTRY_KEYS = {"task", "metric", "scale", "average_over", "ocr_tokens", "pre_prompt", "post_prompt", "judge", "fixture",
               "data_files", "split", "images_files"}
@@ -228,6 +229,9 @@ def task_spec(entry: dict, protocol: str | None = None) -> str | dict:
     data_files, images_file = _local_data(entry)
     if data_files:
         override.update(dataset_path="parquet", dataset_kwargs={"data_files": data_files})
+        features = undecoded_features(next(iter(data_files.values())))
+        if features is not None:  # decoded per document when answered (gc2bench.evaluation.images)
+            override["dataset_kwargs"]["features"] = features
     if images_file:
         override["process_docs"] = functools.partial(gqa_docs_with_local_images, images_file=images_file)
     prompt = {**protocol_prompt,

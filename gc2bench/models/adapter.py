@@ -269,6 +269,7 @@ class VisionStageAdapter:
             from transformers.modeling_outputs import BaseModelOutputWithPooling
 
             extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=image_features)}
+        self._check_context(attention_mask)
         self._prefill_timer.reset()
         if self.pruner is not None:
             self.last_plan = self._pruning_plan(input_ids, attention_mask, images, prune_replay)
@@ -304,6 +305,13 @@ class VisionStageAdapter:
         return [Generation(answer.strip(), stat, new_tokens[row].tolist(), None if scores is None else scores[row],
                            raw_text=answer, prompt=prompt)
                 for row, (answer, stat, prompt) in enumerate(zip(answers, stats, prompts))]
+
+    def _check_context(self, attention_mask: torch.Tensor) -> None:
+        """A prompt (after compression) as long as the LLM's context fails, naming both lengths."""
+        context = getattr(self.config.get_text_config(), "max_position_embeddings", None)
+        longest = int(attention_mask.sum(dim=1).max()) if context else 0
+        if context and longest >= context:
+            raise ValueError(f"the prompt is {longest} tokens, longer than the model's context of {context} positions")
 
     def _compress(self, inputs, images: list[list], stats: list[SampleStats]):
         """Kept features per image and the prompts with each image's token run shrunk to match."""

@@ -186,10 +186,12 @@ def _wait_for_build(target: Path, timeout_s: float = 900.0) -> Path:
     return target
 
 
-def tiny_llava_next_path(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
-    """Directory of the tiny model for ``seed``, building it on first use."""
-    return cached_build(f"tiny-llava-next-{_spec_digest()}-seed{seed}",
-                        lambda directory: build_tiny_llava_next(directory, seed=seed), cache_dir)
+def tiny_llava_next_path(seed: int = 0, cache_dir: str | Path | None = None, build: bool = True) -> Path:
+    """Directory of the tiny model for ``seed``, building it on first use (``build=False``: only where it is)."""
+    name = f"tiny-llava-next-{_spec_digest()}-seed{seed}"
+    if not build:
+        return (Path(cache_dir) if cache_dir else default_cache_dir()) / name
+    return cached_build(name, lambda directory: build_tiny_llava_next(directory, seed=seed), cache_dir)
 
 
 def load_tiny_llava_next(compressor, seed: int = 0, name: str = "tiny", **adapter_kwargs):
@@ -197,3 +199,7 @@ def load_tiny_llava_next(compressor, seed: int = 0, name: str = "tiny", **adapte
     from gc2bench.models.llava_next import LlavaNextAdapter
 
     return LlavaNextAdapter(str(tiny_llava_next_path(seed)), compressor, name=name, **adapter_kwargs)
+
+
+# Where the checkpoint of a `model` config is, before it is built (gc2bench.results.identity).
+load_tiny_llava_next.checkpoint_dir = lambda seed=0, **_: tiny_llava_next_path(seed, build=False)

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from gc2bench.models.onevision import image_only_processor_class
-from gc2bench.models.tiny import _build_tokenizer, _make_answers_short, cached_build
+from gc2bench.models.tiny import _build_tokenizer, _make_answers_short, cached_build, default_cache_dir
 
 CROP = 56
 TINY_ONEVISION_SPEC = {
@@ -105,10 +105,12 @@ def build_tiny_onevision(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def tiny_onevision_path(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
-    """Directory of the tiny OneVision for ``seed``, building it on first use."""
-    return cached_build(f"tiny-llava-onevision-{_spec_digest()}-seed{seed}",
-                        lambda directory: build_tiny_onevision(directory, seed=seed), cache_dir)
+def tiny_onevision_path(seed: int = 0, cache_dir: str | Path | None = None, build: bool = True) -> Path:
+    """Directory of the tiny OneVision for ``seed``, building it on first use (``build=False``: only where it is)."""
+    name = f"tiny-llava-onevision-{_spec_digest()}-seed{seed}"
+    if not build:
+        return (Path(cache_dir) if cache_dir else default_cache_dir()) / name
+    return cached_build(name, lambda directory: build_tiny_onevision(directory, seed=seed), cache_dir)
 
 
 def load_tiny_onevision(compressor, seed: int = 0, name: str = "tiny_onevision", **adapter_kwargs):
@@ -116,3 +118,6 @@ def load_tiny_onevision(compressor, seed: int = 0, name: str = "tiny_onevision",
     from gc2bench.models.onevision import LlavaOneVisionAdapter
 
     return LlavaOneVisionAdapter(str(tiny_onevision_path(seed)), compressor, name=name, **adapter_kwargs)
+
+
+load_tiny_onevision.checkpoint_dir = lambda seed=0, **_: tiny_onevision_path(seed, build=False)

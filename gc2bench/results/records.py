@@ -32,10 +32,13 @@ def params_digest(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def run_dir(results_dir: str | Path, model_name: str, compressor_name: str, params: dict) -> Path:
-    """``<results_dir>/<model>/<compressor>_r<ratio>_<hash of all compressor parameters>``."""
+def run_dir(results_dir: str | Path, model_name: str, compressor_name: str, params: dict,
+            model: dict | None = None) -> Path:
+    """``<results_dir>/<model name>/<compressor>_r<ratio>_<hash>``: a hash of all compressor parameters
+    and of every key of the ``model`` config (so another seed, path, dtype, … is another directory)."""
     ratio = params.get("ratio", 1.0)
-    return Path(results_dir) / model_name / f"{compressor_name}_r{ratio:g}_{params_digest(params)}"
+    key = params_digest(params) if model is None else params_digest({"compressor": params, "model": model})
+    return Path(results_dir) / model_name / f"{compressor_name}_r{ratio:g}_{key}"
 
 
 def record_path(directory: Path, task: str) -> Path:

@@ -1,0 +1,203 @@
+"""Results that cannot be mistaken: bad inputs of every kind driven through the real CLI and run path.
+
+Each case asserts its outcome: one line naming the bad value before any model loads (exit 2), a
+recorded per-sample failure naming the document, a failed (never done) task, or a record that is
+redone because it was not made by this run's model, checkpoint or protocol.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from gc2bench.config import compose_run_config
+from gc2bench.results.records import read_record, record_path
+from gc2bench.run import run, run_directory, run_is_finished
+
+
+def compose(*overrides):
+    return compose_run_config(list(overrides), check=False)
+
+
+def run_py(*overrides, cwd=REPO, timeout=300):
+    return subprocess.run([sys.executable, "run.py", *overrides, "hydra.run.dir=/tmp/gc2bench-test-hydra"],
+                          cwd=cwd, capture_output=True, text=True, env=dict(os.environ), timeout=timeout)
+
+
+def one_record(directory: Path, task: str) -> dict:
+    [path] = list(directory.rglob(f"{task}.json"))
+    return read_record(path)
+
+
+# -- §1 record identity -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache_dir):
+    """A finished one-task run (tiny, seed 0, POPE on 2 documents) and its overrides."""
+    results = tmp_path_factory.mktemp("identity")
+    overrides = [f"results_dir={results}", "compressor=none", "tasks=[pope]", "suite.limit=2"]
+    [record] = run(compose(*overrides))
+    return results, overrides, record
+
+
+def test_a_record_says_which_model_checkpoint_and_protocol_made_it(finished):
+    _, _, record = finished
+    identity = record["identity"]
+    assert identity["model"] == {"_target_": "gc2bench.models.tiny.load_tiny_llava_next", "name": "tiny", "seed": 0,
+                                 "dtype": "float32", "device": "cpu", "attn_implementation": "sdpa"}
+    checkpoint = identity["checkpoint"]
+    assert Path(checkpoint["dir"]).name.endswith("-seed0") and len(checkpoint["fingerprint"]) == 16
+    assert identity["protocol"] == {"entry": {"task": "pope", "fixture": "pope", "metric": "pope_accuracy",
+                                              "scale": 100}, "suite": {"limit": 2}, "seed": 0}
+    assert record["model"]["checkpoint"] == checkpoint and record["versions"]["torch"]
+
+
+@pytest.mark.parametrize("change", ["model.seed=1", "model.dtype=bfloat16", "model.attn_implementation=eager",
+                                    "+model.pipeline=llava", "model.name=tiny", "model.device=meta"])
+def test_any_model_key_is_another_run_directory(finished, change):
+    _, overrides, _ = finished
+    same = run_directory(compose(*overrides, "model.name=tiny"))
+    assert run_directory(compose(*overrides)) == same
+    if change != "model.name=tiny":
+        assert run_directory(compose(*overrides, change)) != same
+        assert not run_is_finished(compose(*overrides, change))
+
+
+@pytest.mark.parametrize("change", ["+suite.protocol=lmms_eval", "suite.limit=3", "seed=1", "suite.tasks.0.scale=1"])
+def test_any_suite_key_that_scores_counts_in_the_task_key(finished, change):
+    _, overrides, _ = finished
+    assert run_is_finished(compose(*overrides))
+    assert run_directory(compose(*overrides, change)) == run_directory(compose(*overrides))
+    assert not run_is_finished(compose(*overrides, change))
+    assert run_is_finished(compose(*overrides, "suite.batch_size=2"))  # how many at once does not score
+
+
+def test_another_model_seed_is_run_not_reused(finished, capsys):
+    _, overrides, record = finished
+    [other] = run(compose(*overrides, "model.seed=1"))
+    assert other["status"] == "done" and other["identity"]["model"]["seed"] == 1
+    assert other["identity"]["checkpoint"]["fingerprint"] != record["identity"]["checkpoint"]["fingerprint"]
+    assert "skip pope" not in capsys.readouterr().out
+
+
+def test_changed_checkpoint_files_redo_the_record(tmp_path, tiny_path, capsys):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_path, checkpoint)
+    overrides = [f"results_dir={tmp_path}", "compressor=none", "tasks=[pope]", "suite.limit=1",
+                 "model._target_=gc2bench.models.llava_next.LlavaNextAdapter", "~model.seed", f"+model.path={checkpoint}"]
+    [record] = run(compose(*overrides))
+    assert record["identity"]["checkpoint"]["dir"] == str(checkpoint.resolve())
+    assert run_is_finished(compose(*overrides))
+    config = json.loads((checkpoint / "generation_config.json").read_text())
+    (checkpoint / "generation_config.json").write_text(json.dumps({**config, "max_length": 4000}))
+    assert not run_is_finished(compose(*overrides))
+    capsys.readouterr()
+    assert len(run(compose(*overrides))) == 1
+    assert "redo pope: its record was made from other checkpoint files" in capsys.readouterr().out
+
+
+def test_a_record_without_identity_is_said_once_and_rerun(tmp_path, cache_dir, capsys):
+    overrides = [f"results_dir={tmp_path}", "compressor=none", "tasks=[pope]", "suite.limit=1"]
+    [record] = run(compose(*overrides))
+    path = record_path(run_directory(compose(*overrides)), "pope")
+    old = {key: value for key, value in json.loads(path.read_text()).items() if key != "identity"}
+    path.write_text(json.dumps(old))
+    capsys.readouterr()
+    assert not run_is_finished(compose(*overrides))
+    assert len(run(compose(*overrides))) == 1
+    out = capsys.readouterr().out
+    assert out.count("redo pope: its record was written by an older gc2bench") == 1
+    # an older gc2bench's directory (keyed by the compressor alone) is named, once
+    legacy = tmp_path / "tiny" / path.parent.name.rsplit("_", 1)[0]
+    from gc2bench.results.records import params_digest
+    legacy = tmp_path / "tiny" / f"none_r1_{params_digest(record['compressor']['params'])}"
+    legacy.mkdir()
+    (legacy / "pope.json").write_text(json.dumps(old))
+    assert run(compose(*overrides)) == []
+    assert capsys.readouterr().out.count(f"note: {legacy} holds records of an older gc2bench") == 1
+
+
+@pytest.mark.parametrize("broken", [{"metrics": None}, {"tokens": None}, {"samples": []}, {"metrics": {"metric": "x"}}])
+def test_a_done_record_missing_its_results_is_not_trusted(finished, broken):
+    results, overrides, _ = finished
+    path = record_path(run_directory(compose(*overrides)), "pope")
+    original = path.read_text()
+    try:
+        path.write_text(json.dumps({**json.loads(original), **broken}))
+        assert not run_is_finished(compose(*overrides))
+    finally:
+        path.write_text(original)
+    assert run_is_finished(compose(*overrides))
+
+
+def test_the_resuming_sweeper_uses_the_same_key(finished):
+    results, overrides, _ = finished
+    result = run_py("-m", *[o for o in overrides if not o.startswith("results_dir")], f"results_dir={results}",
+                    "model.seed=0,2", f"hydra.sweep.dir={results}/sweep")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "sweep: 1 runs already finished, not launched; 1 to run" in result.stdout
+    seeds = sorted(read_record(p)["identity"]["model"]["seed"] for p in results.rglob("pope.json"))
+    assert seeds in ([0, 1, 2], [0, 2])  # seed 1 when test_another_model_seed_is_run_not_reused ran first
+
+
+# -- §2 nothing scored that should not be ----------------------------------------------------------
+
+def bad_pope_parquet(directory: Path, cache_dir, doc_bytes: dict, questions: dict | None = None) -> Path:
+    """The POPE fixture with the image bytes of some documents replaced (and some questions)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gc2bench.evaluation.fixtures import build_fixture
+
+    table = pq.read_table(build_fixture("pope"))
+    images = table.column("image").to_pylist()
+    for doc, make in doc_bytes.items():
+        images[doc]["bytes"] = make(images[doc]["bytes"])
+    table = table.set_column(table.schema.get_field_index("image"), table.schema.field("image"),
+                             pa.array(images, type=table.schema.field("image").type))
+    if questions:
+        column = table.column("question").to_pylist()
+        for doc, text in questions.items():
+            column[doc] = text
+        table = table.set_column(table.schema.get_field_index("question"), table.schema.field("question"),
+                                 pa.array(column, type=pa.string()))
+    path = directory / f"pope-bad-{len(list(directory.glob('pope-bad-*')))}.parquet"
+    pq.write_table(table, path)
+    return path
+
+
+def local_pope(path: Path, task: str = "pope") -> str:
+    return f"{{task:{task},metric:pope_accuracy,scale:100,data_files:'{path}',split:test}}"
+
+
+def test_bad_images_and_prompts_fail_their_own_document_only(tmp_path, cache_dir):
+    """First document unreadable, second truncated, third a prompt past the context; the rest scored.
+    A second task whose every image is unreadable is failed, not done."""
+    mixed = bad_pope_parquet(tmp_path, cache_dir, {0: lambda b: b"not an image", 1: lambda b: b[: len(b) // 2]},
+                             {2: "is there a cat " * 1500})
+    broken = bad_pope_parquet(tmp_path, cache_dir, {doc: (lambda b: b"\x89PNG garbage") for doc in range(5)})
+    result = run_py(f"results_dir={tmp_path / 'results'}", "compressor=none", f"suite.tasks=[{local_pope(mixed)}]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    pope = one_record(tmp_path / "results", "pope")
+    assert pope["status"] == "done"
+    failures = {f["doc_id"]: f["error"] for f in pope["failures"]}
+    assert sorted(failures) == [0, 1, 2]
+    assert "cannot be decoded" in failures[0]
+    assert "truncated" in failures[1]
+    assert "longer than the model's context of 2048 positions" in failures[2]
+    assert [s["doc_id"] for s in pope["samples"]] == [3, 4]
+    assert pope["efficiency"]["failed_samples"] == 3 and pope["efficiency"]["samples"] == 2
+    for doc in (0, 1, 2):
+        assert f"doc {doc} failed and is skipped" in result.stderr
+    result = run_py(f"results_dir={tmp_path / 'broken'}", "compressor=none", f"suite.tasks=[{local_pope(broken)}]")
+    assert result.returncode == 1 and "no sample was scored (5 failed; first: doc 0:" in result.stderr
+    full = one_record(tmp_path / "broken", "pope")
+    assert full["status"] == "failed" and full["error"].startswith("NoSampleScored: no sample was scored (5 failed")
+    assert len(full["failures"]) == 5
+    assert not run_is_finished(compose(f"results_dir={tmp_path / 'broken'}", "compressor=none",
+                                       f"suite.tasks=[{local_pope(broken)}]"))
