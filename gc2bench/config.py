@@ -67,16 +67,72 @@ def check_model_path(path: str) -> None:
                           f"like llava-hf/llava-v1.6-vicuna-7b-hf)")
 
 
+def check_integer(value, key: str, minimum: int | None = None, allow_none: bool = False) -> None:
+    """``value`` is an int (not a bool, a float or text) of at least ``minimum``, else a ConfigError naming ``key``."""
+    if value is None and allow_none:
+        return
+    wanted = "an integer" + (f" >= {minimum}" if minimum is not None else "") + (" or null" if allow_none else "")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value!r} is not an integer; {key} must be {wanted}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key}={value} is out of range; {key} must be {wanted}")
+
+
+def check_bool(value, key: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is not true or false")
+
+
+def check_device(device) -> None:
+    """``model.device`` names a device this machine has (checked without loading a model)."""
+    if device in (None, "auto"):
+        return
+    import torch
+
+    try:
+        kind = torch.device(str(device)).type
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"model.device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device={device}: CUDA is not available on this machine (use model.device=cpu or auto)")
+    if kind == "cuda" and ":" in str(device) and int(str(device).split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"model.device={device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"model.device={device}: MPS is not available on this machine")
+
+
+def check_local_data(entry, suite: str) -> None:
+    """A suite entry's ``fixture`` is one gc2bench has and its ``data_files`` / ``images_files`` exist."""
+    from gc2bench.evaluation.fixtures import FIXTURES
+
+    task = entry.get("task")
+    if entry.get("fixture") and entry["fixture"] not in FIXTURES:
+        raise ConfigError(f"suite={suite} task {task}: fixture={entry['fixture']!r} is not one of "
+                          f"{', '.join(sorted(FIXTURES))}")
+    for key in ("data_files", "images_files"):
+        if entry.get(key) and not Path(str(entry[key])).expanduser().is_file():
+            raise ConfigError(f"suite={suite} task {task}: {key}={entry[key]}: no such file")
+
+
 def validate(cfg) -> None:
     validate_ratio(cfg.ratio)
+    check_integer(cfg.get("seed"), "seed", minimum=0)
+    check_bool(cfg.get("overwrite", False), "overwrite")
     if cfg.model.get("path"):
         check_model_path(cfg.model.path)
+    if "device" in cfg.model:
+        check_device(cfg.model.device)
+    if "seed" in cfg.model:
+        check_integer(cfg.model.seed, "model.seed", minimum=0)
+    check_integer(cfg.suite.get("limit"), "suite.limit", minimum=1, allow_none=True)
+    check_integer(cfg.suite.get("batch_size", 1), "suite.batch_size", minimum=1)
     if not cfg.suite.get("tasks"):
         raise ConfigError(f"suite={cfg.suite.get('name')} has no tasks")
     for entry in cfg.suite.tasks:
         for key in ("task", "metric"):
             if not entry.get(key):
                 raise ConfigError(f"suite={cfg.suite.get('name')}: every task needs `{key}` (got {dict(entry)})")
+        check_local_data(entry, cfg.suite.get("name"))
     from gc2bench.evaluation.protocols import get_protocol
 
     protocol = get_protocol(cfg.suite.get("protocol"))

@@ -259,8 +259,8 @@ def run(cfg: DictConfig, label: str = "") -> list[dict]:
 
 
 def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, rank: int, world_size: int):
-    from gc2bench.evaluation.suite import (TaskSkipped, data_description, evaluate_task, skip_reason, summarize,
-                                           use_offline_hub)
+    from gc2bench.evaluation.suite import (TaskSkipped, check_task, data_description, evaluate_task, skip_reason,
+                                           summarize, use_offline_hub)
     from gc2bench.results.tracking import start_tracking
 
     params = compressor.params()
@@ -283,6 +283,8 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
                                               _identity(cfg, identity, entry)))
     if not todo:
         return records
+    for entry in todo:  # names checked before the model loads
+        check_task(entry)
     if all(entry.get("fixture") or entry.get("data_files") for entry in todo):
         use_offline_hub()
     from gc2bench.evaluation.lmms_model import GC2BenchLMM

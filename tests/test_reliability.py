@@ -201,3 +201,102 @@ def test_bad_images_and_prompts_fail_their_own_document_only(tmp_path, cache_dir
     assert len(full["failures"]) == 5
     assert not run_is_finished(compose(f"results_dir={tmp_path / 'broken'}", "compressor=none",
                                        f"suite.tasks=[{local_pope(broken)}]"))
+
+
+# -- §4 every value checked before the model loads --------------------------------------------------
+
+BAD_VALUES = [
+    ("suite.limit=0", "suite.limit=0 is out of range"),
+    ("suite.limit=-3", "suite.limit=-3 is out of range"),
+    ("suite.limit=2.5", "suite.limit=2.5 is not an integer"),
+    ("suite.limit=many", "suite.limit='many' is not an integer"),
+    ("suite.limit=true", "suite.limit=True is not an integer"),
+    ("suite.batch_size=0", "suite.batch_size=0 is out of range"),
+    ("suite.batch_size=two", "suite.batch_size='two' is not an integer"),
+    ("suite.batch_size=1.5", "suite.batch_size=1.5 is not an integer"),
+    ("seed=abc", "seed='abc' is not an integer"),
+    ("seed=-1", "seed=-1 is out of range"),
+    ("seed=0.5", "seed=0.5 is not an integer"),
+    ("model.seed=x", "model.seed='x' is not an integer"),
+    ("overwrite=no", "overwrite='no' is not true or false"),
+    ("overwrite=maybe", "overwrite='maybe' is not true or false"),
+    ("overwrite=1", "overwrite=1 is not true or false"),
+    ("ratio=2", "ratio=2 is out of range"),
+    ("ratio=nan", "ratio=nan is out of range"),
+    ("model.device=cuda", "model.device=cuda: CUDA is not available on this machine"),
+    ("model.device=cuda:3", "model.device=cuda:3: CUDA is not available on this machine"),
+    ("model.device=toaster", "model.device='toaster' is not a torch device"),
+    ("suite.tasks.0.fixture=popee", "fixture='popee' is not one of"),
+    ("~suite.tasks.0.fixture +suite.tasks.0.data_files=/no/such.parquet +suite.tasks.0.split=test",
+     "data_files=/no/such.parquet: no such file"),
+    ("+suite.tasks.0.images_files=/no/images.parquet", "images_files=/no/images.parquet: no such file"),
+    ("suite.tasks=[]", "suite=smoke has no tasks"),
+    ("suite.tasks.0.metric=''", "every task needs `metric`"),
+    ("model=llava_next_7b model.path=/no/such/ckpt", "model.path=/no/such/ckpt: no such directory"),
+    ("model=llava_next_7b model.device=cuda", "model.device=cuda: CUDA is not available"),
+    ("model.dtype=float8", "model.dtype='float8' is not one of"),
+    ("compressor=globalcom2 compressor.allocation=bogus", "allocation='bogus' is not one of"),
+    ("+suite.tasks.0.bogus_key=1", "unknown key(s) ['bogus_key']"),
+    ("tasks=[nope]", "tasks=['nope'] are not in suite=smoke"),
+]
+
+
+def _config_error(overrides: str) -> str:
+    """The ConfigError message of composing, validating and building what run.py would (no model)."""
+    from gc2bench.config import ConfigError
+    from gc2bench.evaluation.suite import validate_entry
+    from gc2bench.run import build_compressor, suite_entries
+
+    try:
+        cfg = compose_run_config(overrides.split())
+        build_compressor(cfg)
+        for entry in suite_entries(cfg):
+            validate_entry(entry)
+        if "model.dtype" in overrides:
+            from gc2bench.models.adapter import DTYPES
+            if cfg.model.dtype not in DTYPES:
+                raise ConfigError(f"model.dtype={cfg.model.dtype!r} is not one of {sorted(DTYPES)}")
+    except (ConfigError, ValueError) as error:
+        return str(error)
+    return ""
+
+
+@pytest.mark.parametrize("override, message", BAD_VALUES, ids=[case[0] for case in BAD_VALUES])
+def test_a_bad_value_is_one_error_naming_it(override, message, tmp_path):
+    assert message in _config_error(f"results_dir={tmp_path} {override}")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("overwrite=no", "error: overwrite='no' is not true or false"),
+    ("suite.limit=0", "error: suite.limit=0 is out of range; suite.limit must be an integer >= 1 or null"),
+    ("seed=abc", "error: seed='abc' is not an integer; seed must be an integer >= 0"),
+    ("model.device=cuda", "error: model.device=cuda: CUDA is not available on this machine"),
+    ("~suite.tasks.0.fixture +suite.tasks.0.data_files=/no/such.parquet +suite.tasks.0.split=test",
+     "data_files=/no/such.parquet: no such file"),
+    ("+suite.tasks.0.images_files=/no/images.parquet", "images_files=/no/images.parquet: no such file"),
+])
+def test_run_py_refuses_a_bad_value_in_one_line_before_the_model_loads(override, message, tmp_path):
+    answers = tmp_path / "results" / "tiny"
+    result = run_py(f"results_dir={tmp_path / 'results'}", *override.split(), f"+x={tmp_path}", timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout and not answers.exists()
+
+
+def test_overwrite_no_keeps_the_answer_cache(finished):
+    results, overrides, _ = finished
+    cache = run_directory(compose(*overrides)) / ".answers.jsonl"
+    assert cache.exists()
+    assert run_py(*overrides, "overwrite=no", timeout=60).returncode == 2
+    assert cache.exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ("suite.tasks.0.task=popee", "'popee' is not an lmms-eval task"),
+    ("suite.tasks.0.metric=pope_f2", "metric='pope_f2' is not one of its metrics (pope_accuracy"),
+])
+def test_task_and_metric_names_are_checked_before_the_model_loads(change, message, tmp_path):
+    result = run_py(f"results_dir={tmp_path}", "tasks=null", change, "suite.tasks.1.task=vqav2_val",
+                    f"+x={tmp_path}", "model.seed=77", timeout=120)
+    assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
+    assert "Loading weights" not in result.stderr + result.stdout

@@ -207,6 +207,15 @@ def task_yaml(task: str) -> dict:
     return load_yaml_config(index[task]["yaml_path"], mode="simple")
 
 
+def check_task(entry: dict) -> None:
+    """``entry``'s task is an lmms-eval task and its metric one of the task's (from its YAML; no data loaded)."""
+    metrics = [m.get("metric") for m in task_yaml(entry["task"]).get("metric_list") or []]
+    missing = [part for part in entry["metric"].split("+") if metrics and part not in metrics]
+    if missing:
+        raise ConfigError(f"suite task {entry['task']}: metric={missing[0]!r} is not one of its metrics "
+                          f"({', '.join(metrics)})")
+
+
 def _lmms_eval_version() -> str:
     from importlib.metadata import version
 
