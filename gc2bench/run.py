@@ -28,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from gc2bench.config import ConfigError, validate
 from gc2bench.results.identity import checkpoint, incomplete, mismatch, record_identity, run_identity, task_protocol
 from gc2bench.results.records import (AnswerCache, CachingAdapter, environment, git_commit, package_versions,
-                                      params_digest, read_record, record_path, run_dir, run_lock, write_record)
+                                      params_digest, read_record, record_path, remove_orphaned_tmp, run_dir, run_lock,
+                                      write_record)
 
 SWEEP_SIZE_ENV = "GC2BENCH_SWEEP_SIZE"
 SWEEP_ID_ENV = "GC2BENCH_SWEEP_ID"
@@ -250,6 +251,9 @@ def run(cfg: DictConfig, label: str = "") -> list[dict]:
     print(f"{head} → {directory}", flush=True)
     _note_legacy_records(cfg, compressor, directory)
     with run_lock(directory) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            for orphan in remove_orphaned_tmp(directory):
+                print(f"removed {orphan.name}: a record write cut short by a kill", flush=True)
         todo = [entry for entry in entries if cfg.overwrite or not _done(directory, entry, cfg, identity)]
         if not todo:
             return []

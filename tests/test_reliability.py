@@ -300,3 +300,82 @@ def test_task_and_metric_names_are_checked_before_the_model_loads(change, messag
                     f"+x={tmp_path}", "model.seed=77", timeout=120)
     assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
     assert "Loading weights" not in result.stderr + result.stdout
+
+
+# -- §3 bad files never crash a tool -----------------------------------------------------------------
+
+def table(*args):
+    return subprocess.run([sys.executable, "-m", "gc2bench.cli", "table", *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+
+
+MALFORMED = [
+    ("metrics-null", lambda r: {**r, "metrics": None}, "metrics=None is not a mapping"),
+    ("no-model", lambda r: {k: v for k, v in r.items() if k != "model"}, "no model name"),
+    ("no-compressor", lambda r: {k: v for k, v in r.items() if k != "compressor"}, "no compressor name"),
+    ("text-score", lambda r: {**r, "metrics": {**r["metrics"], "score": "high"}}, "metrics.score='high' is not a number"),
+    ("text-ratio", lambda r: {**r, "ratio": "half"}, "ratio='half' is not a number"),
+    ("truncated", None, "not readable JSON (JSONDecodeError)"),
+    ("binary", b"\xff\xfe\x00garbage", "not readable JSON (UnicodeDecodeError)"),
+]
+
+
+def test_table_over_malformed_records_prints_the_good_ones_and_names_each_bad_file(finished, tmp_path):
+    _, overrides, record = finished
+    good = run_directory(compose(*overrides))
+    shutil.copytree(good, tmp_path / "tiny" / good.name)
+    text = (good / "pope.json").read_text()
+    for name, change, _ in MALFORMED:
+        directory = tmp_path / "tiny" / f"globalcom2_r0.5_{name}"
+        directory.mkdir(parents=True)
+        (directory / ".lock").touch()
+        path = directory / "pope.json"
+        if change is None:
+            path.write_text(text[: len(text) // 2])
+        elif isinstance(change, bytes):
+            path.write_bytes(change)
+        else:
+            path.write_text(json.dumps(change({**json.loads(text), "compressor": {"name": "globalcom2", "params": {}},
+                                               "ratio": 0.5})))
+    result = table(tmp_path, "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].startswith("tiny,none,1,")
+    assert len(result.stdout.splitlines()) == 2  # no bad record made a row
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("gc2bench table: skipped")]
+    assert len(skipped) == len(MALFORMED)
+    for name, _, problem in MALFORMED:
+        assert any(f"globalcom2_r0.5_{name}/pope.json: {problem}" in line for line in skipped), (name, skipped)
+
+
+def test_an_unreadable_answer_cache_is_skipped_with_a_warning_and_appends_start_a_new_line(tmp_path):
+    from gc2bench.results.records import AnswerCache
+
+    cache = tmp_path / ".answers.jsonl"
+    good = json.dumps({"key": "a", "text": "yes"})
+    cache.write_bytes(good.encode() + b"\n\xff\xfe not utf-8\n" + b'{"key": "b", "te')  # cut short by a kill
+    answers = AnswerCache(tmp_path)
+    assert answers.loaded == 1 and answers.get("a")["text"] == "yes"
+    answers.put("c", {"text": "no"})
+    reread = AnswerCache(tmp_path)
+    assert reread.loaded == 2 and reread.get("c")["text"] == "no"
+    assert cache.read_bytes().endswith(b'{"key": "b", "te\n' + json.dumps({"key": "c", "text": "no"}).encode() + b"\n")
+
+
+def test_bad_answer_cache_and_orphaned_tmp_files_do_not_stop_a_restart(finished, capsys):
+    results, overrides, record = finished
+    directory = run_directory(compose(*overrides))
+    cache = directory / ".answers.jsonl"
+    saved = cache.read_bytes()
+    try:
+        cache.write_bytes(saved + b"\xff\xfe\x00 binary junk")
+        (directory / "pope.json.abc123.tmp").write_text('{"half": ')
+        (directory / "pope.json").unlink()
+        [again] = run(compose(*overrides))
+        assert again["status"] == "done" and again["timing"]["answers_from_cache"] == 2
+        assert again["metrics"] == record["metrics"]
+        err, out = capsys.readouterr()[::-1]
+        assert f"warning: answer cache {cache}: 1 unreadable line(s) skipped" in err
+        assert "removed pope.json.abc123.tmp: a record write cut short by a kill" in out
+        assert not list(directory.glob("*.tmp"))
+    finally:
+        cache.write_bytes(saved)

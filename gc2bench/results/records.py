@@ -74,6 +74,56 @@ def read_record(path: str | Path) -> dict | None:
     return record if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else None
 
 
+def remove_orphaned_tmp(directory: str | Path) -> list[Path]:
+    """Delete ``<task>.json.*.tmp`` files a killed ``write_record`` left (call with the run lock held)."""
+    removed = sorted(Path(directory).glob("*.json.*.tmp"))
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def record_problem(record) -> str | None:
+    """What makes a ``done`` record unusable in a table (missing model / compressor, bad score), or None."""
+    if not isinstance(record.get("model"), dict) or not isinstance(record["model"].get("name"), str):
+        return "no model name"
+    if not isinstance(record.get("compressor"), dict) or not isinstance(record["compressor"].get("name"), str):
+        return "no compressor name"
+    if not isinstance(record.get("task"), str):
+        return "no task"
+    try:
+        float(record.get("ratio"))
+    except (TypeError, ValueError):
+        return f"ratio={record.get('ratio')!r} is not a number"
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict):
+        return f"metrics={metrics!r} is not a mapping"
+    score = metrics.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        return f"metrics.score={score!r} is not a number"
+    return None
+
+
+def usable_records(directory: str | Path) -> tuple[list[dict], list[str]]:
+    """The done records under ``directory`` a table can use, and one line per file left out (a record
+    that cannot be read or lacks what a table needs; JSON files outside run directories are not records)."""
+    records, skipped = [], []
+    for path in sorted(Path(directory).rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            if (path.parent / ".lock").exists():  # a run directory: this was a record
+                skipped.append(f"{path}: not readable JSON ({type(error).__name__}); left out")
+            continue
+        if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or record.get("status") != "done":
+            continue
+        problem = record_problem(record)
+        if problem:
+            skipped.append(f"{path}: {problem}; left out")
+            continue
+        records.append(record)
+    return records, skipped
+
+
 def iter_records(directory: str | Path):
     """All records under ``directory`` (recursively), in path order."""
     for path in sorted(Path(directory).rglob("*.json")):
@@ -162,12 +212,22 @@ class AnswerCache:
         self.path = directory / (".answers.jsonl" if world_size == 1 else f".answers.rank{rank}.jsonl")
         self.entries: dict[str, dict] = {}
         for path in sorted(directory.glob(".answers*.jsonl")):
-            for line in path.read_text().splitlines():
+            unreadable = 0
+            try:
+                lines = path.read_bytes().split(b"\n")
+            except OSError as error:
+                print(f"warning: answer cache {path} cannot be read ({error.strerror}); its answers are made again",
+                      file=sys.stderr, flush=True)
+                continue
+            for line in filter(None, lines):
                 try:
-                    entry = json.loads(line)
+                    entry = json.loads(line.decode("utf-8"))
                     self.entries[entry["key"]] = entry
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                    unreadable += 1
+            if unreadable:
+                print(f"warning: answer cache {path}: {unreadable} unreadable line(s) skipped (cut short by a kill, "
+                      f"or not written by gc2bench); their answers are made again", file=sys.stderr, flush=True)
         self.loaded = len(self.entries)
         self.hits = 0
 
@@ -179,8 +239,13 @@ class AnswerCache:
     def put(self, key: str, entry: dict) -> None:
         entry = {"key": key, **entry}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as file:
-            file.write(json.dumps(entry, default=str) + "\n")
+        with open(self.path, "ab+") as file:
+            file.seek(0, os.SEEK_END)
+            if file.tell():  # a line cut short by a kill is left alone: this one starts on a line of its own
+                file.seek(-1, os.SEEK_END)
+                if file.read(1) != b"\n":
+                    file.write(b"\n")
+            file.write((json.dumps(entry, default=str) + "\n").encode())
             file.flush()
             os.fsync(file.fileno())
         self.entries[key] = entry

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gc2bench.results.records import iter_records
+from gc2bench.results.records import usable_records
 
 MISSING = "–"
 BASELINE = "none"
@@ -679,7 +679,10 @@ def load_tables(results_dir: str | Path, model: str | None = None) -> dict:
     when the directory, its records or the model are missing."""
     if not Path(results_dir).is_dir():
         raise TableError(f"{results_dir}: no such directory")
-    tables = collect([record for _, record in iter_records(results_dir)])
+    records, skipped = usable_records(results_dir)
+    for line in skipped:
+        print(f"gc2bench table: skipped {line}", file=sys.stderr)
+    tables = collect(records)
     if not tables:
         raise TableError(f"no finished run records under {results_dir}", status=1)
     if model is not None:
