@@ -11,6 +11,7 @@ a killed attempt already generated from the run directory's answer cache.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -35,7 +36,7 @@ SWEEP_SIZE_ENV = "GC2BENCH_SWEEP_SIZE"
 SWEEP_ID_ENV = "GC2BENCH_SWEEP_ID"
 CLAIM_GPU_ENV = "GC2BENCH_CLAIM_GPU"
 GPU_LOCKS_ENV = "GC2BENCH_GPU_LOCKS"
-JOB_REPORT = "gc2bench_job.json"
+JOB_REPORT = "gc2bench_job.{sweep}.json"  # one per sweep process: sweeps sharing hydra.sweep.dir keep theirs
 # Overrides of the runs a restarted sweep found finished and did not launch (hydra/sweeper=gc2bench).
 NOT_LAUNCHED: list[list[str]] = []
 
@@ -67,6 +68,7 @@ def run_job(cfg: DictConfig) -> str:
     from gc2bench.models.adapter import ModelLoadError
 
     status, error = "failed", None
+    stop_on_sigterm()
     try:
         status = "done" if run(cfg, label=job.label) else "skipped"
     except (ConfigError, ModelLoadError, RunFailed) as failure:
@@ -74,6 +76,22 @@ def run_job(cfg: DictConfig) -> str:
         print(f"error: {job.label + ' ' if job.label else ''}{error}", file=sys.stderr, flush=True)
         if not job.in_sweep:
             sys.exit(1 if isinstance(failure, RunFailed) else 2)
+    except KeyboardInterrupt as stop:
+        error = "stopped"
+        code = stop.code if isinstance(stop, Stopped) else 130
+        where = f" in {CURRENT_RUN['directory']}" if CURRENT_RUN.get("directory") else ""
+        print(f"\nstopped ({'SIGTERM' if code == 143 else 'SIGINT'}): finished tasks are recorded{where}, answers "
+              f"already made are kept; the same command resumes", file=sys.stderr, flush=True)
+        job.report(status, error)
+        sys.exit(code)  # ends a sweep too: a stop is for the whole command
+    except OSError as failure:
+        if failure.errno not in WRITE_ERRNOS:
+            raise
+        error = f"cannot write {failure.filename or 'results'}: {failure.strerror} ({errno.errorcode[failure.errno]})"
+        print(f"error: {job.label + ' ' if job.label else ''}{error}; nothing finished is lost", file=sys.stderr,
+              flush=True)
+        if not job.in_sweep:
+            sys.exit(1)
     except Exception as failure:
         error = f"{type(failure).__name__}: {failure}"
         if not job.in_sweep:
@@ -82,6 +100,33 @@ def run_job(cfg: DictConfig) -> str:
     finally:
         job.report(status, error)
     return status
+
+
+WRITE_ERRNOS = {errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EPERM}
+CURRENT_RUN: dict = {}  # the run directory being worked on, for the line a stop prints
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised where the process is (like SIGINT's KeyboardInterrupt); ``code`` is 143."""
+
+    def __init__(self, code: int = 143):
+        super().__init__(code)
+        self.code = code
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops a run as Ctrl-C does (records, answer cache and lock stay consistent), unless
+    something else (a launcher) already handles SIGTERM."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        def stop(signum, frame):
+            raise Stopped(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
 
 
 class SweepJob:
@@ -114,14 +159,15 @@ class SweepJob:
         return f"[run {self.num + 1}/{self.total}]" if self.total else f"[run {self.num + 1}]"
 
     def report(self, status: str, error: str | None) -> None:
-        """``gc2bench_job.json`` in the job's output directory, for the sweep's closing summary."""
+        """``gc2bench_job.<sweep id>.json`` in the job's output directory, for the sweep's closing summary."""
         if not self.in_sweep:
             return
         report = {"sweep": os.environ.get(SWEEP_ID_ENV), "num": self.num, "overrides": self.overrides,
                   "status": status, "error": error}
-        path = Path(self.output_dir) / JOB_REPORT
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report))
+        path = Path(self.output_dir) / JOB_REPORT.format(sweep=report["sweep"])
+        with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report))
 
 
 class SweepProgress(Callback):
@@ -140,7 +186,7 @@ class SweepProgress(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = os.environ.get(SWEEP_ID_ENV)
         reports = []
-        for path in Path(str(config.hydra.sweep.dir)).glob(f"**/{JOB_REPORT}"):
+        for path in Path(str(config.hydra.sweep.dir)).glob(f"**/{JOB_REPORT.format(sweep=sweep)}"):
             with contextlib.suppress(OSError, json.JSONDecodeError):
                 report = json.loads(path.read_text())
                 if report.get("sweep") == sweep:
@@ -249,6 +295,7 @@ def run(cfg: DictConfig, label: str = "") -> list[dict]:
     rank, world_size = data_parallel_rank()
     head = " ".join(filter(None, [label, f"{cfg.model.name} · {compressor.name} r={params.get('ratio', 1.0):g}"]))
     print(f"{head} → {directory}", flush=True)
+    CURRENT_RUN["directory"] = directory
     _note_legacy_records(cfg, compressor, directory)
     with run_lock(directory) if rank == 0 else contextlib.nullcontext():
         if rank == 0:

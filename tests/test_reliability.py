@@ -379,3 +379,57 @@ def test_bad_answer_cache_and_orphaned_tmp_files_do_not_stop_a_restart(finished,
         assert not list(directory.glob("*.tmp"))
     finally:
         cache.write_bytes(saved)
+
+
+# -- §6 stopping and sharing ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_stops_in_one_line_and_the_same_command_resumes(signal_name, code, tmp_path, cache_dir):
+    import signal
+
+    command = [sys.executable, "run.py", f"results_dir={tmp_path}", "compressor=globalcom2",
+               "hydra.run.dir=/tmp/gc2bench-test-hydra"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ))
+    for line in process.stdout:
+        if "task 2/2 vqav2_val …" in line:
+            break
+    process.send_signal(getattr(signal, signal_name))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == code, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"stopped ({signal_name}): finished tasks are recorded in {tmp_path}")
+    assert last.endswith("the same command resumes")
+    directory = next(tmp_path.glob("tiny/globalcom2_*"))
+    assert read_record(directory / "pope.json")["status"] == "done" and not (directory / "vqav2_val.json").exists()
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert again.returncode == 0 and "skip pope: record exists" in again.stdout
+    assert read_record(directory / "vqav2_val.json")["status"] == "done"
+
+
+def test_sweeps_sharing_a_sweep_dir_each_count_their_own_job_reports(tmp_path, monkeypatch, capsys):
+    from omegaconf import OmegaConf
+
+    from gc2bench.run import SWEEP_ID_ENV, SWEEP_SIZE_ENV, SweepJob, SweepProgress
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    for sweep, status in (("sweep-a", "done"), ("sweep-b", "failed")):  # the same job of two concurrent sweeps
+        monkeypatch.setenv(SWEEP_ID_ENV, sweep)
+        SweepJob(0, 1, str(tmp_path / "0"), ["compressor=none"]).report(status, None if status == "done" else "x")
+    monkeypatch.setenv(SWEEP_ID_ENV, "sweep-a")
+    monkeypatch.setenv(SWEEP_SIZE_ENV, "1")
+    SweepProgress.on_multirun_end(SweepProgress(), config)  # sweep a: done, no exit
+    assert "sweep: 1 runs: 1 ran, 0 already done, 0 failed" in capsys.readouterr().out
+    monkeypatch.setenv(SWEEP_ID_ENV, "sweep-b")
+    with pytest.raises(SystemExit):
+        SweepProgress.on_multirun_end(SweepProgress(), config)
+    assert "1 failed" in capsys.readouterr().out
+
+
+def test_an_unwritable_results_dir_is_one_line_naming_it_and_the_errno(tmp_path):
+    result = run_py("results_dir=/sys/gc2bench-results", "tasks=[pope]", timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write /sys/gc2bench-results") and "(EPERM)" in last

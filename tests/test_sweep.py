@@ -233,7 +233,7 @@ def test_a_bad_config_in_a_sweep_fails_that_job_with_one_line(tmp_path, capsys):
     finally:
         HydraConfig.instance().cfg = None
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: [run 3] pdrop: ratio=0.1 cannot be reached")
-    report = json.loads((tmp_path / "2" / "gc2bench_job.json").read_text())
+    report = json.loads(next((tmp_path / "2").glob("gc2bench_job.*.json")).read_text())
     assert report["status"] == "failed" and report["num"] == 2 and "cannot be reached" in report["error"]
 
 
