@@ -100,6 +100,10 @@ def test_rows_split_by_the_parameters_a_sweep_varies():
 
 
 def test_a_duplicate_record_is_noted_not_summed():
-    table = collect([record("none", 1.0, "pope", 80.0), record("none", 1.0, "pope", 10.0)])["m"]
-    assert rows_with_average(table) == [("none", 1.0, [80.0], 100.0)]
-    assert table.notes == ["m: several finished records for none R=1 pope; the first found is used"]
+    first, second = record("none", 1.0, "pope", 80.0), record("none", 1.0, "pope", 10.0)
+    first["timing"], second["timing"] = {"finished": "2026-01-02"}, {"finished": "2026-01-01"}
+    for order in ([first, second], [second, first]):  # never decided by the order records were found in
+        table = collect(order)["m"]
+        assert rows_with_average(table) == [("none", 1.0, [80.0], 100.0)]
+        assert table.notes == ["m: several finished records for none R=1 pope made alike; the latest finished "
+                               "(2026-01-02) is used"]

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO
 from gc2bench.config import compose_run_config
-from gc2bench.results.records import read_record, record_path
+from gc2bench.results.records import RECORD_FORMAT, read_record, record_path
 from gc2bench.run import run, run_directory, run_is_finished
 
 
@@ -433,3 +433,38 @@ def test_an_unwritable_results_dir_is_one_line_naming_it_and_the_errno(tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot write /sys/gc2bench-results") and "(EPERM)" in last
+
+
+# -- §5 tables and tools that cannot mislead -------------------------------------------------------------
+
+def test_table_splits_models_and_protocols_that_are_not_comparable(tmp_path, finished):
+    results, overrides, record = finished
+    run(compose(*overrides, "model.seed=1"))
+    result = table(results, "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    models = {line.split(",")[0] for line in lines if not line.startswith("model,")}
+    assert {"tiny · model.seed=0", "tiny · model.seed=1"} <= models
+    # one task scored with two metrics (entries) by two methods: two columns, never one
+    other = {**record, "compressor": {"name": "globalcom2", "params": {"ratio": 0.5}}, "ratio": 0.5,
+             "metrics": {**record["metrics"], "metric": "pope_f1_score", "score": 12.5},
+             "identity": {**record["identity"], "protocol": {**record["identity"]["protocol"], "entry": {
+                 **record["identity"]["protocol"]["entry"], "metric": "pope_f1_score"}}}}
+    mixed = tmp_path / "mixed"
+    for name, made in (("none_r1_x", record), ("globalcom2_r0.5_x", other)):
+        (mixed / "tiny" / name).mkdir(parents=True)
+        (mixed / "tiny" / name / "pope.json").write_text(json.dumps({"format": RECORD_FORMAT, **made}))
+    header = table(mixed, "--format", "csv").stdout.splitlines()[0]
+    assert set(header.split(",")[3:5]) == {"pope (pope_accuracy)", "pope (pope_f1_score)"}
+
+
+def test_records_made_alike_are_chosen_by_finish_time_not_directory_order(tmp_path, finished):
+    _, _, record = finished
+    for parent, finished_at, score in (("a", "2026-01-02T00:00:00+00:00", 40.0), ("b", "2026-01-01T00:00:00+00:00", 60.0)):
+        made = {"format": RECORD_FORMAT, **record, "timing": {**record["timing"], "finished": finished_at},
+                "metrics": {**record["metrics"], "score": score}}
+        (tmp_path / parent / "tiny" / "none_r1_x").mkdir(parents=True)
+        (tmp_path / parent / "tiny" / "none_r1_x" / "pope.json").write_text(json.dumps(made))
+    result = table(tmp_path, "--format", "csv")
+    assert result.stdout.splitlines()[1].split(",")[3] == "40.0"
+    assert "the latest finished (2026-01-02T00:00:00+00:00) is used" in result.stderr

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gc2bench.results.comparable import comparable_groups
 from gc2bench.results.records import usable_records
 
 MISSING = "–"
@@ -165,13 +166,17 @@ def _task_order(tasks: list) -> list:
                                            tasks.index(task)))
 
 
+def _finished_order(record: dict) -> tuple:
+    """When a record was finished, then its identity key: an order that does not depend on paths."""
+    return (str((record.get("timing") or {}).get("finished")), str((record.get("identity") or {}).get("key")),
+            frozen(record.get("metrics")))
+
+
 def collect(records: list) -> dict:
-    """Finished records → one :class:`Table` per model name."""
-    by_model: dict = {}
-    for record in records:
-        if record.get("status") != "done" or record.get("metrics", {}).get("score") is None:
-            continue
-        by_model.setdefault(record["model"]["name"], []).append(record)
+    """Finished records → one :class:`Table` per model name and comparable identity (``comparable_groups``)."""
+    finished = [record for record in records
+                if record.get("status") == "done" and (record.get("metrics") or {}).get("score") is not None]
+    by_model = comparable_groups(finished)
     tables = {}
     for model, model_records in by_model.items():
         varying = _varying_params(model_records)
@@ -187,8 +192,10 @@ def collect(records: list) -> dict:
             key = (method, ratio, frozen(variant))
             row = rows.setdefault(key, Row(method, ratio, variant))
             if record["task"] in row.records:
-                notes.append(f"{model}: several finished records for {row.label} R={ratio:g} {record['task']}; "
-                             "the first found is used")
+                kept = max(row.records[record["task"]], record, key=_finished_order)
+                notes.append(f"{model}: several finished records for {row.label} R={ratio:g} {record['task']} "
+                             f"made alike; the latest finished ({_finished_order(kept)[0]}) is used")
+                row.records[record["task"]] = kept
                 continue
             row.records[record["task"]] = record
             if record["task"] not in tasks:
@@ -686,10 +693,11 @@ def load_tables(results_dir: str | Path, model: str | None = None) -> dict:
     if not tables:
         raise TableError(f"no finished run records under {results_dir}", status=1)
     if model is not None:
-        if model not in tables:
+        chosen = {label: table for label, table in tables.items() if label == model or label.startswith(f"{model} · ")}
+        if not chosen:
             raise TableError(f"no finished records for model {model!r} under {results_dir} "
                              f"(models: {', '.join(sorted(tables))})")
-        tables = {model: tables[model]}
+        tables = chosen
     return tables
 
 

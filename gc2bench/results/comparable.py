@@ -1,0 +1,83 @@
+"""Which records can share a table: those made by the same model identity (every model key and the
+checkpoint's fingerprint) under the same suite protocol (suite keys and seed); within a table, one
+column per task and suite entry (another metric or prompt is another column).
+
+Groups of one model name are labelled by what sets them apart (``tiny · model.seed=1``), so
+unrelated experiments under one results directory are shown side by side, never mixed.
+"""
+
+from __future__ import annotations
+
+import json
+
+LEGACY = "identity=unknown (older gc2bench)"
+
+
+def _flat(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        flat = {}
+        for key, item in value.items():
+            flat.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: json.dumps(value, sort_keys=True, default=str)}
+
+
+def comparability(record: dict) -> dict:
+    """The flat fields that must agree for two records to share a table."""
+    identity = record.get("identity")
+    if not isinstance(identity, dict):
+        return {"identity": LEGACY}
+    protocol = identity.get("protocol") or {}
+    fields = _flat({"model": identity.get("model"), "suite": protocol.get("suite"), "seed": protocol.get("seed")})
+    fields.pop("model.device", None)  # where it ran, not what it is
+    fields["checkpoint"] = json.dumps((identity.get("checkpoint") or {}).get("fingerprint"))
+    return fields
+
+
+def _label(name: str, fields: dict, varying: list) -> str:
+    if not varying:
+        return name
+    shown = [f"{key}={json.loads(fields[key]) if key in fields else None}" for key in varying
+             if key != "checkpoint"] or [f"checkpoint={json.loads(fields.get('checkpoint', 'null'))}"]
+    return f"{name} · {', '.join(shown)}"
+
+
+def _entry(record: dict):
+    identity = record.get("identity")
+    if isinstance(identity, dict):
+        return json.dumps((identity.get("protocol") or {}).get("entry"), sort_keys=True, default=str)
+    return json.dumps(record.get("entry"), sort_keys=True, default=str)
+
+
+def _columns(records: list) -> list:
+    """``records`` with ``task`` renamed where one task was scored with several suite entries."""
+    entries: dict = {}
+    for record in records:
+        entries.setdefault(record["task"], {}).setdefault(_entry(record), len(entries.get(record["task"], {})))
+    renamed = []
+    for record in records:
+        by_entry = entries[record["task"]]
+        if len(by_entry) > 1:
+            metric = (record.get("metrics") or {}).get("metric")
+            metrics = {json.loads(e).get("metric") if json.loads(e) else None for e in by_entry}
+            suffix = metric if len(metrics) == len(by_entry) else f"entry {by_entry[_entry(record)] + 1}"
+            record = {**record, "task": f"{record['task']} ({suffix})"}
+        renamed.append(record)
+    return renamed
+
+
+def comparable_groups(records: list) -> dict:
+    """``{table label: records}``: one group per model name × comparability."""
+    by_name: dict = {}
+    for record in records:
+        fields = comparability(record)
+        key = json.dumps(fields, sort_keys=True)
+        by_name.setdefault(record["model"]["name"], {}).setdefault(key, (fields, []))[1].append(record)
+    groups = {}
+    for name, by_key in by_name.items():
+        all_keys = sorted({key for fields, _ in by_key.values() for key in fields})
+        varying = [key for key in all_keys if len({fields.get(key) for fields, _ in by_key.values()}) > 1]
+        for key in sorted(by_key):
+            fields, members = by_key[key]
+            groups[_label(name, fields, varying)] = _columns(members)
+    return groups
