@@ -468,3 +468,15 @@ def test_records_made_alike_are_chosen_by_finish_time_not_directory_order(tmp_pa
     result = table(tmp_path, "--format", "csv")
     assert result.stdout.splitlines()[1].split(",")[3] == "40.0"
     assert "the latest finished (2026-01-02T00:00:00+00:00) is used" in result.stderr
+
+
+def test_paper_warns_when_the_model_or_the_metric_differs(finished):
+    results, overrides, _ = finished
+    paper = REPO / "experiments" / "tcsvt_table1" / "tcsvt_table1_llava_next_7b.csv"
+    result = table(results, "--paper", paper, "--model", "tiny")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert any(f"reports llava_next_7b, these records are tiny: Δ paper compares different models" in w
+               for w in warnings)
+    assert any("POPE is scored as pope_accuracy, the paper as pope_f1_score averaged over category" in w
+               for w in warnings)

@@ -81,3 +81,55 @@ def comparable_groups(records: list) -> dict:
             fields, members = by_key[key]
             groups[_label(name, fields, varying)] = _columns(members)
     return groups
+
+
+# -- --paper: what the published table measured ------------------------------------------------------
+
+PAPER_SUITE = "paper10"  # the suite whose entries score as the papers do
+
+
+def _paper_metrics() -> dict:
+    """``{benchmark: (metric, average_over)}`` of the paper suite's entries."""
+    from omegaconf import OmegaConf
+
+    from gc2bench.config import CONF_DIR
+    from gc2bench.results.table import benchmark_of
+
+    suite = OmegaConf.load(CONF_DIR / "suite" / f"{PAPER_SUITE}.yaml")
+    return {benchmark_of(entry.task): (entry.metric, entry.get("average_over")) for entry in suite.tasks
+            if benchmark_of(entry.task)}
+
+
+def paper_warnings(table, paper) -> list:
+    """Why comparing ``table`` with the published ``paper`` table may mislead: another model (the
+    paper file names one of conf/model), or a benchmark scored with another metric than the paper's."""
+    from gc2bench.config import config_names
+    from gc2bench.results.table import benchmark_of, display_name
+
+    warnings = []
+    name = table.model.split(" · ")[0]
+    stem = paper.path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    paper_models = [model for model in config_names("model") if stem.endswith(f"_{model}") or f"_{model}_" in stem]
+    if paper_models and name not in paper_models:
+        warnings.append(f"{table.model}: --paper {paper.path} reports {paper_models[0]}, these records are {name}: "
+                        "Δ paper compares different models")
+    expected = _paper_metrics()
+    for task in paper.shared_tasks(table):
+        benchmark = benchmark_of(task)
+        if benchmark not in expected:
+            continue
+        used = set()
+        for row in table.rows:
+            record = row.records.get(task)
+            if record is not None:
+                entry = ((record.get("identity") or {}).get("protocol") or {}).get("entry") or record.get("entry") or {}
+                metric = entry.get("metric") or (record.get("metrics") or {}).get("metric")
+                if metric:
+                    used.add((metric, entry.get("average_over")))
+        for metric, average_over in sorted(used - {expected[benchmark]}, key=str):
+            paper_metric, paper_average = expected[benchmark]
+            ours = metric + (f" averaged over {average_over}" if average_over else "")
+            theirs = paper_metric + (f" averaged over {paper_average}" if paper_average else "")
+            warnings.append(f"{table.model}: {display_name(task)} is scored as {ours}, the paper as {theirs} "
+                            f"(suite={PAPER_SUITE}): Δ paper compares different metrics")
+    return warnings

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gc2bench.results.comparable import comparable_groups
+from gc2bench.results.comparable import comparable_groups, paper_warnings
 from gc2bench.results.records import usable_records
 
 MISSING = "–"
@@ -713,6 +713,10 @@ def print_table(results_dir: str, fmt: str = "md", paper: str | None = None, ci:
     if iterations < 1:
         print(f"gc2bench table: --ci-iterations {iterations}: must be at least 1", file=sys.stderr)
         return 2
+    if published is not None:
+        for table in tables.values():
+            for warning in paper_warnings(table, published):
+                print(f"warning: {warning}", file=sys.stderr)
     intervals = {name: confidence_intervals(table, iterations) for name, table in tables.items()} if ci else None
     sys.stdout.write(render(tables, fmt, published, intervals))
     for table in tables.values():
