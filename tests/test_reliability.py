@@ -480,3 +480,23 @@ def test_paper_warns_when_the_model_or_the_metric_differs(finished):
                for w in warnings)
     assert any("POPE is scored as pope_accuracy, the paper as pope_f1_score averaged over category" in w
                for w in warnings)
+
+
+def test_an_uncached_hub_model_offline_fails_in_seconds_and_later_runs_at_once(tmp_path):
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_CACHE=str(tmp_path / "hub"))  # nothing answers there
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "run.py", "-m", "model=llava_next_7b", "compressor=none,globalcom2",
+                             "suite.limit=1", "suite.tasks=[{task:pope,metric:pope_accuracy}]",  # hub data: not offline
+                             f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/s"],
+                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert time.monotonic() - started < 120
+    assert result.returncode == 1 and "Retrying" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: [run")]
+    assert len(errors) == 2, result.stderr[-3000:]
+    assert errors[0].startswith("error: [run 1/2] model.path=llava-hf/llava-v1.6-vicuna-7b-hf: not in the local hub "
+                                "cache and http://127.0.0.1:9 cannot be reached (this machine looks offline)")
+    assert "pass model.path=/local/checkpoint" in errors[0]
+    assert errors[1].endswith("(as found for an earlier run of this process)")

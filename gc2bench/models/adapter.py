@@ -27,6 +27,7 @@ from gc2bench.compressors.base import NEWLINE, MergeInputs, ScoreRequest, gather
 from gc2bench.config import ConfigError, check_model_path
 from gc2bench.efficiency.flops import sample_tflops
 from gc2bench.efficiency.timing import PrefillTimer, collector_paused, now, peak_memory_mb, reset_peak_memory
+from gc2bench.models.hub import check_hub_checkpoint
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -123,6 +124,7 @@ class VisionStageAdapter:
         path = str(path)
         self.check_compressor(compressor, name or path)
         check_model_path(path)
+        check_hub_checkpoint(path, revision)
         if dtype not in DTYPES:
             raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
         self.name = name or path
