@@ -88,3 +88,21 @@ def test_lmms_eval_cli_runs_gc2bench_offline(cache_dir, tmp_path):
     (results,) = (tmp_path / "out").rglob("*_results.json")
     scores = json.loads(results.read_text())["results"]["gc2bench_fixture_pope"]
     assert 0 <= scores["pope_f1_score,none"] <= 1 and scores["pope_yes_ratio,none"] == 0.5
+
+
+def test_lmms_eval_cli_exits_nonzero_when_a_gc2bench_evaluation_fails(cache_dir, tmp_path):
+    import lmms_eval
+
+    pope_yaml = Path(lmms_eval.__file__).parent / "tasks" / "pope" / "pope.yaml"
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "gc2bench_missing_pope.yaml").write_text(
+        f"task: gc2bench_missing_pope\ninclude: {pope_yaml}\ndataset_path: parquet\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'no-such.parquet'}\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GC2BENCH_CACHE": str(cache_dir)}
+    command = [sys.executable, "-m", "lmms_eval", "--model", "gc2bench", "--model_args", MODEL_ARGS,
+               "--tasks", "gc2bench_missing_pope", "--include_path", str(tasks), "--limit", "2",
+               "--output_path", str(tmp_path / "out"), "--verbosity", "WARNING"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "gc2bench: lmms-eval reported 1 failed evaluation(s) (above); exit status 1" in done.stderr

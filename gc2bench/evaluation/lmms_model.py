@@ -154,6 +154,7 @@ class GC2BenchModel(GC2BenchLMM):
         from gc2bench.run import build_compressor, build_model
 
         overrides = list(overrides) + [f"{key}={value}" for key, value in model_args.items()]
+        exit_nonzero_on_evaluation_error()
         self.run_config = compose_run_config(overrides, device=device)
         compressor = build_compressor(self.run_config)
         super().__init__(build_model(self.run_config, compressor), batch_size=_batch_size(batch_size, self.run_config),
@@ -164,6 +165,34 @@ class GC2BenchModel(GC2BenchLMM):
         """``key=value,…`` → Hydra overrides, kept as written (lmms-eval's parser would retype values)."""
         extra = {key: value for key, value in (additional_config or {}).items() if value is not None}
         return cls(overrides=split_model_args(arg_string), **extra)
+
+
+_EVALUATION_ERRORS: list | None = None
+
+
+def exit_nonzero_on_evaluation_error() -> None:
+    """lmms-eval's CLI logs an evaluation's exception ("Error during evaluation") and exits 0; with
+    ``--model gc2bench`` the process then exits 1 (at exit, after lmms-eval has written what it writes)."""
+    global _EVALUATION_ERRORS
+    if _EVALUATION_ERRORS is not None:
+        return
+    import atexit
+    import os
+
+    from loguru import logger
+
+    _EVALUATION_ERRORS = []
+    logger.add(_EVALUATION_ERRORS.append, level="ERROR", format="{message}",
+               filter=lambda record: "Error during evaluation" in record["message"])
+
+    def exit_nonzero():
+        if _EVALUATION_ERRORS:
+            print(f"gc2bench: lmms-eval reported {len(_EVALUATION_ERRORS)} failed evaluation(s) (above); exit status 1",
+                  file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)
+
+    atexit.register(exit_nonzero)
 
 
 def compose_run_config(overrides: list[str], device: str | None = None):
