@@ -500,3 +500,33 @@ def test_an_uncached_hub_model_offline_fails_in_seconds_and_later_runs_at_once(t
                                 "cache and http://127.0.0.1:9 cannot be reached (this machine looks offline)")
     assert "pass model.path=/local/checkpoint" in errors[0]
     assert errors[1].endswith("(as found for an earlier run of this process)")
+
+
+# -- the checkpoint fingerprint ---------------------------------------------------------------------------
+
+def test_a_hub_checkpoint_is_identified_by_its_snapshot_commit_and_files(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from gc2bench.results.identity import FINGERPRINT_SPAN, checkpoint
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--owner--model"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    (snapshot / "config.json").write_text('{"a": 1}')
+    weights = snapshot / "model.safetensors"
+    weights.write_bytes(bytes(3 * FINGERPRINT_SPAN))
+    found = checkpoint("owner/model")
+    assert (found["hub_id"], found["revision"], found["dir"]) == ("owner/model", "0123abcd", str(snapshot.resolve()))
+    assert checkpoint("owner/other") == {"dir": None, "hub_id": "owner/other", "revision": None, "fingerprint": None}
+    copied = tmp_path / "copy"
+    shutil.copytree(snapshot, copied)  # new file times, same files: the same checkpoint
+    assert checkpoint(str(copied))["fingerprint"] == found["fingerprint"]
+    with open(copied / "model.safetensors", "r+b") as file:
+        file.seek(3 * FINGERPRINT_SPAN - 1)
+        file.write(b"\x01")  # the last MiB changed
+    assert checkpoint(str(copied))["fingerprint"] != found["fingerprint"]
+    (snapshot / "config.json").write_text('{"a": 2}')
+    assert checkpoint("owner/model")["fingerprint"] != found["fingerprint"]
