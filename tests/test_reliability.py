@@ -530,3 +530,22 @@ def test_a_hub_checkpoint_is_identified_by_its_snapshot_commit_and_files(tmp_pat
     assert checkpoint(str(copied))["fingerprint"] != found["fingerprint"]
     (snapshot / "config.json").write_text('{"a": 2}')
     assert checkpoint("owner/model")["fingerprint"] != found["fingerprint"]
+
+
+def test_a_truncated_image_decoded_by_datasets_raises_while_answering(cache_dir):
+    """Hub data (images decoded by ``datasets``): lmms-eval's LOAD_TRUNCATED_IMAGES is off while answering."""
+    import datasets
+    import lmms_eval.api.task  # noqa: F401  sets PIL's LOAD_TRUNCATED_IMAGES = True
+    import pyarrow.parquet as pq
+    from PIL import ImageFile
+
+    from gc2bench.evaluation.fixtures import build_fixture
+    from gc2bench.evaluation.images import strict_decoding
+
+    image = pq.read_table(build_fixture("pope")).column("image").to_pylist()[1]
+    rows = datasets.Dataset.from_dict({"image": [{"bytes": image["bytes"][: len(image["bytes"]) // 2], "path": None}]},
+                                      features=datasets.Features({"image": datasets.Image()}))
+    assert ImageFile.LOAD_TRUNCATED_IMAGES and rows[0]["image"].size  # what lmms-eval alone would score
+    with pytest.raises(OSError, match="truncated"), strict_decoding():
+        rows[0]  # the row access in GC2BenchLMM._answer decodes it
+    assert ImageFile.LOAD_TRUNCATED_IMAGES
