@@ -53,7 +53,7 @@ def test_a_record_says_which_model_checkpoint_and_protocol_made_it(finished):
     checkpoint = identity["checkpoint"]
     assert Path(checkpoint["dir"]).name.endswith("-seed0") and len(checkpoint["fingerprint"]) == 16
     assert identity["protocol"] == {"entry": {"task": "pope", "fixture": "pope", "metric": "pope_accuracy",
-                                              "scale": 100}, "suite": {"limit": 2}, "seed": 0}
+                                              "scale": 100}, "suite": {"limit": 2, "protocol": "lmms_eval"}, "seed": 0}
     assert record["model"]["checkpoint"] == checkpoint and record["versions"]["torch"]
 
 
@@ -68,7 +68,7 @@ def test_any_model_key_is_another_run_directory(finished, change):
         assert not run_is_finished(compose(*overrides, change))
 
 
-@pytest.mark.parametrize("change", ["+suite.protocol=lmms_eval", "suite.limit=3", "seed=1", "suite.tasks.0.scale=1"])
+@pytest.mark.parametrize("change", ["suite.protocol=llava_eval", "suite.limit=3", "seed=1", "suite.tasks.0.scale=1"])
 def test_any_suite_key_that_scores_counts_in_the_task_key(finished, change):
     _, overrides, _ = finished
     assert run_is_finished(compose(*overrides))

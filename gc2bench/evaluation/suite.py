@@ -222,12 +222,14 @@ def _lmms_eval_version() -> str:
     return version("lmms_eval")
 
 
-def task_spec(entry: dict, protocol: str | None = None) -> str | dict:
+def task_spec(entry: dict, protocol: str | None = None, lazy_images: bool = False) -> str | dict:
     """The task name, or a dict override of that built-in task (local data, protocol options).
 
     The override keeps the task's filters and metric; it points the task at local parquet files,
     sets the prompt text the evaluation ``protocol`` (suite.protocol) defines for the task, and
-    the options ``entry`` asks for (which win over the protocol's).
+    the options ``entry`` asks for (which win over the protocol's). ``lazy_images``: local images
+    stay undecoded until a ``GC2BenchLMM`` answers their document (gc2bench.evaluation.images);
+    other lmms-eval models need them decoded (the default).
     """
     from gc2bench.evaluation.protocols import get_protocol
 
@@ -238,8 +240,8 @@ def task_spec(entry: dict, protocol: str | None = None) -> str | dict:
     data_files, images_file = _local_data(entry)
     if data_files:
         override.update(dataset_path="parquet", dataset_kwargs={"data_files": data_files})
-        features = undecoded_features(next(iter(data_files.values())))
-        if features is not None:  # decoded per document when answered (gc2bench.evaluation.images)
+        features = undecoded_features(next(iter(data_files.values()))) if lazy_images else None
+        if features is not None:
             override["dataset_kwargs"]["features"] = features
     if images_file:
         override["process_docs"] = functools.partial(gqa_docs_with_local_images, images_file=images_file)
@@ -335,12 +337,12 @@ def judge_environment(entry: dict):
                 os.environ["MODEL_VERSION"] = previous
 
 
-def load_task(entry: dict, protocol: str | None = None):
+def load_task(entry: dict, protocol: str | None = None, lazy_images: bool = False):
     """lmms-eval's task object for ``entry`` (its real definition, with ``task_spec``'s overrides)."""
     from lmms_eval.tasks import get_task_dict
 
     with judge_environment(entry):
-        return get_task_dict([task_spec(entry, protocol)], task_manager())[entry["task"]]
+        return get_task_dict([task_spec(entry, protocol, lazy_images)], task_manager())[entry["task"]]
 
 
 # -- evaluation ----------------------------------------------------------------------------------------
@@ -368,7 +370,7 @@ def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0,
     if reason:
         raise TaskSkipped(entry["task"], reason)
     name = entry["task"]
-    task = load_task(entry, lm.protocol.name)
+    task = load_task(entry, lm.protocol.name, lazy_images=True)
     parts = entry["metric"].split("+")
     missing = [part for part in parts if part not in task.aggregation()]
     if missing:
