@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO
 from gc2bench.config import compose_run_config
-from gc2bench.results.records import RECORD_FORMAT, read_record, record_path
+from gc2bench.results.records import RECORD_FORMAT, params_digest, read_record, record_path
 from gc2bench.run import run, run_directory, run_is_finished
 
 
@@ -113,8 +113,6 @@ def test_a_record_without_identity_is_said_once_and_rerun(tmp_path, cache_dir, c
     out = capsys.readouterr().out
     assert out.count("redo pope: its record was written by an older gc2bench") == 1
     # an older gc2bench's directory (keyed by the compressor alone) is named, once
-    legacy = tmp_path / "tiny" / path.parent.name.rsplit("_", 1)[0]
-    from gc2bench.results.records import params_digest
     legacy = tmp_path / "tiny" / f"none_r1_{params_digest(record['compressor']['params'])}"
     legacy.mkdir()
     (legacy / "pope.json").write_text(json.dumps(old))
@@ -124,7 +122,7 @@ def test_a_record_without_identity_is_said_once_and_rerun(tmp_path, cache_dir, c
 
 @pytest.mark.parametrize("broken", [{"metrics": None}, {"tokens": None}, {"samples": []}, {"metrics": {"metric": "x"}}])
 def test_a_done_record_missing_its_results_is_not_trusted(finished, broken):
-    results, overrides, _ = finished
+    _, overrides, _ = finished
     path = record_path(run_directory(compose(*overrides)), "pope")
     original = path.read_text()
     try:
@@ -284,7 +282,7 @@ def test_run_py_refuses_a_bad_value_in_one_line_before_the_model_loads(override,
 
 
 def test_overwrite_no_keeps_the_answer_cache(finished):
-    results, overrides, _ = finished
+    _, overrides, _ = finished
     cache = run_directory(compose(*overrides)) / ".answers.jsonl"
     assert cache.exists()
     assert run_py(*overrides, "overwrite=no", timeout=60).returncode == 2
@@ -321,7 +319,7 @@ MALFORMED = [
 
 
 def test_table_over_malformed_records_prints_the_good_ones_and_names_each_bad_file(finished, tmp_path):
-    _, overrides, record = finished
+    _, overrides, _ = finished
     good = run_directory(compose(*overrides))
     shutil.copytree(good, tmp_path / "tiny" / good.name)
     text = (good / "pope.json").read_text()
@@ -362,7 +360,7 @@ def test_an_unreadable_answer_cache_is_skipped_with_a_warning_and_appends_start_
 
 
 def test_bad_answer_cache_and_orphaned_tmp_files_do_not_stop_a_restart(finished, capsys):
-    results, overrides, record = finished
+    _, overrides, record = finished
     directory = run_directory(compose(*overrides))
     cache = directory / ".answers.jsonl"
     saved = cache.read_bytes()
@@ -471,12 +469,12 @@ def test_records_made_alike_are_chosen_by_finish_time_not_directory_order(tmp_pa
 
 
 def test_paper_warns_when_the_model_or_the_metric_differs(finished):
-    results, overrides, _ = finished
+    results, _, _ = finished
     paper = REPO / "experiments" / "tcsvt_table1" / "tcsvt_table1_llava_next_7b.csv"
     result = table(results, "--paper", paper, "--model", "tiny")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert any(f"reports llava_next_7b, these records are tiny: Δ paper compares different models" in w
+    assert any("reports llava_next_7b, these records are tiny: Δ paper compares different models" in w
                for w in warnings)
     assert any("POPE is scored as pope_accuracy, the paper as pope_f1_score averaged over category" in w
                for w in warnings)
