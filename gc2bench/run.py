@@ -255,7 +255,8 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
     common = {"compressor": {"name": compressor.name, "params": params}, "ratio": params.get("ratio", 1.0),
               "suite": cfg.suite.name, "versions": package_versions(), "git_commit": git_commit(),
               "config": OmegaConf.to_container(cfg, resolve=True)}
-    model = {"name": cfg.model.name, "path": cfg.model.get("path"), "revision": cfg.model.get("revision")}
+    model = {"name": cfg.model.name, "path": cfg.model.get("path"), "revision": cfg.model.get("revision"),
+             "pipeline": cfg.model.get("pipeline", "transformers")}
     records, failed = [], []
     for entry in list(todo):
         reason = skip_reason(entry)

@@ -39,6 +39,7 @@ def test_experiment_composes_and_each_job_validates_and_builds_its_compressor(na
     assert text.startswith("# @package _global_") and f"python run.py -m experiment={name}" in text
     cfg = compose_config(f"experiment={name}")
     assert cfg.results_dir.startswith("results/") and cfg.model.name.startswith("llava_next_")
+    assert cfg.model.pipeline == "llava"  # the papers ran the original LLaVA code
     jobs = sweep_jobs(cfg)
     assert jobs
     for job in jobs:

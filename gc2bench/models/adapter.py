@@ -98,9 +98,16 @@ class VisionStageAdapter:
 
     model_class: type = None  # set by subclasses, e.g. LlavaNextForConditionalGeneration
 
+    pipelines: tuple = ("transformers",)  # model.pipeline values this adapter serves (gc2bench.layout.PIPELINES)
+
     def __init__(self, path: str, compressor, name: str | None = None, revision: str | None = None,
-                 dtype: str = "float16", device: str | None = "auto", attn_implementation: str = "sdpa"):
+                 dtype: str = "float16", device: str | None = "auto", attn_implementation: str = "sdpa",
+                 pipeline: str = "transformers"):
         path = str(path)
+        if pipeline not in self.pipelines:
+            raise ConfigError(f"model.pipeline={pipeline!r}: {type(self).__name__} serves "
+                              f"{' | '.join(self.pipelines)}")
+        self.pipeline = pipeline
         self.check_compressor(compressor, name or path)
         check_model_path(path)
         if dtype not in DTYPES:
@@ -135,7 +142,7 @@ class VisionStageAdapter:
         return {"name": self.name, "path": self.path, "revision": self.revision,
                 "architecture": self.model_class.__name__,
                 "dtype": str(self.model.dtype).removeprefix("torch."), "device": str(self.device),
-                "attn_implementation": self.config._attn_implementation}
+                "attn_implementation": self.config._attn_implementation, "pipeline": self.pipeline}
 
     def prompt(self, text: str, num_images: int) -> str:
         """The checkpoint's chat template around ``num_images`` images followed by ``text``."""
@@ -169,6 +176,10 @@ class VisionStageAdapter:
     def layouts(self, inputs) -> list:
         """Layouts of every image of a processor output, in order."""
         return [self.layout(size) for size in inputs["image_sizes"].tolist()]
+
+    def processor_token_count(self, layout) -> int:
+        """How many image placeholders the processor put in the prompt for ``layout``'s image."""
+        return len(layout.packed_sources)
 
     def encode_views(self, pixel_values: torch.Tensor, request: ScoreRequest):
         """Per-view projected features [V, N, D] and the requested per-view scores [V, N] (or None)."""
@@ -307,7 +318,7 @@ class VisionStageAdapter:
             stat.vision_ms = (vision_done - start) * share
             stat.compression_ms = (compress_done - vision_done) * share
 
-        before = [len(layout.packed_sources) for layout in layouts]
+        before = [self.processor_token_count(layout) for layout in layouts]
         after = [len(s) for s in kept_sources]
         input_ids, attention_mask = self._resize_image_runs(inputs["input_ids"], inputs["attention_mask"],
                                                             before, after)
