@@ -32,6 +32,13 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+EQUIVALENT_CONVENTION = (
+    "equivalent_image_tokens: image-block tokens (thumbnail, crops, newlines, recycled) entering each LLM "
+    "layer at prefill, averaged over the layers (vision-stage methods: the kept count at every layer); "
+    "equivalent_share: that / the sample's uncompressed image block (visual_tokens_before); "
+    "*_without_newlines: both with image_newline tokens left out")
+
+
 class ModelLoadError(RuntimeError):
     """The model could not be found or loaded; the message names the path or id."""
 
@@ -49,6 +56,10 @@ class SampleStats:
     ratio_convention: str = ""
     image_tokens_per_layer: list[int] | None = None      # LLM-stage methods: image tokens entering each layer
     layer_averaged_image_tokens: float | None = None     # their mean over layers ("equivalent" count)
+    # Every method (EQUIVALENT_CONVENTION): image-block tokens entering the LLM, averaged over its layers
+    # (vision-stage: the kept count at every layer), newlines counted; and the newlines among them.
+    equivalent_image_tokens: float | None = None
+    equivalent_newline_tokens: float | None = None
     llm_input_tokens: int = 0                            # prompt tokens entering the LLM (text + visual)
     analytic_tflops: float = 0.0                         # LLM prefill FLOPs of this prompt (gc2bench.efficiency.flops)
     kv_cache_mb: float = 0.0                             # its prefill KV cache, fp16, 10^6 bytes
@@ -258,12 +269,32 @@ class VisionStageAdapter:
                 per_layer = self.last_plan.image_tokens_per_layer[:, row].tolist()
                 stat.image_tokens_per_layer = per_layer
                 stat.layer_averaged_image_tokens = sum(per_layer) / len(per_layer)
+            self._equivalent_tokens(stat, row)
             stat.llm_input_tokens = int(attention_mask[row].sum())
             cost = sample_tflops(self.config, stat.visual_tokens_kept, stat.llm_input_tokens - stat.visual_tokens_kept,
                                  stat.image_tokens_per_layer)
             stat.analytic_tflops, stat.kv_cache_mb = cost["tflops"], cost["kv_cache_mb"]
         return [Generation(answer.strip(), stat, new_tokens[row].tolist(), None if scores is None else scores[row])
                 for row, (answer, stat) in enumerate(zip(answers, stats))]
+
+    def _equivalent_tokens(self, stat: SampleStats, row: int) -> None:
+        """``stat``'s layer-averaged image and newline tokens (EQUIVALENT_CONVENTION) for batch row ``row``."""
+        if stat.image_tokens_per_layer is None:
+            stat.equivalent_image_tokens = float(stat.visual_tokens_kept)
+            stat.equivalent_newline_tokens = float(stat.newline_tokens_kept)
+            return
+        from gc2bench.compressors.base import SEGMENT_NEWLINE
+
+        per_layer = stat.image_tokens_per_layer
+        stat.equivalent_image_tokens = sum(per_layer) / len(per_layer)
+        stages, kept = self.pruner.stages, self.last_plan.kept_segments
+        if len(kept) != len(stages):  # a replayed or unusual plan: newlines per layer unknown
+            return
+        newlines = [stat.newline_tokens_kept] * len(per_layer)
+        for stage, segments in sorted(zip(stages, kept), key=lambda pair: pair[0].prune_layer):
+            count = int((segments[row] == SEGMENT_NEWLINE).sum())
+            newlines[stage.prune_layer:] = [count] * (len(per_layer) - stage.prune_layer)
+        stat.equivalent_newline_tokens = sum(newlines) / len(newlines)
 
     def _compress(self, inputs, images: list[list], stats: list[SampleStats]):
         """Kept features per image and the prompts with each image's token run shrunk to match."""
