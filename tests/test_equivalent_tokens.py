@@ -82,7 +82,7 @@ def test_summary_carries_equivalent_tokens_shares_and_their_convention(tiny_path
 
 
 def _record(method, ratio, task, score, eq_tokens, eq_share):
-    return {"format": "gc2bench.record/1", "model": {"name": "m"}, "compressor": {"name": method, "params": {"ratio": ratio}},
+    return {"model": {"name": "m"}, "compressor": {"name": method, "params": {"ratio": ratio}},
             "ratio": ratio, "task": task, "metrics": {"metric": "acc", "score": score}, "status": "done",
             "tokens": {"equivalent_image_tokens": {"mean": eq_tokens}, "equivalent_share": {"mean": eq_share}},
             "efficiency": {}, "versions": {}, "config": {}}

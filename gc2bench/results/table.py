@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gc2bench.results.protocols import PAPER_METHOD, ocr_note, protocol_differences
 from gc2bench.results.records import iter_records
 
 MISSING = "–"
@@ -39,8 +40,8 @@ TASK_BENCHMARK = {
     "mmbench_en_dev": "mmbench", "mmbench_en_dev_lite": "mmbench", "mmbench_en_dev_static": "mmbench",
     "mmbench_cn_dev": "mmbench_cn", "mmbench_cn_dev_lite": "mmbench_cn", "mmvet": "mmvet",
 }
-METHOD_ORDER = ("none", "fastv", "pdrop", "sparsevlm", "prumerge", "fastervlm", "random", "fastv_globalcom2",
-                "sparsevlm_globalcom2", "globalcom2")
+METHOD_ORDER = ("none", "fastv", "pdrop", "sparsevlm", "prumerge", "fastervlm", "fastervlm_gc2", "random",
+                "fastv_globalcom2", "sparsevlm_globalcom2", "globalcom2")
 NOT_VARIANT_PARAMS = {"name", "ratio", "convention", "variant"}
 # A compressor's own variant name (views: thumbnail_only | crops_only; drop_crop: most | least): always in
 # its row's key and label, e.g. "drop_crop (most)", even when the table has one variant only.
@@ -218,7 +219,7 @@ class PaperTable:
 
     def row_for(self, row: Row) -> dict | None:
         if self.key_column == "method":
-            name = row.method
+            name = PAPER_METHOD.get(row.method, row.method)
         elif row.method == BASELINE:
             name = BASELINE
         elif self.key_column in row.params:
@@ -584,7 +585,8 @@ def _lines(table: Table, paper: PaperTable | None, ci: TableCI | None) -> list:
             diffs = [None if s is None or p is None else s - p for s, p in zip(scores, published)]
             average_diff = None if ours_average is None or paper_average is None else ours_average - paper_average
             mark = "*" if recomputed or shared != table.tasks else ""
-            lines.append((row, "paper", [_fmt(p) for p in published],
+            differs = PROTOCOL_MARK if protocol_differences(paper.path, row.method, row.records) else ""
+            lines.append((row, "paper" + differs, [_fmt(p) for p in published],
                           _fmt(paper_average) + (mark if paper_average is not None else ""),
                           {"paper": (published, paper_average)}))
             lines.append((row, "Δ paper", [_signed(d) for d in diffs],
@@ -605,9 +607,29 @@ def _legend(table: Table, paper: PaperTable | None, ci: TableCI | None) -> list:
                          f"({', '.join(display_name(t) for t in shared)})"
                          + ("; the paper's recomputed from its numbers" if recomputed else "")
                          + "; Δ paper compares ours over the same benchmarks.")
+    if paper is not None:
+        notes.extend(protocol_notes(table, paper))
+    ocr = ocr_note(table.rows)
+    if ocr and (paper is not None or ("on for" in ocr and "off for" in ocr)):
+        notes.append(ocr)
     if ci is not None:
         notes.append(f"{CI_LEVEL}% CI: paired bootstrap over documents against the uncompressed run "
                      f"({ci.iterations} resamples, seed {ci.seed}); Δ {BASELINE} = score − uncompressed score.")
+    return notes
+
+
+PROTOCOL_MARK = " †"
+
+
+def protocol_notes(table: Table, paper: PaperTable) -> list:
+    """One note per row whose records depart from the protocol of the published row they are compared with."""
+    notes = []
+    for row in table.rows:
+        if paper.row_for(row) is None:
+            continue
+        differences = protocol_differences(paper.path, row.method, row.records)
+        if differences:
+            notes.append(f"†{row.label} R={row.ratio:g}: not the published protocol: {'; '.join(differences)}.")
     return notes
 
 
