@@ -7,8 +7,8 @@ from conftest import REPO
 from gc2bench.run import run
 
 COMPRESSORS = sorted(path.stem for path in (REPO / "conf" / "compressor").glob("*.yaml"))
-NEEDS_COSINE_ON_ONEVISION = {"globalcom2", "fastervlm", "fastv_globalcom2", "sparsevlm_globalcom2", "drop_crop",
-                             "prumerge"}
+NEEDS_COSINE_ON_ONEVISION = {"globalcom2", "fastervlm", "fastervlm_gc2", "fastv_globalcom2", "sparsevlm_globalcom2",
+                             "drop_crop", "prumerge"}
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny_onevision"])
