@@ -102,3 +102,14 @@ def test_table_tokens_adds_each_rows_mean_equivalent_tokens(tmp_path):
     assert "Eq. tokens" not in render(collect(records), "md")
     rows = render(collect(records), "csv", tokens=True).splitlines()
     assert rows[0].endswith("Eq. tokens,Eq. share (%)") and rows[-1].endswith(",230.00,15.60")
+
+
+def test_table_cli_tokens_flag(tmp_path, capsys):
+    from gc2bench.results.records import write_record
+    from gc2bench.results.table import print_table
+
+    for index, r in enumerate([_record("none", 1.0, "pope", 80.0, 2000.0, 1.0),
+                               _record("fastv", 0.1, "pope", 70.0, 310.0, 0.155)]):
+        write_record(tmp_path / f"run{index}" / "pope.json", r)
+    assert print_table(str(tmp_path), tokens=True) == 0
+    assert "| fastv | 0.1 | 70.0 | 87.5 | 310.0 | 15.5 |" in capsys.readouterr().out

@@ -153,3 +153,19 @@ def test_onevision_refuses_the_llava_pipeline(cache_dir):
 
     with pytest.raises(ConfigError, match="model.pipeline='llava'"):
         load_tiny_onevision(NoCompression(), pipeline="llava")
+
+
+def test_llava_next_7b_geometry_tie_and_truncation():
+    """On LLaVA-NeXT's own pinpoints (336-px crops, 24×24 patches): a small square image ties between
+    [336, 672] and [672, 336] — 2 crops stacked in LLaVA, side by side in transformers."""
+    from gc2bench.layout import PIPELINE_RULES, anyres_layout
+
+    pins = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    layouts = {pipeline: anyres_layout((300, 300), pins, 336, 24, rules["pinpoint_order"], rules["unpad"])
+               for pipeline, rules in PIPELINE_RULES.items()}
+    assert layouts["llava"].grid == (2, 1) and layouts["transformers"].grid == (1, 2)
+    # 47×188 (h×w) on a 1×3 grid of 4×4 patches: 47·(12/188) = 2.9999999… in floats; int() keeps 2 rows
+    # (padding 1 above and below), int(round(x, 7)) keeps 3 and so all 4 rows (padding (4 − 3) // 2 = 0).
+    tiny = {pipeline: anyres_layout((47, 188), [[56, 168]], 56, 4, "hw", rules["unpad"])
+            for pipeline, rules in PIPELINE_RULES.items()}
+    assert [tiny[p].unpadded_region() for p in ("llava", "transformers")] == [(1, 3, 0, 12), (0, 4, 0, 12)]
