@@ -71,6 +71,10 @@ def validate(cfg) -> None:
     validate_ratio(cfg.ratio)
     if cfg.model.get("path"):
         check_model_path(cfg.model.path)
+    pipeline = cfg.model.get("pipeline", "transformers")
+    if pipeline not in ("transformers", "llava"):  # gc2bench.layout.PIPELINES
+        raise ConfigError(f"model.pipeline={pipeline}: expected transformers (llava-hf's processor and packing) or "
+                          "llava (the original LLaVA code's AnyRes rules)")
     if not cfg.suite.get("tasks"):
         raise ConfigError(f"suite={cfg.suite.get('name')} has no tasks")
     for entry in cfg.suite.tasks:
