@@ -102,7 +102,7 @@ def test_paper_marks_rows_whose_protocol_differs():
                record("fastervlm", 0.25, "textvqa_val", 58.0, entry=ocr_off),          # the authors' code
                record("fastervlm_gc2", 0.25, "textvqa_val", 58.5, entry=ocr_off),      # as published
                record("globalcom2", 0.25, "textvqa_val", 59.0, pipeline="transformers", entry=ocr_off),
-               record("fastv", 0.25, "textvqa_val", 58.0, {"budget_of": 2880},
+               record("fastv", 0.25, "textvqa_val", 58.0, {"budget_of": 2880, "share": "kept", "decode": "static"},
                       entry={"task": "textvqa_val", "ocr_tokens": True})]
     text = render(collect(records), "md", read_paper(PAPER_TABLES / "tcsvt_table1_llava_next_7b.csv"))
     assert paper_line(text, "fastervlm_gc2").startswith("|  |  | paper | 58.8 |")
@@ -120,7 +120,7 @@ def test_paper_marks_rows_whose_protocol_differs():
 
 def test_aaai_table_expects_ocr_per_row():
     records = [record("none", 1.0, "textvqa_val", 64.0, entry={"task": "textvqa_val", "ocr_tokens": True}),
-               record("fastv", 0.5, "textvqa_val", 59.0, {"budget_of": 2880},
+               record("fastv", 0.5, "textvqa_val", 59.0, {"budget_of": 2880, "share": "kept", "decode": "static"},
                       entry={"task": "textvqa_val", "ocr_tokens": False}),
                record("globalcom2", 0.5, "textvqa_val", 60.0, entry={"task": "textvqa_val", "ocr_tokens": False})]
     text = render(collect(records), "md", read_paper(PAPER_TABLES / "aaai_table1_llava_next_7b.csv"))

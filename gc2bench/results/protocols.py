@@ -27,19 +27,27 @@ BUDGET_2880 = (None, "compressor.params.budget_of", 2880, "R applied to the fixe
 LOCAL_SCORES = (None, "compressor.params.token_score", "local",
                 "the allocation ablation ran local token scores (its Softmax (sum) row is Table IV's local row)")
 
-_TCSVT_MAIN = {"*": [PIPELINE, NO_OCR], "fastervlm": [FASTERVLM_AS_PUBLISHED], "fastv": [BUDGET_2880],
-               "sparsevlm": [BUDGET_2880]}
+FASTV_KEPT = (None, "compressor.params.share", "kept", "FastV keeps R of the tokens from layer K on (share=kept)")
+FASTV_STATIC = (None, "compressor.params.decode", "static",
+                "FastV selects once at prefill (decode=static: the FastV repo's LLaVA / lmms-eval integration)")
+SPARSEVLM_V1 = (None, "compressor.params.version", "v1", "SparseVLM v1 (commit b72c5d6), the only public code then")
+SPARSEVLM_V15 = (None, "compressor.params.version", "v1.5", "SparseVLM v1.5 (the authors' HEAD; re-run cells)")
+SPARSEVLM_COUNTING = (None, "compressor.params.counting", "authors", "SparseVLM's tokens counted as its authors count")
+
+_TCSVT_MAIN = {"*": [PIPELINE, NO_OCR], "fastervlm": [FASTERVLM_AS_PUBLISHED],
+               "fastv": [BUDGET_2880, FASTV_KEPT, FASTV_STATIC],
+               "sparsevlm": [BUDGET_2880, SPARSEVLM_V1, SPARSEVLM_COUNTING]}
 PUBLISHED = {
     "tcsvt_table1_llava_next_7b": _TCSVT_MAIN,
     "tcsvt_table2_llava_next_13b": _TCSVT_MAIN,
     "aaai_table1_llava_next_7b": {
         "*": [PIPELINE, OCR],
         # Their TextVQA cells are TCSVT Table I's, measured without OCR tokens.
-        "fastv": [BUDGET_2880, NO_OCR],
+        "fastv": [BUDGET_2880, FASTV_KEPT, FASTV_STATIC, NO_OCR],
         "fastervlm": [FASTERVLM_AS_PUBLISHED, NO_OCR],
         "fastervlm_gc2": [NO_OCR],
         "pdrop": [BUDGET_2880],
-        "sparsevlm": [BUDGET_2880],
+        "sparsevlm": [BUDGET_2880, SPARSEVLM_V15, SPARSEVLM_COUNTING],
     },
     "tcsvt_table3_allocation_ablation": {"*": [PIPELINE, NO_OCR], "globalcom2": [LOCAL_SCORES]},
     "tcsvt_table4_token_score_ablation": {"*": [PIPELINE, NO_OCR]},
