@@ -10,7 +10,7 @@ def _table(args: argparse.Namespace) -> int:
     from gc2bench.results.table import print_table
 
     return print_table(args.results_dir, fmt=args.format, paper=args.paper, ci=args.ci, model=args.model,
-                       iterations=args.ci_iterations)
+                       iterations=args.ci_iterations, tokens=args.tokens)
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "Average, by a paired bootstrap over documents (needs samples[].metric_value in records)")
     p.add_argument("--ci-iterations", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
     p.add_argument("--model", metavar="NAME", help="only this model's table (the records' model.name)")
+    p.add_argument("--tokens", action="store_true",
+                   help="add each row's mean equivalent image tokens (layer-averaged over the LLM's layers, newlines "
+                        "counted; vision-stage methods: the kept count) and their share of the uncompressed image")
     p.set_defaults(func=_table)
 
     p = sub.add_parser("plot", help="figures from run records (PNG)",

@@ -126,6 +126,10 @@ def validate(cfg) -> None:
         check_integer(cfg.model.seed, "model.seed", minimum=0)
     check_integer(cfg.suite.get("limit"), "suite.limit", minimum=1, allow_none=True)
     check_integer(cfg.suite.get("batch_size", 1), "suite.batch_size", minimum=1)
+    pipeline = cfg.model.get("pipeline", "transformers")
+    if pipeline not in ("transformers", "llava"):  # gc2bench.layout.PIPELINES
+        raise ConfigError(f"model.pipeline={pipeline}: expected transformers (llava-hf's processor and packing) or "
+                          "llava (the original LLaVA code's AnyRes rules)")
     if not cfg.suite.get("tasks"):
         raise ConfigError(f"suite={cfg.suite.get('name')} has no tasks")
     for entry in cfg.suite.tasks:

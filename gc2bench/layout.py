@@ -14,7 +14,7 @@ transformers' unpad arithmetic, then bilinearly downsamples it (``anyres_max_n``
 are *virtual*: see ``OneVisionLayout``.
 
 Two places where implementations differ (both handled, see ``select_grid`` and
-``unpadded_region``):
+``unpadded_region``; ``model.pipeline`` chooses one set of rules for the whole run, ``layout_for``):
 
 - Grid pinpoints are (height, width) in transformers and (width, height) in LLaVA; lists are
   usually symmetric, so only ties change (a 336×336 image gets 2 crops side by side in
@@ -37,6 +37,18 @@ from gc2bench.compressors.base import NEWLINE
 
 UNPAD_ARITHMETIC = ("transformers", "llava")
 PINPOINT_ORDERS = ("hw", "wh")
+# model.pipeline: whose AnyRes rules lay an image out — transformers' (pinpoints (height, width),
+# ``int(round(x, 7))`` unpadding) or the original LLaVA code's (llava/mm_utils.py select_best_resolution
+# reads pinpoints as (width, height); llava_arch.py unpad_image truncates with ``int()``).
+PIPELINES = ("transformers", "llava")
+PIPELINE_RULES = {"transformers": {"pinpoint_order": "hw", "unpad": "transformers"},
+                  "llava": {"pinpoint_order": "wh", "unpad": "llava"}}
+
+
+def check_pipeline(pipeline: str) -> str:
+    if pipeline not in PIPELINES:
+        raise ValueError(f"model.pipeline={pipeline!r}: expected one of {PIPELINES}")
+    return pipeline
 
 
 def select_best_resolution(image_size_hw: tuple[int, int], pinpoints_hw) -> tuple[int, int]:
@@ -125,13 +137,15 @@ class AnyResLayout(CropGrid):
     """Geometry of one AnyRes image.
 
     image_size: (height, width) in pixels; grid: (rows, cols) of crops; crop_size: crop side
-    in pixels (informational, None if unknown).
+    in pixels (informational, None if unknown); unpad: the pipeline's unpadding arithmetic,
+    which ``packed_sources`` (what the LLM is fed uncompressed) and ``unpadded_region()`` use.
     """
 
     image_size: tuple[int, int]
     grid: tuple[int, int]
     patches_per_side: int
     crop_size: int | None = None
+    unpad: str = "transformers"
 
     def __post_init__(self):
         h, w = self.image_size
@@ -141,12 +155,14 @@ class AnyResLayout(CropGrid):
             raise ValueError(f"grid={self.grid}: rows and cols must be >= 1")
         if self.patches_per_side < 1:
             raise ValueError(f"patches_per_side={self.patches_per_side} must be >= 1")
+        if self.unpad not in UNPAD_ARITHMETIC:
+            raise ValueError(f"unpad={self.unpad!r}: expected one of {UNPAD_ARITHMETIC}")
 
-    def unpadded_region(self, arithmetic: str = "transformers") -> tuple[int, int, int, int]:
-        """(top, bottom, left, right) in grid patches; see module ``unpadded_region``."""
-        return unpadded_region(self.image_size, self.grid, self.patches_per_side, arithmetic)
+    def unpadded_region(self, arithmetic: str | None = None) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) in grid patches; see module ``unpadded_region`` (None: ``self.unpad``)."""
+        return unpadded_region(self.image_size, self.grid, self.patches_per_side, arithmetic or self.unpad)
 
-    def sources(self, arithmetic: str = "transformers", newlines: str = "unpadded") -> torch.Tensor:
+    def sources(self, arithmetic: str | None = None, newlines: str = "unpadded") -> torch.Tensor:
         """[P] long: thumbnail then unpadded crop grid row by row, each row followed by NEWLINE.
 
         ``newlines``: ``unpadded`` (one per unpadded row, transformers) or ``padded`` (one per
@@ -163,29 +179,40 @@ class AnyResLayout(CropGrid):
 
     @cached_property
     def packed_sources(self) -> torch.Tensor:
-        """[P] long: exactly transformers' ``pack_image_features`` order (per-unpadded-row newlines)."""
-        return self.sources("transformers", "unpadded")
+        """[P] long: the pipeline's packing (transformers' ``pack_image_features`` order, one newline per
+        unpadded row; the unpadded extent by ``self.unpad``)."""
+        return self.sources(self.unpad, "unpadded")
 
 
 def anyres_layout(image_size_hw, grid_pinpoints, crop_size: int, patches_per_side: int,
-                  pinpoint_order: str = "hw") -> AnyResLayout:
+                  pinpoint_order: str = "hw", unpad: str = "transformers") -> AnyResLayout:
     """Layout of an image of ``image_size_hw`` (height, width) under AnyRes with these pinpoints.
 
-    ``pinpoint_order``: ``hw`` (transformers configs and processors) or ``wh`` (LLaVA's own code).
+    ``pinpoint_order``: ``hw`` (transformers configs and processors) or ``wh`` (LLaVA's own code);
+    ``unpad``: the arithmetic of the layout's packing.
     """
     size = (int(image_size_hw[0]), int(image_size_hw[1]))
     if size[0] < 1 or size[1] < 1:
         raise ValueError(f"image_size={size}: height and width must be >= 1")
     grid = select_grid(size, grid_pinpoints, crop_size, pinpoint_order)
-    return AnyResLayout(size, grid, int(patches_per_side), int(crop_size))
+    return AnyResLayout(size, grid, int(patches_per_side), int(crop_size), unpad)
 
 
-def layout_for(config, image_size_hw) -> AnyResLayout:
+def layout_for(config, image_size_hw, pipeline: str = "transformers") -> AnyResLayout:
     """Layout for a transformers ``LlavaNextConfig`` (reads ``image_grid_pinpoints``,
-    ``vision_config.image_size`` and ``vision_config.patch_size``)."""
+    ``vision_config.image_size`` and ``vision_config.patch_size``) under ``pipeline``'s rules
+    (``PIPELINE_RULES``: transformers' or the original LLaVA code's)."""
+    rules = PIPELINE_RULES[check_pipeline(pipeline)]
     crop = int(config.vision_config.image_size)
     return anyres_layout(image_size_hw, config.image_grid_pinpoints, crop,
-                         crop // int(config.vision_config.patch_size), "hw")
+                         crop // int(config.vision_config.patch_size), rules["pinpoint_order"], rules["unpad"])
+
+
+def pipeline_pinpoints_hw(grid_pinpoints, pipeline: str) -> list[list[int]]:
+    """The pinpoints as (height, width) pairs under ``pipeline``: what a transformers image processor must be
+    given so that it chooses the grid that pipeline chooses (LLaVA reads each listed pair as (width, height))."""
+    order = PIPELINE_RULES[check_pipeline(pipeline)]["pinpoint_order"]
+    return [[int(a), int(b)] if order == "hw" else [int(b), int(a)] for a, b in grid_pinpoints]
 
 
 # ----------------------------------------------------------------------------- LLaVA-OneVision

@@ -321,7 +321,7 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
               "config": OmegaConf.to_container(cfg, resolve=True)}
     identity = run_identity(cfg)
     model = {"name": cfg.model.name, "path": cfg.model.get("path"), "revision": cfg.model.get("revision"),
-             "checkpoint": identity["checkpoint"]}
+             "pipeline": cfg.model.get("pipeline", "transformers"), "checkpoint": identity["checkpoint"]}
     records, failed = [], []
     for entry in list(todo):
         reason = skip_reason(entry)
@@ -518,8 +518,9 @@ def protocol_name(cfg: DictConfig) -> str:
 
 
 def suite_entries(cfg: DictConfig) -> list[dict]:
-    """The suite's task entries, or the ones ``tasks`` names (in the suite's order)."""
-    entries = [OmegaConf.to_container(entry, resolve=True) for entry in cfg.suite.tasks]
+    """The suite's task entries, or the ones ``tasks`` names (in the suite's order), with this run's
+    compressor's ``task_overrides`` applied (``row_task_overrides``)."""
+    entries = row_task_overrides(cfg, [OmegaConf.to_container(entry, resolve=True) for entry in cfg.suite.tasks])
     wanted = cfg.get("tasks")
     if not wanted:
         return entries
@@ -529,6 +530,21 @@ def suite_entries(cfg: DictConfig) -> list[dict]:
     if unknown:
         raise ConfigError(f"tasks={unknown} are not in suite={cfg.suite.name} (its tasks: {', '.join(names)})")
     return [entry for entry in entries if entry["task"] in wanted]
+
+
+def row_task_overrides(cfg: DictConfig, entries: list[dict]) -> list[dict]:
+    """``entries`` with ``task_overrides[<compressor name>][<task>]`` merged into each task's entry: one
+    experiment runs each of its rows under the protocol its paper used for that row (e.g. AAAI Table 1's
+    TextVQA with OCR tokens for the baseline and GlobalCom², without for FastV and FasterVLM). The merged
+    entry is what the record stores (``entry``) and what a restart compares."""
+    overrides = cfg.get("task_overrides") or {}
+    mine = overrides.get(cfg.compressor.get("name")) or {}
+    names = [entry["task"] for entry in entries]
+    unknown = [task for task in mine if task not in names]
+    if unknown:
+        raise ConfigError(f"task_overrides.{cfg.compressor.name}: tasks {unknown} are not in suite={cfg.suite.name}")
+    mine = OmegaConf.to_container(mine, resolve=True) if isinstance(mine, DictConfig) else mine
+    return [{**entry, **(mine.get(entry["task"]) or {})} for entry in entries]
 
 
 def data_parallel_rank() -> tuple[int, int]:

@@ -49,7 +49,8 @@ def test_a_record_says_which_model_checkpoint_and_protocol_made_it(finished):
     _, _, record = finished
     identity = record["identity"]
     assert identity["model"] == {"_target_": "gc2bench.models.tiny.load_tiny_llava_next", "name": "tiny", "seed": 0,
-                                 "dtype": "float32", "device": "cpu", "attn_implementation": "sdpa"}
+                                 "dtype": "float32", "device": "cpu", "attn_implementation": "sdpa",
+                                 "pipeline": "transformers"}
     checkpoint = identity["checkpoint"]
     assert Path(checkpoint["dir"]).name.endswith("-seed0") and len(checkpoint["fingerprint"]) == 16
     assert identity["protocol"] == {"entry": {"task": "pope", "fixture": "pope", "metric": "pope_accuracy",
@@ -58,7 +59,7 @@ def test_a_record_says_which_model_checkpoint_and_protocol_made_it(finished):
 
 
 @pytest.mark.parametrize("change", ["model.seed=1", "model.dtype=bfloat16", "model.attn_implementation=eager",
-                                    "+model.pipeline=llava", "model.name=tiny", "model.device=meta"])
+                                    "model.pipeline=llava", "model.name=tiny", "model.device=meta"])
 def test_any_model_key_is_another_run_directory(finished, change):
     _, overrides, _ = finished
     same = run_directory(compose(*overrides, "model.name=tiny"))

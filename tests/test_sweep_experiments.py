@@ -39,6 +39,7 @@ def test_experiment_composes_and_each_job_validates_and_builds_its_compressor(na
     assert text.startswith("# @package _global_") and f"python run.py -m experiment={name}" in text
     cfg = compose_config(f"experiment={name}")
     assert cfg.results_dir.startswith("results/") and cfg.model.name.startswith("llava_next_")
+    assert cfg.model.pipeline == "llava"  # the papers ran the original LLaVA code
     jobs = sweep_jobs(cfg)
     assert jobs
     for job in jobs:
@@ -46,8 +47,11 @@ def test_experiment_composes_and_each_job_validates_and_builds_its_compressor(na
         validate(job_cfg)
         entries = suite_entries(job_cfg)
         assert sorted(e["task"] for e in entries) == sorted(job_cfg.tasks or [e.task for e in job_cfg.suite.tasks])
-        if name.startswith("aaai"):
-            assert next(e for e in entries if e["task"] == "textvqa_val")["ocr_tokens"] is True
+        if name.startswith("aaai"):  # TextVQA per row as AAAI Table 1 ran it (FastV, FasterVLM: TCSVT's cells)
+            expected = job_cfg.compressor.name not in ("fastv", "fastervlm", "fastervlm_gc2")
+            assert next(e for e in entries if e["task"] == "textvqa_val")["ocr_tokens"] is expected
+        elif name.startswith("tcsvt"):
+            assert next(e for e in entries if e["task"] == "textvqa_val")["ocr_tokens"] is False
         compressor = instantiate(job_cfg.compressor)
         assert compressor.params()["ratio"] == (1.0 if compressor.name == "none" else job_cfg.ratio)
 

@@ -1,4 +1,4 @@
-"""No compression: every packed token reaches the LLM, exactly as transformers packs them."""
+"""No compression: every packed token reaches the LLM, exactly as the model pipeline packs them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from gc2bench.compressors.base import PAD, ScoreRequest, Selection
 
 
 class NoCompression:
-    """Keeps transformers' packed sequence (thumbnail, unpadded crops, one newline per unpadded row)."""
+    """Keeps the packed sequence (thumbnail, unpadded crops, one newline per unpadded row) of the layouts' pipeline."""
 
     name = "none"
     score_request = ScoreRequest("none")
@@ -18,7 +18,7 @@ class NoCompression:
         self.name = name
 
     def params(self) -> dict:
-        return {"ratio": 1.0, "convention": "all packed tokens (transformers' pack_image_features)"}
+        return {"ratio": 1.0, "convention": "all packed tokens (the model pipeline's packing)"}
 
     def select(self, scores: list, layouts: list) -> Selection:
         """``scores`` is ignored (one entry per image, possibly None); sources come from the layouts."""

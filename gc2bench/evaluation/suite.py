@@ -483,12 +483,35 @@ def summarize(samples: list[dict], failures: list[dict], wall_s: float) -> tuple
     timed = [s for s in samples if not s.get("warmup")]
     tokens = {key: stat(key) for key in ("visual_tokens_before", "visual_tokens_kept", "newline_tokens_before",
                                          "newline_tokens_kept", "layer_averaged_image_tokens")}
+    tokens.update(equivalent_tokens(samples, stat))
     efficiency = {key: stat(key, timed) for key in MEASURED}
     efficiency.update({key: stat(key) for key in ("analytic_tflops", "kv_cache_mb")})
     efficiency.update({"wall_s": wall_s, "samples": len(samples), "failed_samples": len(failures),
                        "warmup_samples": len(samples) - len(timed),
                        "samples_per_s": len(samples) / wall_s if wall_s > 0 else None})
     return tokens, efficiency
+
+
+def equivalent_tokens(samples: list[dict], stat) -> dict:
+    """The layer-averaged ("equivalent") image tokens and share of a task, newlines counted and not
+    (``gc2bench.models.adapter.EQUIVALENT_CONVENTION``, recorded beside them); ``stat`` summarises a key."""
+    from gc2bench.models.adapter import EQUIVALENT_CONVENTION
+
+    rows = []
+    for s in samples:
+        tokens, newlines = s.get("equivalent_image_tokens"), s.get("equivalent_newline_tokens")
+        before, newlines_before = s.get("visual_tokens_before"), s.get("newline_tokens_before") or 0
+        row = {"equivalent_image_tokens": tokens}
+        if tokens is not None and before:
+            row["equivalent_share"] = tokens / before
+        if tokens is not None and newlines is not None:
+            row["equivalent_image_tokens_without_newlines"] = tokens - newlines
+            if before and before > newlines_before:
+                row["equivalent_share_without_newlines"] = (tokens - newlines) / (before - newlines_before)
+        rows.append(row)
+    keys = ("equivalent_image_tokens", "equivalent_share", "equivalent_image_tokens_without_newlines",
+            "equivalent_share_without_newlines")
+    return {**{key: stat(key, rows) for key in keys}, "equivalent_convention": EQUIVALENT_CONVENTION}
 
 
 def _first(value):

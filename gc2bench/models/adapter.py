@@ -33,6 +33,13 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+EQUIVALENT_CONVENTION = (
+    "equivalent_image_tokens: image-block tokens (thumbnail, crops, newlines, recycled) entering each LLM "
+    "layer at prefill, averaged over the layers (vision-stage methods: the kept count at every layer); "
+    "equivalent_share: that / the sample's uncompressed image block (visual_tokens_before); "
+    "*_without_newlines: both with image_newline tokens left out")
+
+
 class ModelLoadError(RuntimeError):
     """The model could not be found or loaded; the message names the path or id."""
 
@@ -50,6 +57,10 @@ class SampleStats:
     ratio_convention: str = ""
     image_tokens_per_layer: list[int] | None = None      # LLM-stage methods: image tokens entering each layer
     layer_averaged_image_tokens: float | None = None     # their mean over layers ("equivalent" count)
+    # Every method (EQUIVALENT_CONVENTION): image-block tokens entering the LLM, averaged over its layers
+    # (vision-stage: the kept count at every layer), newlines counted; and the newlines among them.
+    equivalent_image_tokens: float | None = None
+    equivalent_newline_tokens: float | None = None
     llm_input_tokens: int = 0                            # prompt tokens entering the LLM (text + visual)
     analytic_tflops: float = 0.0                         # LLM prefill FLOPs of this prompt (gc2bench.efficiency.flops)
     kv_cache_mb: float = 0.0                             # its prefill KV cache, fp16, 10^6 bytes
@@ -119,9 +130,16 @@ class VisionStageAdapter:
 
     model_class: type = None  # set by subclasses, e.g. LlavaNextForConditionalGeneration
 
+    pipelines: tuple = ("transformers",)  # model.pipeline values this adapter serves (gc2bench.layout.PIPELINES)
+
     def __init__(self, path: str, compressor, name: str | None = None, revision: str | None = None,
-                 dtype: str = "float16", device: str | None = "auto", attn_implementation: str = "sdpa"):
+                 dtype: str = "float16", device: str | None = "auto", attn_implementation: str = "sdpa",
+                 pipeline: str = "transformers"):
         path = str(path)
+        if pipeline not in self.pipelines:
+            raise ConfigError(f"model.pipeline={pipeline!r}: {type(self).__name__} serves "
+                              f"{' | '.join(self.pipelines)}")
+        self.pipeline = pipeline
         self.check_compressor(compressor, name or path)
         check_model_path(path)
         check_hub_checkpoint(path, revision)
@@ -161,7 +179,7 @@ class VisionStageAdapter:
         return {"name": self.name, "path": self.path, "revision": self.revision,
                 "architecture": self.model_class.__name__,
                 "dtype": str(self.model.dtype).removeprefix("torch."), "device": str(self.device),
-                "attn_implementation": self.config._attn_implementation}
+                "attn_implementation": self.config._attn_implementation, "pipeline": self.pipeline}
 
     def prompt(self, text: str, num_images: int) -> str:
         """The checkpoint's chat template around ``num_images`` images followed by ``text``."""
@@ -195,6 +213,10 @@ class VisionStageAdapter:
     def layouts(self, inputs) -> list:
         """Layouts of every image of a processor output, in order."""
         return [self.layout(size) for size in inputs["image_sizes"].tolist()]
+
+    def processor_token_count(self, layout) -> int:
+        """How many image placeholders the processor put in the prompt for ``layout``'s image."""
+        return len(layout.packed_sources)
 
     def encode_views(self, pixel_values: torch.Tensor, request: ScoreRequest):
         """Per-view projected features [V, N, D] and the requested per-view scores [V, N] (or None)."""
@@ -300,6 +322,7 @@ class VisionStageAdapter:
                 per_layer = self.last_plan.image_tokens_per_layer[:, row].tolist()
                 stat.image_tokens_per_layer = per_layer
                 stat.layer_averaged_image_tokens = sum(per_layer) / len(per_layer)
+            self._equivalent_tokens(stat, row)
             stat.llm_input_tokens = int(attention_mask[row].sum())
             cost = sample_tflops(self.config, stat.visual_tokens_kept, stat.llm_input_tokens - stat.visual_tokens_kept,
                                  stat.image_tokens_per_layer)
@@ -314,6 +337,25 @@ class VisionStageAdapter:
         longest = int(attention_mask.sum(dim=1).max()) if context else 0
         if context and longest >= context:
             raise ValueError(f"the prompt is {longest} tokens, longer than the model's context of {context} positions")
+
+    def _equivalent_tokens(self, stat: SampleStats, row: int) -> None:
+        """``stat``'s layer-averaged image and newline tokens (EQUIVALENT_CONVENTION) for batch row ``row``."""
+        if stat.image_tokens_per_layer is None:
+            stat.equivalent_image_tokens = float(stat.visual_tokens_kept)
+            stat.equivalent_newline_tokens = float(stat.newline_tokens_kept)
+            return
+        from gc2bench.compressors.base import SEGMENT_NEWLINE
+
+        per_layer = stat.image_tokens_per_layer
+        stat.equivalent_image_tokens = sum(per_layer) / len(per_layer)
+        stages, kept = self.pruner.stages, self.last_plan.kept_segments
+        if len(kept) != len(stages):  # a replayed or unusual plan: newlines per layer unknown
+            return
+        newlines = [stat.newline_tokens_kept] * len(per_layer)
+        for stage, segments in sorted(zip(stages, kept), key=lambda pair: pair[0].prune_layer):
+            count = int((segments[row] == SEGMENT_NEWLINE).sum())
+            newlines[stage.prune_layer:] = [count] * (len(per_layer) - stage.prune_layer)
+        stat.equivalent_newline_tokens = sum(newlines) / len(newlines)
 
     def _compress(self, inputs, images: list[list], stats: list[SampleStats]):
         """Kept features per image and the prompts with each image's token run shrunk to match."""
@@ -368,7 +410,7 @@ class VisionStageAdapter:
             stat.vision_ms = (vision_done - start) * share
             stat.compression_ms = (compress_done - vision_done) * share
 
-        before = [len(layout.packed_sources) for layout in layouts]
+        before = [self.processor_token_count(layout) for layout in layouts]
         after = [len(s) for s in kept_sources]
         input_ids, attention_mask = self._resize_image_runs(inputs["input_ids"], inputs["attention_mask"],
                                                             before, after)

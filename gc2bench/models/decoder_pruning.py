@@ -231,11 +231,7 @@ class DecoderPruner:
         if index < self.first_prune or index not in self.stage_states:
             return None
         stage_state = self.stage_states[index]
-        cache = kwargs.get(self.cache_argument)
-        if cache is None:
-            raise UnsupportedDecoderError(f"decoder pruning: layer {index} got no `{self.cache_argument}` while "
-                                          "decoding (generate with use_cache=True, or replay without a cache)")
-        cached = cache.get_seq_length(index)
+        cached = self._cache(index, kwargs).get_seq_length(index)
         generated = cached - stage_state.valid.shape[1] + 1
         keys = torch.cat([stage_state.valid, stage_state.valid.new_ones(hidden.shape[0], generated)], dim=1)
         mask = self._mask_format(keys[:, None, None, :])
@@ -251,7 +247,7 @@ class DecoderPruner:
         """FastV's own decode (their mask path): the new token's layer K−1 attention over the whole cache
         re-ranks the prompt's image tokens; layers >= K see only the top k of them (same k as at prefill)."""
         stage = self.stages[0]
-        cache = kwargs.get("past_key_values")
+        cache = self._cache(index, kwargs)
         if index == stage.score_layer:
             row = self._decode_attention_row(self.layers[index], hidden, cache.layers[index].keys, kwargs)
             batch, total = row.shape
@@ -288,6 +284,14 @@ class DecoderPruner:
         return logits.masked_fill(~valid[:, None, None, :], -torch.inf).softmax(-1).mean(1)[:, 0]
 
     # -- pieces -----------------------------------------------------------------------------------
+
+    def _cache(self, index: int, kwargs):
+        """The KV cache a decoder layer got (``past_key_values`` or, from transformers 5.24, ``cache``)."""
+        cache = kwargs.get(self.cache_argument)
+        if cache is None:
+            raise UnsupportedDecoderError(f"decoder pruning: layer {index} got no `{self.cache_argument}` while "
+                                          "decoding (generate with use_cache=True, or replay without a cache)")
+        return cache
 
     @staticmethod
     def _replace(hidden, args, kwargs, mask, embeddings, positions):

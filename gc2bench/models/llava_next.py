@@ -10,11 +10,13 @@ q·kᵀ/√C over the full C-wide projections (the LLaVA-PruMerge code). For mer
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 
 import torch
 
 from gc2bench.compressors.base import ScoreRequest
+from gc2bench.layout import PIPELINES, layout_for, pipeline_pinpoints_hw
 from gc2bench.models.adapter import VisionStageAdapter
 
 
@@ -62,7 +64,15 @@ def cls_attention_fullwidth(attention, x: torch.Tensor, keys: torch.Tensor) -> t
 
 
 class LlavaNextAdapter(VisionStageAdapter):
-    """A LLaVA-NeXT checkpoint (hub id or local path) plus a vision-stage compressor."""
+    """A LLaVA-NeXT checkpoint (hub id or local path) plus a vision-stage compressor.
+
+    ``pipeline``: ``transformers`` (the llava-hf processor and packing) or ``llava`` (the original LLaVA
+    code's AnyRes rules: pinpoints read as (width, height), unpadding by ``int()``). For ``llava`` the
+    processor is given the pinpoints swapped, so that it cuts the crops of LLaVA's grid, and the packing
+    (``layout``, ``pack``) follows LLaVA's unpadding; transformers itself is not patched.
+    """
+
+    pipelines = PIPELINES
 
     @property
     def model_class(self):
@@ -72,10 +82,19 @@ class LlavaNextAdapter(VisionStageAdapter):
 
     # -- vision stage -------------------------------------------------------------------------
 
-    def layout(self, image_size_hw):
-        from gc2bench.layout import layout_for
+    def load_processor(self, path: str, revision: str | None):
+        processor = super().load_processor(path, revision)
+        image_processor = processor.image_processor
+        image_processor.image_grid_pinpoints = pipeline_pinpoints_hw(image_processor.image_grid_pinpoints,
+                                                                     self.pipeline)
+        return processor
 
-        return layout_for(self.config, tuple(int(v) for v in image_size_hw))
+    def layout(self, image_size_hw):
+        return layout_for(self.config, tuple(int(v) for v in image_size_hw), self.pipeline)
+
+    def processor_token_count(self, layout) -> int:
+        """The processor counts placeholders with transformers' unpadding, on the grid it was given."""
+        return len(dataclasses.replace(layout, unpad="transformers").packed_sources)
 
     def _vision_layer(self, index: int):
         return clip_encoder_layers(self.model.model.vision_tower)[index]

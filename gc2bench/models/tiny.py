@@ -54,8 +54,17 @@ WORDS = ["yes", "no", "a", "the", "is", "there", "in", "image", "what", "color",
          "word", "or", "phrase"]
 
 
-def _spec_digest() -> str:
-    return hashlib.sha256(json.dumps(TINY_SPEC, sort_keys=True).encode()).hexdigest()[:10]
+def tiny_spec(text_layers: int | None = None) -> dict:
+    """TINY_SPEC, with ``text_layers`` decoder layers if given (``model=tiny_deep``: LLaVA-NeXT-7B's 32)."""
+    if text_layers is None:
+        return TINY_SPEC
+    if int(text_layers) < 1:
+        raise ValueError(f"model.text_layers={text_layers} must be >= 1")
+    return {**TINY_SPEC, "text": {**TINY_SPEC["text"], "num_hidden_layers": int(text_layers)}}
+
+
+def _spec_digest(spec: dict = TINY_SPEC) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def default_cache_dir() -> Path:
@@ -100,14 +109,15 @@ def _make_answers_short(model, tokenizer) -> None:
         embed[word_ids] += 30 * direction
 
 
-def build_tiny_llava_next(path: str | Path, seed: int = 0) -> Path:
-    """Build the tiny LLaVA-NeXT with weights drawn from ``seed`` and save it to ``path``."""
+def build_tiny_llava_next(path: str | Path, seed: int = 0, text_layers: int | None = None) -> Path:
+    """Build the tiny LLaVA-NeXT with weights drawn from ``seed`` (and ``text_layers`` decoder layers,
+    default TINY_SPEC's 4) and save it to ``path``."""
     import torch
     from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
                               LlavaNextProcessor)
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-    spec = TINY_SPEC
+    spec = tiny_spec(text_layers)
     tokenizer = _build_tokenizer()
     vocab_size = 64 * ((len(tokenizer) + 63) // 64)
     config = LlavaNextConfig(
@@ -186,20 +196,26 @@ def _wait_for_build(target: Path, timeout_s: float = 900.0) -> Path:
     return target
 
 
-def tiny_llava_next_path(seed: int = 0, cache_dir: str | Path | None = None, build: bool = True) -> Path:
-    """Directory of the tiny model for ``seed``, building it on first use (``build=False``: only where it is)."""
-    name = f"tiny-llava-next-{_spec_digest()}-seed{seed}"
+def tiny_llava_next_path(seed: int = 0, cache_dir: str | Path | None = None, text_layers: int | None = None,
+                         build: bool = True) -> Path:
+    """Directory of the tiny model for ``seed`` (and ``text_layers``), building it on first use (``build=False``:
+    only where it is)."""
+    name = f"tiny-llava-next-{_spec_digest(tiny_spec(text_layers))}-seed{seed}"
     if not build:
         return (Path(cache_dir) if cache_dir else default_cache_dir()) / name
-    return cached_build(name, lambda directory: build_tiny_llava_next(directory, seed=seed), cache_dir)
+    return cached_build(name, lambda directory: build_tiny_llava_next(directory, seed=seed, text_layers=text_layers),
+                        cache_dir)
 
 
-def load_tiny_llava_next(compressor, seed: int = 0, name: str = "tiny", **adapter_kwargs):
+def load_tiny_llava_next(compressor, seed: int = 0, name: str = "tiny", text_layers: int | None = None,
+                         **adapter_kwargs):
     """The tiny model as a ``LlavaNextAdapter`` (built on first use, then ``from_pretrained``)."""
     from gc2bench.models.llava_next import LlavaNextAdapter
 
-    return LlavaNextAdapter(str(tiny_llava_next_path(seed)), compressor, name=name, **adapter_kwargs)
+    return LlavaNextAdapter(str(tiny_llava_next_path(seed, text_layers=text_layers)), compressor, name=name,
+                            **adapter_kwargs)
 
 
 # Where the checkpoint of a `model` config is, before it is built (gc2bench.results.identity).
-load_tiny_llava_next.checkpoint_dir = lambda seed=0, **_: tiny_llava_next_path(seed, build=False)
+load_tiny_llava_next.checkpoint_dir = lambda seed=0, text_layers=None, **_: tiny_llava_next_path(
+    seed, text_layers=text_layers, build=False)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from gc2bench.results.comparable import comparable_groups, paper_warnings
+from gc2bench.results.protocols import PAPER_METHOD, ocr_note, protocol_differences
 from gc2bench.results.records import usable_records
 
 MISSING = "–"
@@ -40,8 +41,8 @@ TASK_BENCHMARK = {
     "mmbench_en_dev": "mmbench", "mmbench_en_dev_lite": "mmbench", "mmbench_en_dev_static": "mmbench",
     "mmbench_cn_dev": "mmbench_cn", "mmbench_cn_dev_lite": "mmbench_cn", "mmvet": "mmvet",
 }
-METHOD_ORDER = ("none", "fastv", "pdrop", "sparsevlm", "prumerge", "fastervlm", "random", "fastv_globalcom2",
-                "sparsevlm_globalcom2", "globalcom2")
+METHOD_ORDER = ("none", "fastv", "pdrop", "sparsevlm", "prumerge", "fastervlm", "fastervlm_gc2", "random",
+                "fastv_globalcom2", "sparsevlm_globalcom2", "globalcom2")
 NOT_VARIANT_PARAMS = {"name", "ratio", "convention", "variant"}
 # A compressor's own variant name (views: thumbnail_only | crops_only; drop_crop: most | least): always in
 # its row's key and label, e.g. "drop_crop (most)", even when the table has one variant only.
@@ -225,7 +226,7 @@ class PaperTable:
 
     def row_for(self, row: Row) -> dict | None:
         if self.key_column == "method":
-            name = row.method
+            name = PAPER_METHOD.get(row.method, row.method)
         elif row.method == BASELINE:
             name = BASELINE
         elif self.key_column in row.params:
@@ -591,7 +592,8 @@ def _lines(table: Table, paper: PaperTable | None, ci: TableCI | None) -> list:
             diffs = [None if s is None or p is None else s - p for s, p in zip(scores, published)]
             average_diff = None if ours_average is None or paper_average is None else ours_average - paper_average
             mark = "*" if recomputed or shared != table.tasks else ""
-            lines.append((row, "paper", [_fmt(p) for p in published],
+            differs = PROTOCOL_MARK if protocol_differences(paper.path, row.method, row.records) else ""
+            lines.append((row, "paper" + differs, [_fmt(p) for p in published],
                           _fmt(paper_average) + (mark if paper_average is not None else ""),
                           {"paper": (published, paper_average)}))
             lines.append((row, "Δ paper", [_signed(d) for d in diffs],
@@ -612,36 +614,63 @@ def _legend(table: Table, paper: PaperTable | None, ci: TableCI | None) -> list:
                          f"({', '.join(display_name(t) for t in shared)})"
                          + ("; the paper's recomputed from its numbers" if recomputed else "")
                          + "; Δ paper compares ours over the same benchmarks.")
+    if paper is not None:
+        notes.extend(protocol_notes(table, paper))
+    ocr = ocr_note(table.rows)
+    if ocr and (paper is not None or ("on for" in ocr and "off for" in ocr)):
+        notes.append(ocr)
     if ci is not None:
         notes.append(f"{CI_LEVEL}% CI: paired bootstrap over documents against the uncompressed run "
                      f"({ci.iterations} resamples, seed {ci.seed}); Δ {BASELINE} = score − uncompressed score.")
     return notes
 
 
-def render(tables: dict, fmt: str = "md", paper: PaperTable | None = None, ci: dict | None = None) -> str:
+PROTOCOL_MARK = " †"
+
+
+def protocol_notes(table: Table, paper: PaperTable) -> list:
+    """One note per row whose records depart from the protocol of the published row they are compared with."""
+    notes = []
+    for row in table.rows:
+        if paper.row_for(row) is None:
+            continue
+        differences = protocol_differences(paper.path, row.method, row.records)
+        if differences:
+            notes.append(f"†{row.label} R={row.ratio:g}: not the published protocol: {'; '.join(differences)}.")
+    return notes
+
+
+def render(tables: dict, fmt: str = "md", paper: PaperTable | None = None, ci: dict | None = None,
+           tokens: bool = False) -> str:
     """``tables`` as md, csv or latex; ``paper`` adds published numbers and differences, ``ci`` (model →
-    :class:`TableCI`) adds confidence intervals."""
+    :class:`TableCI`) adds confidence intervals, ``tokens`` each row's mean equivalent image tokens and share."""
     out = io.StringIO()
     for model, table in tables.items():
         table_ci = (ci or {}).get(model)
         extra = paper is not None or table_ci is not None
         groups = _lines(table, paper, table_ci)
+        token_header = list(TOKEN_COLUMNS) if tokens else []
         if fmt == "csv":
             writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(["model", "Method", "R", *(["Value"] if extra else []), *table.tasks, "Average (%)"])
+            writer.writerow(["model", "Method", "R", *(["Value"] if extra else []), *table.tasks, "Average (%)",
+                             *token_header])
             for lines in groups:
-                for row, _, _, _, numeric in lines:
+                for position, (row, _, _, _, numeric) in enumerate(lines):
+                    token_cells = _token_cells(row, position, csv_numbers=True) if tokens else []
                     for name, (values, average) in numeric.items():
                         writer.writerow([model, row.label, f"{row.ratio:g}", *([name] if extra else []),
-                                         *[_csv(v, name) for v in values], _csv(average, name)])
+                                         *[_csv(v, name) for v in values], _csv(average, name),
+                                         *(token_cells if name in ("ours",) else [""] * len(token_cells))])
             continue
-        header = ["Method", "R", *([""] if extra else []), *[display_name(t) for t in table.tasks], "Average (%)"]
+        header = ["Method", "R", *([""] if extra else []), *[display_name(t) for t in table.tasks], "Average (%)",
+                  *token_header]
         body = []
         for lines in groups:
             for position, (row, label, cells, average, _) in enumerate(lines):
                 lead = [row.label, f"{row.ratio:g}"] if position == 0 else ["", ""]
-                body.append((position, [*lead, *([label] if extra else []), *cells, average]))
-        legend = _legend(table, paper, table_ci)
+                token_cells = _token_cells(row, position) if tokens else []
+                body.append((position, [*lead, *([label] if extra else []), *cells, average, *token_cells]))
+        legend = _legend(table, paper, table_ci) + (token_legend(table) if tokens else [])
         if fmt == "latex":
             fixed = 3 if extra else 2
             out.write(f"% {model}\n\\begin{{tabular}}{{{'l' * fixed}{'r' * (len(header) - fixed)}}}\n\\toprule\n")
@@ -660,6 +689,42 @@ def render(tables: dict, fmt: str = "md", paper: PaperTable | None = None, ci: d
                 out.write("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |\n")
             out.write("\n" + "".join(f"{note}  \n" for note in legend) + ("\n" if legend else ""))
     return out.getvalue()
+
+
+# -- equal R, equal tokens: each row's layer-averaged ("equivalent") image tokens --------------------------
+
+TOKEN_COLUMNS = ("Eq. tokens", "Eq. share (%)")
+
+
+def equivalent_tokens(row: Row) -> tuple[float | None, float | None]:
+    """Mean over ``row``'s records of their mean equivalent image tokens and share (newlines counted;
+    ``gc2bench.models.adapter.EQUIVALENT_CONVENTION``); None where no record has them."""
+    tokens, shares = [], []
+    for record in row.records.values():
+        accounting = record.get("tokens") or {}
+        mean_tokens = (accounting.get("equivalent_image_tokens") or {}).get("mean")
+        mean_share = (accounting.get("equivalent_share") or {}).get("mean")
+        if mean_tokens is not None:
+            tokens.append(mean_tokens)
+        if mean_share is not None:
+            shares.append(mean_share)
+    return (sum(tokens) / len(tokens) if tokens else None,
+            100.0 * sum(shares) / len(shares) if shares else None)
+
+
+def _token_cells(row: Row, position: int, csv_numbers: bool = False) -> list:
+    if position:
+        return ["", ""]
+    tokens, share = equivalent_tokens(row)
+    if csv_numbers:
+        return ["" if v is None else f"{v:.2f}" for v in (tokens, share)]
+    return [_fmt(tokens), _fmt(share)]
+
+
+def token_legend(table: Table) -> list:
+    return ["Eq. tokens: image tokens entering each LLM layer at prefill, averaged over the layers and over the "
+            "row's benchmarks (vision-stage methods: the kept count; newlines counted); Eq. share: that / the "
+            "uncompressed image block, in %."]
 
 
 def _csv(value: float | None, name: str) -> str:
@@ -702,7 +767,7 @@ def load_tables(results_dir: str | Path, model: str | None = None) -> dict:
 
 
 def print_table(results_dir: str, fmt: str = "md", paper: str | None = None, ci: bool = False,
-                model: str | None = None, iterations: int = CI_ITERATIONS) -> int:
+                model: str | None = None, iterations: int = CI_ITERATIONS, tokens: bool = False) -> int:
     """The ``gc2bench table`` command: print the tables, notes on stderr; exit status."""
     try:
         published = read_paper(paper) if paper else None
@@ -718,7 +783,7 @@ def print_table(results_dir: str, fmt: str = "md", paper: str | None = None, ci:
             for warning in paper_warnings(table, published):
                 print(f"warning: {warning}", file=sys.stderr)
     intervals = {name: confidence_intervals(table, iterations) for name, table in tables.items()} if ci else None
-    sys.stdout.write(render(tables, fmt, published, intervals))
+    sys.stdout.write(render(tables, fmt, published, intervals, tokens=tokens))
     for table in tables.values():
         for note in dict.fromkeys(table.notes):
             print(f"note: {note}", file=sys.stderr)
