@@ -8,7 +8,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = REPO.parent / "shared"  # optional: only the drift checks read it
+DATA = REPO / "tests" / "data"
+
+
+def paper_table(name: str) -> Path:
+    """The repo's one copy of ``../shared/paper_tables/<name>``: an experiment folder's, else tests/data's."""
+    copies = [*REPO.glob(f"experiments/*/{name}"), *DATA.glob(name)]
+    if len(copies) != 1:
+        raise FileNotFoundError(f"expected one copy of {name} under experiments/*/ or tests/data/, found {copies}")
+    return copies[0]
 
 
 @pytest.fixture(scope="session")
