@@ -6,9 +6,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# One torch (OpenMP) thread in the test process and the runs it starts: the tiny models' ops gain nothing
+# from intra-op threads, and on a busy 2-core machine OpenMP's waiting workers made tests 7-10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = REPO.parent / "shared"  # optional: only the drift checks read it
+DATA = REPO / "tests" / "data"
+
+
+def paper_table(name: str) -> Path:
+    """The repo's one copy of ``../shared/paper_tables/<name>``: an experiment folder's, else tests/data's."""
+    copies = [*REPO.glob(f"experiments/*/{name}"), *DATA.glob(name)]
+    if len(copies) != 1:
+        raise FileNotFoundError(f"expected one copy of {name} under experiments/*/ or tests/data/, found {copies}")
+    return copies[0]
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""`gc2bench conformance globalcom2 FILE` on the shared reference vectors, and `bench selection`."""
+"""`gc2bench conformance globalcom2 FILE` on the reference vectors (tests/data, a copy of ../shared/vectors), and
+`bench selection`."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DATA
 from gc2bench.cli import main
 from gc2bench.compressors.conformance import run_conformance
 from gc2bench.efficiency.bench_selection import bench_selection
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "globalcom2_reference.json"
+REFERENCE = DATA / "globalcom2_reference.json"
 
 
 @pytest.fixture(scope="module")

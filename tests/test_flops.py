@@ -2,21 +2,19 @@
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 
+from conftest import paper_table
 from gc2bench.cli import main
 from gc2bench.efficiency.flops import (DecoderShape, FlopsInputError, decoder_shape, prefill_flops, sample_tflops,
                                        tokens_per_layer)
 from gc2bench.efficiency.presets import TEXT_PRESETS
 
-PAPER_TABLE = Path(__file__).resolve().parents[2] / "shared" / "paper_tables" / "tcsvt_table5_6_efficiency.csv"
+PAPER_TABLE = paper_table("tcsvt_table5_6_efficiency.csv")  # raises at collection when missing: never skipped
 
 
 def paper_rows():
-    if not PAPER_TABLE.is_file():  # collected at import: a missing table fails the run, it is not skipped
-        raise FileNotFoundError(f"{PAPER_TABLE} is missing")
     with PAPER_TABLE.open() as f:
         return list(csv.DictReader(f))
 

@@ -70,6 +70,7 @@ def test_simple_evaluate_with_the_model_name(cache_dir):
     assert "globalcom2" in output["config"]["model_args"]
 
 
+@pytest.mark.slow
 def test_lmms_eval_cli_runs_gc2bench_offline(cache_dir, tmp_path):
     import lmms_eval
 

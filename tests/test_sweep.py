@@ -38,6 +38,7 @@ def records_by_run(results):
 
 # -- the issue's "done when": kill a sweep mid-way, restart it ----------------------------------
 
+@pytest.mark.slow
 def test_a_killed_sweep_finishes_on_restart_with_each_run_done_once(tmp_path, cache_dir):
     results = tmp_path / "results"
     sweep = ["-m", "compressor=none,globalcom2,fastv", "ratio=0.5,0.25", "suite.limit=2", f"results_dir={results}"]
@@ -163,6 +164,7 @@ def test_a_failing_task_is_recorded_and_retried(tmp_path, cache_dir, monkeypatch
     assert read_record(record_path(run_dir, "pope"))["status"] == "done"
 
 
+@pytest.mark.slow
 def test_a_run_whose_model_cannot_load_does_not_stop_the_sweep(tmp_path, cache_dir):
     """Under submitit's local executor: real jobs, each in its own process."""
     results = tmp_path / "results"
@@ -180,6 +182,7 @@ def test_a_run_whose_model_cannot_load_does_not_stop_the_sweep(tmp_path, cache_d
     assert read_record(next(results.glob("tiny/none_*/pope.json")))["status"] == "done"
 
 
+@pytest.mark.slow
 def test_a_restarted_sweep_does_not_launch_finished_runs(tmp_path, cache_dir):
     """Under submitit's local executor (as on SLURM): finished runs get no job at all."""
     results = tmp_path / "results"
@@ -205,6 +208,7 @@ def test_a_restarted_sweep_does_not_launch_finished_runs(tmp_path, cache_dir):
     assert "sweep: 4 runs: 3 ran, 1 already done, 0 failed" in third.stdout
 
 
+@pytest.mark.slow
 def test_the_sweeper_launches_what_the_job_context_decides(tmp_path, cache_dir):
     """A results_dir that only the job can resolve, and a skipped task (no API key here), are launched."""
     results = tmp_path / "results"
@@ -262,6 +266,7 @@ CLAIM = ("import os, sys, time; from gc2bench.run import claim_gpu; print(claim_
          " flush=True); time.sleep(float(sys.argv[1]))")
 
 
+@pytest.mark.slow
 def test_each_worker_claims_its_own_gpu_and_waits_when_none_is_free(tmp_path):
     env = {**os.environ, "GC2BENCH_CLAIM_GPU": "1", "GC2BENCH_GPU_LOCKS": str(tmp_path), "CUDA_VISIBLE_DEVICES": "3,5"}
 
@@ -282,6 +287,7 @@ def test_each_worker_claims_its_own_gpu_and_waits_when_none_is_free(tmp_path):
         process.wait()
 
 
+@pytest.mark.slow
 def test_the_aaai_analyses_run_in_sweeps(tmp_path, cache_dir):
     """PruMerge over ratios and FastV over crop orders (issue 8): every run done once, distinct table rows."""
     results = tmp_path / "results"

@@ -75,6 +75,7 @@ def test_every_experiment_has_a_folder():
     assert all(any(name.startswith(folder.name) for folder in FOLDERS) for name in EXPERIMENTS)
 
 
+@pytest.mark.slow
 def test_an_experiment_runs_as_a_tiny_multirun_one_job_per_gpu(tmp_path, cache_dir):
     """TCSVT Table III's sweep on the tiny model and the smoke suite (two of its allocations: the command
     line narrows the experiment's sweep), two workers on two (pretend) GPUs: every job runs on one."""

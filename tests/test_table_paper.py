@@ -8,12 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SHARED
+from conftest import paper_table
 from gc2bench.results.records import record_path, run_dir, write_record
 from gc2bench.results.table import (MISSING, TableError, _latex, collect, confidence_intervals, print_table,
                                     read_paper, render, sample_set)
 
-PAPER_TABLES = SHARED / "paper_tables"
 TASK_OF = {"vqav2": "vqav2_val", "gqa": "gqa", "vizwiz": "vizwiz_vqa_val", "sqa": "scienceqa_img",
            "textvqa": "textvqa_val", "pope": "pope", "mme": "mme", "mmbench": "mmbench_en_dev",
            "mmbench_cn": "mmbench_cn_dev", "mmvet": "mmvet"}
@@ -73,7 +72,7 @@ def test_paper_numbers_and_exact_differences(tmp_path):
 
 
 def test_records_reproducing_a_published_table_differ_by_zero(tmp_path):
-    path = PAPER_TABLES / "tcsvt_table1_llava_next_7b.csv"
+    path = paper_table("tcsvt_table1_llava_next_7b.csv")
     published = list(csv.DictReader(path.open()))
     records = [record(row["method"], float(row["ratio"]), task, float(row[benchmark]))
                for row in published for benchmark, task in TASK_OF.items()]
@@ -89,7 +88,7 @@ def test_records_reproducing_a_published_table_differ_by_zero(tmp_path):
 def test_paper_average_over_a_subset_is_recomputed_and_marked(tmp_path):
     records = [record("none", 1.0, "gqa", 64.0), record("none", 1.0, "mme", 1500.0),
                record("fastv", 0.1, "gqa", 56.0), record("fastv", 0.1, "mme", 1300.0)]
-    text = render(collect(records), "md", read_paper(PAPER_TABLES / "tcsvt_table1_llava_next_7b.csv"))
+    text = render(collect(records), "md", read_paper(paper_table("tcsvt_table1_llava_next_7b.csv")))
     paper_average = (55.9 / 64.2 + 1282.9 / 1519.0) / 2 * 100
     assert line(text, "", "", "paper", "55.9", "1282.9", f"{paper_average:.1f}*")
     assert "* Average over the 2 benchmarks both tables have (GQA, MME); the paper's recomputed" in text
@@ -99,7 +98,7 @@ def test_ablation_table_rows_match_by_parameter():
     records = [record("none", 1.0, "textvqa_val", 61.3),
                record("globalcom2", 0.25, "textvqa_val", 58.0, {"allocation": "uniform", "token_score": "local"}),
                record("globalcom2", 0.25, "textvqa_val", 59.5, {"allocation": "softmax_sum", "token_score": "local"})]
-    text = render(collect(records), "md", read_paper(PAPER_TABLES / "tcsvt_table3_allocation_ablation.csv"))
+    text = render(collect(records), "md", read_paper(paper_table("tcsvt_table3_allocation_ablation.csv")))
     lines = text.splitlines()
     uniform = lines.index(next(x for x in lines if x.startswith("| globalcom2 (allocation=uniform)")))
     assert lines[uniform + 1].startswith("|  |  | paper | 58.8 |")
@@ -130,7 +129,7 @@ def test_cli_table_with_paper_and_model(tmp_path):
     for r in (record("none", 1.0, "gqa", 64.2), record("fastv", 0.5, "gqa", 61.0)):
         write_record(record_path(run_dir(tmp_path, "m", r["compressor"]["name"], r["compressor"]["params"]), "gqa"), r)
     command = [sys.executable, "-m", "gc2bench.cli", "table", str(tmp_path), "--format", "csv",
-               "--paper", str(PAPER_TABLES / "tcsvt_table1_llava_next_7b.csv"), "--model", "m"]
+               "--paper", str(paper_table("tcsvt_table1_llava_next_7b.csv")), "--model", "m"]
     rows = list(csv.reader(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()))
     assert ["m", "fastv", "0.5", "paper", "61.8", f"{100 * 61.8 / 64.2:.1f}"] in rows  # GQA only: recomputed
     unknown = subprocess.run(command[:-1] + ["other"], capture_output=True, text=True)

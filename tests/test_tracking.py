@@ -50,6 +50,7 @@ def test_off_by_default():
     assert compose_config().tracking == "none"
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_config_metrics_and_tables(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_config(f"results_dir={tmp_path / 'results'}", "compressor=globalcom2", "ratio=0.5",

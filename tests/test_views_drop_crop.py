@@ -296,6 +296,7 @@ def test_a_run_records_what_each_view_kept(tmp_path, cache_dir, model, overrides
             assert sample["ratio_convention"] == record["compressor"]["params"]["convention"]
 
 
+@pytest.mark.slow
 def test_a_sweep_over_ratios_runs_each_variant_once(tmp_path, cache_dir):
     results = tmp_path / "results"
     result = run_py("-m", "compressor=views,drop_crop", "views=thumbnail_only,crops_only",

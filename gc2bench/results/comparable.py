@@ -42,11 +42,17 @@ def _label(name: str, fields: dict, varying: list) -> str:
     return f"{name} · {', '.join(shown)}"
 
 
+# Suite-entry keys a table row may set on its own (an experiment's task_overrides: the papers ran TextVQA with
+# OCR tokens for some rows only); the table notes them per row instead of splitting the column.
+ROW_PROTOCOL_KEYS = ("ocr_tokens",)
+
+
 def _entry(record: dict):
     identity = record.get("identity")
-    if isinstance(identity, dict):
-        return json.dumps((identity.get("protocol") or {}).get("entry"), sort_keys=True, default=str)
-    return json.dumps(record.get("entry"), sort_keys=True, default=str)
+    entry = (identity.get("protocol") or {}).get("entry") if isinstance(identity, dict) else record.get("entry")
+    if isinstance(entry, dict):
+        entry = {key: value for key, value in entry.items() if key not in ROW_PROTOCOL_KEYS}
+    return json.dumps(entry, sort_keys=True, default=str)
 
 
 def _columns(records: list) -> list:
