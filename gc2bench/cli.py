@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir", metavar="DIR", help="a results directory (searched recursively for records)")
     p.add_argument("--format", choices=["md", "csv", "latex"], default="md")
     p.add_argument("--paper", metavar="FILE",
-                   help="a published table (CSV as in ../shared/paper_tables: ratio, method, benchmark columns, "
+                   help="a published table (CSV as in experiments/*/: ratio, method, benchmark columns, "
                         "average_pct): adds per row the paper's numbers and ours - paper")
     p.add_argument("--ci", action="store_true",
                    help="95%% confidence intervals of each score, of its difference to the uncompressed run and of "
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a compressor's selection in its default (reference) mode on every case "
                                    "of a vectors file and compare with the expected selection.")
     p.add_argument("method", choices=["globalcom2"])
-    p.add_argument("file", help="vectors JSON, e.g. ../shared/vectors/globalcom2_reference.json")
+    p.add_argument("file", help="vectors JSON, e.g. tests/data/globalcom2_reference.json (the authors' selection)")
     p.set_defaults(func=_conformance)
 
     p = sub.add_parser("inspect", help="one image through a model and compressor, as JSON",
