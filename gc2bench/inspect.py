@@ -79,8 +79,14 @@ def kept_title(compressor, counts: dict, stats, num_layers: int) -> str:
             f"newlines{share_without} · {with_newlines}")
 
 
-def _count_line(image_tokens: int, newlines: int, others: str = "") -> str:
-    return f"{image_tokens} image tokens + {newlines} newline{'s' if newlines != 1 else ''}{others}"
+def _count_line(sources, others: str = "") -> str:
+    """``sources`` [M]: "n image tokens (m merged, not drawn) + k newlines" and ``others``."""
+    from gc2bench.compressors.base import NEWLINE
+
+    summaries, newlines = int((sources < NEWLINE).sum()), int((sources == NEWLINE).sum())
+    merged = f" ({summaries} merged, not drawn)" if summaries else ""
+    return (f"{len(sources) - newlines} image tokens{merged} + {newlines} newline{'s' if newlines != 1 else ''}"
+            f"{others}")
 
 
 def kept_stages(adapter, compressor, stats) -> tuple[list, list[dict]]:
@@ -93,18 +99,16 @@ def kept_stages(adapter, compressor, stats) -> tuple[list, list[dict]]:
     """
     import torch
 
-    from gc2bench.compressors.base import NEWLINE, SEGMENT_RECYCLED
+    from gc2bench.compressors.base import NEWLINE, SEGMENT_RECYCLED, VIEW_SUMMARY
     from gc2bench.results.plots import KeptPanel
 
     layout, sources = adapter.last_selection[0]
-    summaries = int((sources < NEWLINE).sum())
     patches = int((sources >= 0).sum())
-    merged = f" + {summaries} merged (not drawn)" if summaries else ""
     budgets = stats.crop_budgets[0] if stats.crop_budgets else None
     ratio = compressor.params().get("ratio")
     panels, stages = [], []
     if adapter.pruner is None or patches < int((layout.packed_sources >= 0).sum()):
-        label = "vision stage: " + _count_line(patches + summaries, int((sources == NEWLINE).sum()), merged)
+        label = "vision stage: " + _count_line(sources)
         panels.append(KeptPanel(label, sources, budgets, ratio if budgets is not None else None))
     if adapter.pruner is None:
         return panels, stages
@@ -113,7 +117,7 @@ def kept_stages(adapter, compressor, stats) -> tuple[list, list[dict]]:
     if len(positions) != len(sources) or len(plan.kept_positions) != len(pruner.stages):
         raise RuntimeError(f"inspect: {len(positions)} image positions in the prompt for {len(sources)} kept "
                            f"sources, {len(plan.kept_positions)} recorded stages of {len(pruner.stages)}")
-    text = NEWLINE - 1 - layout.num_views   # below every real source and view summary
+    text = VIEW_SUMMARY - layout.num_views   # below every source and view summary: a text position
     source_at = torch.full((plan.image.shape[1],), text, dtype=torch.long)
     source_at[positions] = sources
     segment_budgets = plan.segment_budgets[0].tolist() if plan.segment_budgets is not None else None
@@ -128,11 +132,10 @@ def kept_stages(adapter, compressor, stats) -> tuple[list, list[dict]]:
         counts = {"layers": [stage.prune_layer, last], "image_tokens": int((kept != NEWLINE).sum()),
                   "newline_tokens": int((kept == NEWLINE).sum()), "recycled_tokens": recycled}
         stages.append(counts)
-        others = (f" + {recycled} recycled (not drawn)" if recycled else "") + merged
+        others = f" + {recycled} recycled (not drawn)" if recycled else ""
         if pruner.reselect:
             others += " at prefill (decode=reselect: each generated token selects anew)"
-        label = f"LLM {layers} (stage {number + 1}): " + _count_line(counts["image_tokens"], counts["newline_tokens"],
-                                                                      others)
+        label = f"LLM {layers} (stage {number + 1}): " + _count_line(kept, others)
         panels.append(KeptPanel(label, kept, None if segment_budgets is None else segment_budgets[1:],
                                 None if segment_budgets is None else segment_budgets[0]))
     return panels, stages

@@ -71,6 +71,14 @@ def test_vision_stage_title_counts_newlines_apart_and_crops_show_their_budgets(p
     assert kept_cells(thumbnail) == 4 and kept_cells(crops) == 6
 
 
+def test_merged_view_summaries_are_counted_but_not_drawn(photo, tmp_path):
+    report, figure = picture(photo, tmp_path, "compressor=prumerge")
+    [(label, (thumbnail, crops))] = rows_of(figure)
+    views = len(report["kept_per_view"])  # one merged summary per view here
+    assert label == f"vision stage: {sum(report['kept_per_view'])} image tokens ({views} merged, not drawn) + 0 newlines"
+    assert kept_cells(thumbnail) + kept_cells(crops) == sum(report["kept_per_view"]) - views
+
+
 @pytest.mark.parametrize("decode", ["reselect", "static"])
 def test_fastv_picture_shows_what_the_decoder_kept_titled_with_the_layer_average(photo, tmp_path, decode):
     report, figure = picture(photo, tmp_path, "compressor=fastv", f"fastv.decode={decode}")
