@@ -8,6 +8,10 @@ other argument is a Hydra override of the run config (conf/config.yaml), exactly
 ``prompt`` is rendered as the evaluation protocol renders a benchmark question (``protocol=``,
 else ``suite.protocol``; docs/protocols.md); the report shows the rendered ``prompt`` and what the
 checkpoint's own chat template would have made of it (``checkpoint_prompt``).
+
+``viz=PATH`` draws what entered the LLM: the vision-stage selection, and for an LLM-stage method one
+row per pruning stage (what the decoder kept from that layer on), titled with the records'
+equivalent image tokens (``EQUIVALENT_CONVENTION``) without and with the newline tokens.
 """
 
 from __future__ import annotations

@@ -82,8 +82,9 @@ def _view_counts(kept_sources, layout) -> np.ndarray:
 
 
 def kept_tokens_figure(image: Image.Image, layout, panels: list[KeptPanel], title: str = ""):
-    """The matplotlib ``Figure`` of ``draw_kept_tokens``: per panel a row (thumbnail, crop grid), tokens
-    the stage dropped greyed out, padding darker, each view labelled kept / total (and its budget)."""
+    """Which tokens entered the LLM, as a matplotlib ``Figure``: per panel a row (thumbnail, crop grid),
+    tokens the stage dropped greyed out, padding darker, each view labelled kept / its tokens (and its
+    budget), a legend below. image: the original RGB image; layout: its AnyRes layout."""
     from matplotlib.patches import Patch
 
     pps, n_tok = layout.patches_per_side, layout.tokens_per_view
