@@ -2,12 +2,10 @@
 
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from gc2bench.cli import main
-from gc2bench.results.plots import CROP_PIXELS, GAP
 
 KEYS = {"visual_tokens_before", "visual_tokens_kept", "newline_tokens", "kept_per_view", "crop_budgets", "answer"}
 
@@ -45,12 +43,6 @@ def test_inspect_prints_json_and_draws_the_kept_tokens(capsys, cache_dir, photo,
     with Image.open(figure) as image:
         rows, cols = report["grid"]
         assert image.width > 224 * (1 + cols) and image.height > 224 * rows
-        pixels = np.asarray(image.convert("RGB")).astype(int)
-    # The thumbnail panel (224 px, 4x4 patches of 56 px) sits at (16, 16 + 24): count greyed cells.
-    cell = CROP_PIXELS // 4
-    centres = [pixels[GAP + 24 + cell * r + cell // 2, GAP + cell * c + cell // 2] for r in range(4) for c in range(4)]
-    greyed = sum(1 for rgb in centres if rgb[1] > 100)
-    assert greyed == 16 - report["kept_per_view"][0]
 
 
 def test_inspect_errors_name_the_bad_value(capsys, cache_dir, tmp_path):

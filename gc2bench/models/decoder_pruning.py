@@ -128,6 +128,9 @@ class PrefillPlan:
     # Per stage, [B, L_s] long: the segment id of every position of the sequence after it (view 0 thumbnail,
     # 1 + j crop j, SEGMENT_NEWLINE, SEGMENT_RECYCLED; SEGMENT_TEXT at text and padding). Filled at prefill.
     kept_segments: list = field(default_factory=list)
+    # Per stage, [B, L_s] long: the prompt position of every position of that sequence (-1 at recycled
+    # tokens, padding and, with decode=reselect, the masked image tokens). Filled at prefill.
+    kept_positions: list = field(default_factory=list)
 
 
 class DecoderPruner:
@@ -205,6 +208,7 @@ class DecoderPruner:
             self._pending = {}
             self.plan.records = []
             self.plan.kept_segments = []
+            self.plan.kept_positions = []
             self.plan.image_tokens_per_layer = torch.zeros(len(self.layers), hidden.shape[0], dtype=torch.long,
                                                            device=hidden.device)
         replacing = False
@@ -380,9 +384,11 @@ class DecoderPruner:
         if self.reselect:
             self._mask_out(state.image & ~keep)
             self.plan.kept_segments.append(torch.where(self.state.masked, SEGMENT_TEXT, self.state.segment))
+            self.plan.kept_positions.append(self.state.original_index.masked_fill(self.state.masked, -1))
             return hidden
         hidden = self._rebuild(hidden, keep, recycled)
         self.plan.kept_segments.append(self.state.segment)
+        self.plan.kept_positions.append(self.state.original_index)
         return hidden
 
     def _mask_out(self, masked: torch.Tensor) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from gc2bench.results.table import (BASELINE, NOT_VARIANT_PARAMS, TableError, display_name, frozen,
                                     load_tables)
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
     import torch
 
 CROP_PIXELS = 224      # display size of one crop / of the thumbnail
-GAP = 16
 DROPPED_GREY = 200
 PAD_GREY = 90
 
@@ -51,66 +51,119 @@ def patch_sources(layout) -> np.ndarray:
     return sources
 
 
-def _grid_lines(draw: ImageDraw.ImageDraw, origin: tuple[int, int], rows: int, cols: int, size: int) -> None:
-    x0, y0 = origin
-    for r in range(rows + 1):
-        draw.line([(x0, y0 + r * size), (x0 + cols * size, y0 + r * size)], fill=(255, 255, 255), width=2)
-    for c in range(cols + 1):
-        draw.line([(x0 + c * size, y0), (x0 + c * size, y0 + rows * size)], fill=(255, 255, 255), width=2)
+@dataclass
+class KeptPanel:
+    """One row of the kept-token picture: ``label`` over it; ``kept_sources`` [M] the token sources that
+    stage kept (NEWLINE and view summaries are not drawn); ``crop_budgets`` per crop, drawn on each."""
+
+    label: str
+    kept_sources: "torch.Tensor"
+    crop_budgets: list[float] | None = None
+    thumbnail_budget: float | None = None
 
 
-def draw_kept_tokens(image: Image.Image, layout, kept_sources: torch.Tensor, path: str | Path,
-                     title: str = "") -> Path:
-    """Thumbnail and crop grid side by side; discarded tokens greyed out, padding darker.
+KEPT_LEGEND = ("kept (image shown)", "dropped", "padding (no token)")
 
-    image: the original RGB image; layout: its AnyRes layout; kept_sources: [M] token sources
-    (NEWLINE entries ignored). Returns the written PNG path.
-    """
+
+def _view_totals(layout) -> np.ndarray:
+    """[num_views] tokens of each view in the uncompressed packing (a crop's unpadded tokens)."""
+    from gc2bench.compressors.base import source_views
+
+    packed = layout.packed_sources
+    return np.bincount(source_views(packed[packed >= 0], layout.tokens_per_view).numpy(),
+                       minlength=layout.num_views)
+
+
+def _view_counts(kept_sources, layout) -> np.ndarray:
+    from gc2bench.compressors.base import source_views
+
+    patches = kept_sources[kept_sources >= 0]
+    return np.bincount(source_views(patches, layout.tokens_per_view).numpy(), minlength=layout.num_views)
+
+
+def kept_tokens_figure(image: Image.Image, layout, panels: list[KeptPanel], title: str = ""):
+    """Which tokens entered the LLM, as a matplotlib ``Figure``: per panel a row (thumbnail, crop grid),
+    tokens the stage dropped greyed out, padding darker, each view labelled kept / its tokens (and its
+    budget), a legend below. image: the original RGB image; layout: its AnyRes layout."""
+    from matplotlib.patches import Patch
+
     pps, n_tok = layout.patches_per_side, layout.tokens_per_view
-    kept = set(int(s) for s in kept_sources.tolist() if s >= 0)
-    cell = CROP_PIXELS / pps
-
-    thumbnail = np.asarray(image.convert("RGB").resize((CROP_PIXELS, CROP_PIXELS), Image.BICUBIC)).copy()
-    thumb_keep = np.array([p in kept for p in range(n_tok)]).reshape(pps, pps)
-    _shade(thumbnail, thumb_keep, cell, DROPPED_GREY)
-
-    panels = [Image.fromarray(thumbnail)]
-    grid_size = None
+    view_pixels = max(CROP_PIXELS, 12 * pps)
+    cell = view_pixels / pps
+    rows, cols = layout.grid if layout.num_crops else (1, 0)
+    thumbnail = np.asarray(image.convert("RGB").resize((view_pixels, view_pixels), Image.BICUBIC))
+    crops = sources = None
     if layout.num_crops:
-        rows, cols = layout.grid
-        height, width = rows * CROP_PIXELS, cols * CROP_PIXELS
+        height, width = rows * view_pixels, cols * view_pixels
         scale = min(width / image.width, height / image.height)
         resized = image.convert("RGB").resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                                               Image.BICUBIC)
         canvas = Image.new("RGB", (width, height), (0, 0, 0))
         canvas.paste(resized, ((width - resized.width) // 2, (height - resized.height) // 2))
-        crops = np.asarray(canvas).copy()
-        sources = patch_sources(layout)
-        crop_keep = np.isin(sources, np.array(sorted(kept), dtype=np.int64))
-        inside = sources >= 0
-        _shade(crops, crop_keep | ~inside, cell, DROPPED_GREY)
-        _shade(crops, inside, cell, PAD_GREY, mask=~inside)
-        panels.append(Image.fromarray(crops))
-        grid_size = (rows, cols)
+        crops, sources = np.asarray(canvas), patch_sources(layout)
+    totals = _view_totals(layout)
 
-    header = 24 if title else 0
-    total_width = sum(p.width for p in panels) + GAP * (len(panels) + 1)
-    total_height = max(p.height for p in panels) + 2 * GAP + header
-    figure = Image.new("RGB", (total_width, total_height), (255, 255, 255))
-    draw = ImageDraw.Draw(figure)
+    inch = view_pixels / 100
+    figure = _new_figure(inch * (1 + cols) + 0.4, (inch * rows + 0.45) * len(panels) + 0.6 + 0.2 * title.count("\n"))
+    rows_of_panels = figure.subfigures(len(panels), 1, squeeze=False)[:, 0]
+    for panel, sub in zip(panels, rows_of_panels):
+        sub.suptitle(panel.label, fontsize=8, x=0.01, ha="left")
+        counts = _view_counts(panel.kept_sources, layout)
+        kept = panel.kept_sources[panel.kept_sources >= 0].numpy()
+        thumb = thumbnail.copy()
+        _shade(thumb, np.isin(np.arange(n_tok), kept).reshape(pps, pps), cell, DROPPED_GREY)
+        axes_row = sub.subplots(1, 2 if cols else 1, width_ratios=[1, cols] if cols else None, squeeze=False)[0]
+        axes = axes_row[0]
+        axes.imshow(thumb, interpolation="nearest")
+        axes.set_anchor("N")
+        axes.set_title("thumbnail", fontsize=7, loc="left")
+        budget = "" if panel.thumbnail_budget is None else f"R={panel.thumbnail_budget:.2f} · "
+        _view_label(axes, 0, 0, f"{budget}{counts[0]}/{totals[0]}")
+        _bare(axes)
+        if not cols:
+            continue
+        canvas = crops.copy()
+        inside = sources >= 0
+        _shade(canvas, np.isin(sources, kept) | ~inside, cell, DROPPED_GREY)
+        _shade(canvas, inside, cell, PAD_GREY, mask=~inside)
+        axes = axes_row[1]
+        axes.imshow(canvas, interpolation="nearest")
+        axes.set_anchor("N")
+        axes.set_title(f"{rows}×{cols} crops", fontsize=7, loc="left")
+        for r in range(1, rows):
+            axes.axhline(r * view_pixels - 0.5, color="white", linewidth=1.5)
+        for c in range(1, cols):
+            axes.axvline(c * view_pixels - 0.5, color="white", linewidth=1.5)
+        for crop in range(layout.num_crops):
+            r, c = divmod(crop, cols)
+            budget = ("" if panel.crop_budgets is None or crop >= len(panel.crop_budgets)
+                      else f"r{crop + 1}={panel.crop_budgets[crop]:.2f} · ")
+            _view_label(axes, c * view_pixels, r * view_pixels, f"{budget}{counts[1 + crop]}/{totals[1 + crop]}")
+        _bare(axes)
+    shades = [(1.0, 1.0, 1.0), (DROPPED_GREY / 255,) * 3, (0.8 * PAD_GREY / 255,) * 3]  # padding is over black
+    figure.legend(handles=[Patch(facecolor=colour, edgecolor="black", label=label)
+                           for colour, label in zip(shades, KEPT_LEGEND)],
+                  loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     if title:
-        draw.text((GAP, GAP // 2), title, fill=(0, 0, 0))
-    x = GAP
-    for index, panel in enumerate(panels):
-        figure.paste(panel, (x, GAP + header))
-        if index == 0:
-            _grid_lines(draw, (x, GAP + header), 1, 1, CROP_PIXELS)
-        elif grid_size:
-            _grid_lines(draw, (x, GAP + header), *grid_size, CROP_PIXELS)
-        x += panel.width + GAP
+        figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def _bare(axes) -> None:
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def _view_label(axes, x: float, y: float, text: str) -> None:
+    axes.text(x + 4, y + 4, text, fontsize=7, va="top", ha="left",
+              bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5})
+
+
+def draw_kept_tokens(path: str | Path, figure) -> Path:
+    """Write a ``kept_tokens_figure`` as a PNG at ``path``; returns it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.save(path)
+    figure.savefig(path)
     return path
 
 
