@@ -283,8 +283,10 @@ def run(cfg: DictConfig, label: str = "") -> list[dict]:
     Returns the records written (done, or skipped with a reason such as a missing API key);
     raises ``RunFailed`` after the last task if any failed.
     """
+    from gc2bench.evaluation.progress import quiet_lmms_eval_logging
     from gc2bench.results.tracking import check_tracking
 
+    quiet_lmms_eval_logging()
     validate(cfg)
     check_tracking(cfg)
     entries = suite_entries(cfg)
@@ -294,7 +296,8 @@ def run(cfg: DictConfig, label: str = "") -> list[dict]:
     directory = run_dir(cfg.results_dir, cfg.model.name, compressor.name, params, model=identity["model"])
     rank, world_size = data_parallel_rank()
     head = " ".join(filter(None, [label, f"{cfg.model.name} · {compressor.name} r={params.get('ratio', 1.0):g}"]))
-    print(f"{head} → {directory}", flush=True)
+    if rank == 0:   # under torchrun, one header per run
+        print(f"{head} → {directory}", flush=True)
     CURRENT_RUN["directory"] = directory
     _note_legacy_records(cfg, compressor, directory)
     with run_lock(directory) if rank == 0 else contextlib.nullcontext():
@@ -375,7 +378,8 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
     try:
         for index, entry in enumerate(todo, 1):
             task_head = f"{head} · task {index}/{len(todo)} {entry['task']}"
-            print(f"{task_head} …", flush=True)
+            if rank == 0:
+                print(f"{task_head} …", flush=True)
             started_at, hits = _now(), cache.hits
             started = time.perf_counter()
             outputs = directory / "outputs" / entry["task"]  # submission files some tasks write
@@ -602,19 +606,22 @@ def build_model(cfg: DictConfig, compressor):
 
 
 def print_summary(records: list[dict]) -> None:
-    header = f"{'task':<14} {'metric':<16} {'score':>7}  {'visual tokens before → kept':>40}  {'prefill ms':>10}"
-    print(header)
+    """One aligned row per done task: metric, score, visual tokens before → kept, median prefill ms."""
+    rows = [("task", "metric", "score", "visual tokens before → kept", "prefill ms")]
     for r in records:
         before, kept = r["tokens"]["visual_tokens_before"], r["tokens"]["visual_tokens_kept"]
         prefill = r["efficiency"]["prefill_ms"]
         score = r["metrics"]["score"]
-        score = "–" if score is None else f"{score:.2f}"
         tokens = f"{before['mean']:.1f} → {kept['mean']:.1f}" if before and kept else "–"
         averaged = r["tokens"].get("layer_averaged_image_tokens")
         if averaged:
             tokens += f" (layer avg {averaged['mean']:.1f})"
-        prefill = "–" if not prefill else f"{prefill['median']:.2f}"
-        print(f"{r['task']:<14} {r['metrics']['metric']:<16} {score:>7}  {tokens:>40}  {prefill:>10}")
+        rows.append((r["task"], r["metrics"]["metric"], "–" if score is None else f"{score:.2f}", tokens,
+                     "–" if not prefill else f"{prefill['median']:.2f}"))
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}  "
+              f"{row[4]:>{widths[4]}}")
     failed = sum(r["efficiency"]["failed_samples"] for r in records)
     if failed:
         print(f"{failed} sample(s) failed; see `failures` in the records")

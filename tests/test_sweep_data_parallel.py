@@ -27,6 +27,8 @@ def test_a_torchrun_run_matches_a_single_process_run(tmp_path, cache_dir):
                                "run.py", *overrides, f"results_dir={tmp_path / 'parallel'}"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=600)
     assert parallel.returncode == 0, parallel.stdout[-3000:] + parallel.stderr[-3000:]
+    headers = [line for line in parallel.stdout.splitlines() if line.startswith("tiny · globalcom2 r=0.5 → ")]
+    assert len(headers) == 1   # rank 0 only
     single = subprocess.run([sys.executable, "run.py", *overrides, f"results_dir={tmp_path / 'single'}"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]

@@ -21,6 +21,8 @@ import traceback
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
+from gc2bench.evaluation.progress import progress_stream
+
 from gc2bench.evaluation.images import decode_images, strict_decoding
 from gc2bench.evaluation.protocols import get_protocol, prompting_record
 
@@ -59,7 +61,8 @@ class GC2BenchLMM(lmms):
     def generate_until(self, requests) -> list[str]:
         answers: list[str | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: (str(requests[i].args[1]), i))
-        progress = tqdm(total=len(requests), desc="gc2bench generate", disable=self.rank != 0)
+        progress = tqdm(total=len(requests), desc="gc2bench generate", disable=self.rank != 0,
+                        file=progress_stream(), dynamic_ncols=True)
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             kwargs = dict(requests[batch[0]].args[1])

@@ -37,6 +37,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from gc2bench.config import ConfigError
+from gc2bench.evaluation.progress import quiet_lmms_eval_logging, task_progress
 from gc2bench.evaluation.fixtures import COMPANIONS, build_fixture, fixture_digest, fixture_split
 from gc2bench.evaluation.images import undecoded_features
 
@@ -193,6 +194,7 @@ def task_manager():
     """lmms-eval's task index (building it scans every task YAML: seconds), once per process."""
     from lmms_eval.tasks import TaskManager
 
+    quiet_lmms_eval_logging()
     return TaskManager()
 
 
@@ -385,10 +387,11 @@ def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0,
         start = time.perf_counter()
         # Scoring reads documents without decoding their images (lmms-eval's CLI default), so an
         # unreadable image fails its own sample only.
-        output = simple_evaluate(model=lm, tasks=[task], task_manager=task_manager(), limit=limit,
-                                 log_samples=True, random_seed=seed, numpy_random_seed=seed,
-                                 torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
-                                 cli_args=args, distributed_executor_backend=executor_backend())
+        with task_progress():
+            output = simple_evaluate(model=lm, tasks=[task], task_manager=task_manager(), limit=limit,
+                                     log_samples=True, random_seed=seed, numpy_random_seed=seed,
+                                     torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
+                                     cli_args=args, distributed_executor_backend=executor_backend())
         wall_s = time.perf_counter() - start
         if output is None:  # a data-parallel rank other than 0: rank 0 aggregates and reports
             return None
