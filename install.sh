@@ -15,10 +15,12 @@
 #   so on CPU machines it is left out and `pip check` reports that lmms-eval and timm require it.
 # - Everything else: uv (pinned below) installs the lock with --no-deps, so nothing can swap torch.
 set -euo pipefail
-cd "$(dirname "$0")"
 started=$SECONDS
 PYTHON=${PYTHON:-python}
-PYTHON=$(command -v "$PYTHON")
+found=$(command -v "$PYTHON") \
+  || { echo "install.sh: no $PYTHON on PATH (activate a venv, or PYTHON=python3 bash install.sh)" >&2; exit 1; }
+PYTHON="$(cd "$(dirname "$found")" && pwd)/$(basename "$found")"   # absolute, resolved before the cd below
+cd "$(dirname "$0")"
 LOCK=gc2bench/requirements-lock.txt
 UV_VERSION=0.13.9
 torch_pin=$(sed -n 's/^# torch==//p' "$LOCK")

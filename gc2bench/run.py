@@ -27,8 +27,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gc2bench.config import ConfigError, validate
-from gc2bench.results.identity import checkpoint, incomplete, mismatch, record_identity, run_identity, task_protocol
-from gc2bench.results.records import (AnswerCache, CachingAdapter, environment, git_commit, package_versions,
+from gc2bench.results.identity import (checkpoint, directory_protocol, incomplete, mismatch, record_identity,
+                                       run_identity, task_protocol)
+from gc2bench.results.records import (AnswerCache, CacheWriteError, CachingAdapter, environment, git_commit, package_versions,
                                       params_digest, read_record, record_path, remove_orphaned_tmp, run_dir, run_lock,
                                       write_record)
 
@@ -293,7 +294,8 @@ def run(cfg: DictConfig, label: str = "") -> list[dict]:
     compressor = build_compressor(cfg)
     params = compressor.params()
     identity = run_identity(cfg)
-    directory = run_dir(cfg.results_dir, cfg.model.name, compressor.name, params, model=identity["model"])
+    directory = run_dir(cfg.results_dir, cfg.model.name, compressor.name, params, model=identity["model"],
+                        protocol=directory_protocol(cfg))
     rank, world_size = data_parallel_rank()
     head = " ".join(filter(None, [label, f"{cfg.model.name} · {compressor.name} r={params.get('ratio', 1.0):g}"]))
     if rank == 0:   # under torchrun, one header per run
@@ -394,6 +396,8 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
                     records.append(_write_skipped(directory, entry, skipped.reason, common,
                                                   _identity(cfg, identity, entry)))
                 continue
+            except CacheWriteError:
+                raise
             except Exception as error:
                 print(f"{task_head}: failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
                 if rank == 0:
@@ -479,7 +483,7 @@ def run_directory(cfg: DictConfig) -> Path | None:
         validate(cfg)
         compressor = build_compressor(cfg)
         return run_dir(cfg.results_dir, cfg.model.name, compressor.name, compressor.params(),
-                       model=run_identity(cfg)["model"])
+                       model=run_identity(cfg)["model"], protocol=directory_protocol(cfg))
     except Exception:
         return None
 
@@ -499,18 +503,29 @@ def run_is_finished(cfg: DictConfig) -> bool:
         return False
 
 
+def _write_unless_done(directory: Path, record: dict) -> None:
+    """Write a failed / skipped ``record`` unless a done record is there: a later attempt that fails (its
+    checkpoint missing on this machine, say) never replaces finished numbers."""
+    path = record_path(directory, record["task"])
+    existing = read_record(path)
+    if isinstance(existing, dict) and existing.get("status") == "done":
+        print(f"kept the done record {path}; this attempt is not recorded over it ({record['status']})", flush=True)
+        return
+    write_record(path, record)
+
+
 def _write_failed(directory: Path, entry: dict, error: BaseException, common: dict, identity: dict) -> dict:
     record = {**common, "task": entry["task"], "identity": identity, "metrics": None, "tokens": None, "efficiency": None,
               "status": "failed", "error": f"{type(error).__name__}: {error}",
               "traceback": traceback.format_exc(limit=8), "timing": {"finished": _now()}}
-    write_record(record_path(directory, entry["task"]), record)
+    _write_unless_done(directory, record)
     return record
 
 
 def _write_skipped(directory: Path, entry: dict, reason: str, common: dict, identity: dict) -> dict:
     record = {**common, "task": entry["task"], "identity": identity, "metrics": None, "tokens": None, "efficiency": None,
               "status": "skipped", "reason": reason, "timing": {"finished": _now()}}
-    write_record(record_path(directory, entry["task"]), record)
+    _write_unless_done(directory, record)
     return record
 
 

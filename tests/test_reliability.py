@@ -69,11 +69,15 @@ def test_any_model_key_is_another_run_directory(finished, change):
         assert not run_is_finished(compose(*overrides, change))
 
 
-@pytest.mark.parametrize("change", ["suite.protocol=llava_eval", "suite.limit=3", "seed=1", "suite.tasks.0.scale=1"])
-def test_any_suite_key_that_scores_counts_in_the_task_key(finished, change):
+@pytest.mark.parametrize("change, own_directory", [("suite.protocol=llava_eval", True), ("suite.limit=3", True),
+                                                   ("seed=1", True), ("suite=paper10_fixtures", True),
+                                                   ("suite.tasks.0.scale=1", False)])
+def test_any_suite_key_that_scores_counts_in_the_task_key(finished, change, own_directory):
+    """Suite-level keys and the seed give the run its own directory (a quick suite.limit check never writes over
+    the full run's records); a task entry's key redoes that task's record."""
     _, overrides, _ = finished
     assert run_is_finished(compose(*overrides))
-    assert run_directory(compose(*overrides, change)) == run_directory(compose(*overrides))
+    assert (run_directory(compose(*overrides, change)) != run_directory(compose(*overrides))) is own_directory
     assert not run_is_finished(compose(*overrides, change))
     assert run_is_finished(compose(*overrides, "suite.batch_size=2"))  # how many at once does not score
 
@@ -548,3 +552,29 @@ def test_a_truncated_image_decoded_by_datasets_raises_while_answering(cache_dir)
     with pytest.raises(OSError, match="truncated"), strict_decoding():
         rows[0]  # the row access in GC2BenchLMM._answer decodes it
     assert ImageFile.LOAD_TRUNCATED_IMAGES
+
+
+def test_a_failed_or_skipped_attempt_never_replaces_a_done_record(finished, capsys):
+    from gc2bench.run import _write_failed, _write_skipped
+
+    _, overrides, _ = finished
+    directory = run_directory(compose(*overrides))
+    before = read_record(record_path(directory, "pope"))
+    assert before["status"] == "done"
+    try:
+        raise RuntimeError("model.path=llava-hf/x: not on this machine")
+    except RuntimeError as error:
+        _write_failed(directory, {"task": "pope"}, error, {}, {})
+    _write_skipped(directory, {"task": "pope"}, "no API key", {}, {})
+    assert read_record(record_path(directory, "pope")) == before
+    assert capsys.readouterr().out.count("kept the done record") == 2
+
+
+def test_an_unwritable_answer_cache_stops_the_run_not_a_sample(tmp_path):
+    from gc2bench.results.records import AnswerCache, CacheWriteError
+
+    (tmp_path / "file").write_text("")
+    cache = AnswerCache(tmp_path / "file")   # a file where the run directory should be
+    with pytest.raises(CacheWriteError) as raised:
+        cache.put("k", {"answer": "yes"})
+    assert "answer cache" in str(raised.value) and raised.value.errno

@@ -85,13 +85,14 @@ def test_the_baseline_runs_once_whatever_the_ratio(tmp_path, cache_dir):
                               "suite.limit=1")) == []
 
 
-def test_a_record_made_with_another_limit_or_protocol_is_redone(tmp_path, cache_dir, capsys):
+def test_another_limit_runs_apart_and_another_entry_is_redone(tmp_path, cache_dir, capsys):
     overrides = [f"results_dir={tmp_path}", "tasks=[pope]"]
-    assert len(run(compose_config(*overrides, "suite.limit=1"))) == 1
+    [first] = run(compose_config(*overrides, "suite.limit=1"))
     assert run(compose_config(*overrides, "suite.limit=1")) == []
-    redone = run(compose_config(*overrides, "suite.limit=2"))
-    assert redone[0]["efficiency"]["samples"] == 2 and redone[0]["limit"] == 2
-    assert "redo pope: its record was made with suite.limit=1 (now 2)" in capsys.readouterr().out
+    [other] = run(compose_config(*overrides, "suite.limit=2"))   # its own directory: the limit=1 record stays
+    assert other["efficiency"]["samples"] == 2 and other["limit"] == 2
+    assert len(list(tmp_path.rglob("pope.json"))) == 2
+    assert run(compose_config(*overrides, "suite.limit=1")) == []
     assert len(run(compose_config(*overrides, "suite.limit=2", "suite.tasks.0.scale=1"))) == 1
     assert "redo pope: its record was made with the suite entry" in capsys.readouterr().out
 

@@ -22,6 +22,7 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from gc2bench.evaluation.progress import progress_stream
+from gc2bench.results.records import CacheWriteError
 
 from gc2bench.evaluation.images import decode_images, strict_decoding
 from gc2bench.evaluation.protocols import get_protocol, prompting_record
@@ -109,6 +110,8 @@ class GC2BenchLMM(lmms):
                 images.append(list(visuals))
             gen_kwargs, until = self.protocol.generate_kwargs(task, requests[indices[0]].args[1])
             results = self.adapter.generate(texts, images, protocol=self.protocol.name, **gen_kwargs)
+        except CacheWriteError:
+            raise
         except Exception as error:
             if len(indices) > 1:  # isolate the failing sample
                 for i in indices:

@@ -37,6 +37,11 @@ def model_config(cfg) -> dict:
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 
+def directory_protocol(cfg) -> dict:
+    """What besides compressor and model keys a run directory: the suite, its scoring keys and the seed."""
+    return {"suite": cfg.suite.get("name"), "suite_keys": suite_protocol(cfg), "seed": cfg.seed}
+
+
 def suite_protocol(cfg) -> dict:
     """The suite-level keys that change a score (``limit``, a suite's ``protocol``, …), resolved."""
     from omegaconf import OmegaConf

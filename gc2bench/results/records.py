@@ -33,11 +33,16 @@ def params_digest(params: dict) -> str:
 
 
 def run_dir(results_dir: str | Path, model_name: str, compressor_name: str, params: dict,
-            model: dict | None = None) -> Path:
-    """``<results_dir>/<model name>/<compressor>_r<ratio>_<hash>``: a hash of all compressor parameters
-    and of every key of the ``model`` config (so another seed, path, dtype, … is another directory)."""
+            model: dict | None = None, protocol: dict | None = None) -> Path:
+    """``<results_dir>/<model name>/<compressor>_r<ratio>_<hash>``: a hash of all compressor parameters, of
+    every key of the ``model`` config (another seed, path, dtype, … is another directory) and of the run's
+    ``protocol`` (suite, its scoring keys, seed: ``identity.directory_protocol``), so runs that score
+    differently never share (and overwrite) one record file."""
     ratio = params.get("ratio", 1.0)
-    key = params_digest(params) if model is None else params_digest({"compressor": params, "model": model})
+    if model is None and protocol is None:
+        key = params_digest(params)
+    else:
+        key = params_digest({"compressor": params, "model": model, **({"protocol": protocol} if protocol else {})})
     return Path(results_dir) / model_name / f"{compressor_name}_r{ratio:g}_{key}"
 
 
@@ -200,6 +205,10 @@ def run_lock(directory: str | Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class CacheWriteError(OSError):
+    """The answer cache could not be written (a full disk, a read-only directory): the run stops."""
+
+
 class AnswerCache:
     """Answers with their per-sample stats, appended (and fsynced) to a JSONL file as they are made.
 
@@ -237,6 +246,12 @@ class AnswerCache:
         return entry
 
     def put(self, key: str, entry: dict) -> None:
+        try:
+            self._append(key, entry)
+        except OSError as error:   # not a sample's failure: the run cannot keep what it computes
+            raise CacheWriteError(error.errno, f"{error.strerror} (the answer cache)", str(self.path)) from error
+
+    def _append(self, key: str, entry: dict) -> None:
         entry = {"key": key, **entry}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab+") as file:
