@@ -70,21 +70,25 @@ def test_simple_evaluate_with_the_model_name(cache_dir):
     assert "globalcom2" in output["config"]["model_args"]
 
 
-@pytest.mark.slow
-def test_lmms_eval_cli_runs_gc2bench_offline(cache_dir, tmp_path):
+def lmms_eval_cli_on_pope(tmp_path, cache_dir, task: str, data_file) -> subprocess.CompletedProcess:
+    """``python -m lmms_eval --model gc2bench`` on a POPE task (lmms-eval's own yaml) reading ``data_file``."""
     import lmms_eval
 
     pope_yaml = Path(lmms_eval.__file__).parent / "tasks" / "pope" / "pope.yaml"
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / "gc2bench_fixture_pope.yaml").write_text(
-        f"task: gc2bench_fixture_pope\ninclude: {pope_yaml}\ndataset_path: parquet\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {build_fixture('pope')}\n")
+    (tasks / f"{task}.yaml").write_text(f"task: {task}\ninclude: {pope_yaml}\ndataset_path: parquet\n"
+                                       f"dataset_kwargs:\n  data_files:\n    test: {data_file}\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GC2BENCH_CACHE": str(cache_dir)}
     command = [sys.executable, "-m", "lmms_eval", "--model", "gc2bench", "--model_args", MODEL_ARGS,
-               "--tasks", "gc2bench_fixture_pope", "--include_path", str(tasks), "--limit", "2",
+               "--tasks", task, "--include_path", str(tasks), "--limit", "2",
                "--output_path", str(tmp_path / "out"), "--verbosity", "WARNING"]
-    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_lmms_eval_cli_runs_gc2bench_offline(cache_dir, tmp_path):
+    done = lmms_eval_cli_on_pope(tmp_path, cache_dir, "gc2bench_fixture_pope", build_fixture("pope"))
     assert done.returncode == 0, done.stderr[-3000:]
     (results,) = (tmp_path / "out").rglob("*_results.json")
     scores = json.loads(results.read_text())["results"]["gc2bench_fixture_pope"]
@@ -92,18 +96,6 @@ def test_lmms_eval_cli_runs_gc2bench_offline(cache_dir, tmp_path):
 
 
 def test_lmms_eval_cli_exits_nonzero_when_a_gc2bench_evaluation_fails(cache_dir, tmp_path):
-    import lmms_eval
-
-    pope_yaml = Path(lmms_eval.__file__).parent / "tasks" / "pope" / "pope.yaml"
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "gc2bench_missing_pope.yaml").write_text(
-        f"task: gc2bench_missing_pope\ninclude: {pope_yaml}\ndataset_path: parquet\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'no-such.parquet'}\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GC2BENCH_CACHE": str(cache_dir)}
-    command = [sys.executable, "-m", "lmms_eval", "--model", "gc2bench", "--model_args", MODEL_ARGS,
-               "--tasks", "gc2bench_missing_pope", "--include_path", str(tasks), "--limit", "2",
-               "--output_path", str(tmp_path / "out"), "--verbosity", "WARNING"]
-    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = lmms_eval_cli_on_pope(tmp_path, cache_dir, "gc2bench_missing_pope", tmp_path / "no-such.parquet")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "gc2bench: lmms-eval reported 1 failed evaluation(s) (above); exit status 1" in done.stderr
