@@ -5,13 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from gc2bench.errors import ConfigError
 
 # conf/ of the checkout, shipped in the package as gc2bench/conf (a link to ../conf in the source tree).
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the key, the value and what is allowed."""
 
 
 def config_names(group: str) -> list[str]:
@@ -52,9 +49,9 @@ def validate_ratio(value) -> float:
 
 
 def check_choice(value, allowed, option: str, method: str):
-    """``value`` if it is one of ``allowed``, else a ValueError ``method: option=value is not one of ...``."""
+    """``value`` if it is one of ``allowed``, else a ConfigError ``method: option=value is not one of ...``."""
     if value not in allowed:
-        raise ValueError(f"{method}: {option}={value!r} is not one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{method}: {option}={value!r} is not one of {', '.join(map(str, allowed))}")
     return value
 
 

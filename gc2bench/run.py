@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gc2bench.config import ConfigError, validate
+from gc2bench.errors import RunFailed
 from gc2bench.results.identity import (checkpoint, directory_protocol, incomplete, mismatch, record_identity,
                                        run_identity, task_protocol)
 from gc2bench.results.records import (AnswerCache, CacheWriteError, CachingAdapter, environment, git_commit, package_versions,
@@ -40,10 +41,6 @@ GPU_LOCKS_ENV = "GC2BENCH_GPU_LOCKS"
 JOB_REPORT = "gc2bench_job.{sweep}.json"  # one per sweep process: sweeps sharing hydra.sweep.dir keep theirs
 # Overrides of the runs a restarted sweep found finished and did not launch (hydra/sweeper=gc2bench).
 NOT_LAUNCHED: list[list[str]] = []
-
-
-class RunFailed(RuntimeError):
-    """Tasks of a run failed; their records (status: failed) say why, and a restart retries them."""
 
 
 class NoSampleScored(RuntimeError):

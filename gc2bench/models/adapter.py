@@ -26,6 +26,7 @@ from PIL import Image
 from gc2bench.compressors.base import NEWLINE, MergeInputs, ScoreRequest, gather_tokens, source_views
 from gc2bench.config import ConfigError, check_model_path
 from gc2bench.efficiency.flops import sample_tflops
+from gc2bench.errors import ModelLoadError
 from gc2bench.efficiency.timing import PrefillTimer, collector_paused, now, peak_memory_mb, reset_peak_memory
 from gc2bench.models.hub import check_hub_checkpoint
 
@@ -38,10 +39,6 @@ EQUIVALENT_CONVENTION = (
     "layer at prefill, averaged over the layers (vision-stage methods: the kept count at every layer); "
     "equivalent_share: that / the sample's uncompressed image block (visual_tokens_before); "
     "*_without_newlines: both with image_newline tokens left out")
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be found or loaded; the message names the path or id."""
 
 
 @dataclass
