@@ -40,24 +40,24 @@ def _bench(args: argparse.Namespace) -> int:
     if args.repeats is None:
         args.repeats = BENCH_REPEATS[args.what]
     if args.what == "gpu":
-        from gc2bench.efficiency.bench_gpu import bench_gpu
+        from gc2bench.bench.gpu import bench_gpu
 
         return bench_gpu(args.budget, args.out, args.compressors, args.ratios or "0.5,0.25,0.1",
                          decode_tokens=args.decode_tokens, max_batch=args.max_batch, repeats=args.repeats,
                          parts=args.parts)
     if args.what == "prefill":
-        from gc2bench.efficiency.bench_prefill import bench_prefill
+        from gc2bench.bench.prefill import bench_prefill
 
         return bench_prefill(args.model, args.compressors or PREFILL_COMPRESSORS, args.ratios or "1,0.5,0.25,0.1", repeats=args.repeats, images=args.images,
                              device=args.device, dtype=args.dtype, threads=args.threads, as_json=args.json)
     if args.what == "selection":
         if not args.file:
             raise SystemExit("gc2bench bench selection: give the vectors FILE")
-        from gc2bench.efficiency.bench_selection import bench_selection
+        from gc2bench.bench.selection import bench_selection
 
         return bench_selection(args.file, dim=args.dim, repeats=args.repeats)
     if args.what == "hooks":
-        from gc2bench.efficiency.bench_hooks import bench_hooks
+        from gc2bench.bench.hooks import bench_hooks
 
         return bench_hooks(views=args.views, layers=args.layers, width=args.width, repeats=args.repeats,
                            device=args.device, dtype=args.dtype or "float32")
@@ -79,7 +79,7 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from gc2bench.inspect import main as inspect_main
+    from gc2bench.inspection import main as inspect_main
 
     return inspect_main(args.overrides)
 

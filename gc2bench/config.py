@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from gc2bench.errors import ConfigError
+from gc2bench.errors import ConfigError, Gc2benchError
 
 # conf/ of the checkout, shipped in the package as gc2bench/conf (a link to ../conf in the source tree).
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -134,8 +134,34 @@ def validate(cfg) -> None:
             if not entry.get(key):
                 raise ConfigError(f"suite={cfg.suite.get('name')}: every task needs `{key}` (got {dict(entry)})")
         check_local_data(entry, cfg.suite.get("name"))
-    from gc2bench.evaluation.protocols import get_protocol
+    from gc2bench.prompting import get_protocol
 
     protocol = get_protocol(cfg.suite.get("protocol"))
     for entry in cfg.suite.tasks:
         protocol.check_task(entry.task)
+
+
+def _instantiate(node, **kwargs):
+    """``hydra.utils.instantiate`` whose config and load errors surface as one clear error, not a wrapper."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, Gc2benchError):
+            raise cause
+        if isinstance(cause, ValueError):  # a component rejected its options
+            raise ConfigError(str(cause)) from cause
+        raise
+
+
+def build_compressor(cfg):
+    """The compressor of ``cfg.compressor`` (its ``_target_`` class with the config's options)."""
+    return _instantiate(cfg.compressor)
+
+
+def build_model(cfg, compressor):
+    """The model adapter of ``cfg.model`` around ``compressor``."""
+    return _instantiate(cfg.model, compressor=compressor, _convert_="all")

@@ -21,12 +21,10 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gc2bench.config import ConfigError, validate
+from gc2bench.config import ConfigError, build_compressor, build_model, validate
 from gc2bench.errors import RunFailed
 from gc2bench.results.identity import (checkpoint, directory_protocol, incomplete, mismatch, record_identity,
                                        run_identity, task_protocol)
@@ -527,8 +525,8 @@ def _write_skipped(directory: Path, entry: dict, reason: str, common: dict, iden
 
 
 def protocol_name(cfg: DictConfig) -> str:
-    """The run's evaluation protocol (``suite.protocol``; gc2bench.evaluation.protocols)."""
-    from gc2bench.evaluation.protocols import get_protocol
+    """The run's evaluation protocol (``suite.protocol``; gc2bench.prompting)."""
+    from gc2bench.prompting import get_protocol
 
     return get_protocol(cfg.suite.get("protocol")).name
 
@@ -591,30 +589,6 @@ def _sweep_name() -> str | None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _instantiate(node, **kwargs):
-    """``hydra.utils.instantiate`` whose config and load errors surface as one clear error, not a wrapper."""
-    from gc2bench.models.adapter import ModelLoadError
-
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as error:
-        cause = error.__cause__
-        if isinstance(cause, (ConfigError, ModelLoadError)):
-            raise cause
-        if isinstance(cause, ValueError):  # a component rejected its options
-            raise ConfigError(str(cause)) from cause
-        raise
-
-
-def build_compressor(cfg: DictConfig):
-    return _instantiate(cfg.compressor)
-
-
-def build_model(cfg: DictConfig, compressor):
-    """The model adapter of ``cfg.model`` around ``compressor``."""
-    return _instantiate(cfg.model, compressor=compressor, _convert_="all")
 
 
 def print_summary(records: list[dict]) -> None:

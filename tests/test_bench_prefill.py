@@ -76,7 +76,7 @@ def test_bench_prefill_onevision_rows_match_the_real_adapter(capsys, cache_dir, 
     from hydra.utils import instantiate
 
     from gc2bench.compressors.none import NoCompression
-    from gc2bench.efficiency.bench_prefill import (PROMPT, RandomWeightsOneVisionAdapter, bench_model_dir,
+    from gc2bench.bench.prefill import (PROMPT, RandomWeightsOneVisionAdapter, bench_model_dir,
                                                    synthetic_images)
     from gc2bench.efficiency.flops import DecoderShape, sample_tflops
     from gc2bench.config import CONF_DIR
@@ -137,7 +137,7 @@ def test_onevision_cls_compressor_without_the_cosine_override_is_unsupported(cac
     from hydra import initialize_config_dir
 
     from gc2bench.compressors.none import NoCompression
-    from gc2bench.efficiency.bench_prefill import (RandomWeightsOneVisionAdapter, bench_model_dir, check_supported,
+    from gc2bench.bench.prefill import (RandomWeightsOneVisionAdapter, bench_model_dir, check_supported,
                                                    compose_compressor)
     from gc2bench.config import CONF_DIR
 

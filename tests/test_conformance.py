@@ -12,7 +12,7 @@ import pytest
 from conftest import DATA
 from gc2bench.cli import main
 from gc2bench.compressors.conformance import run_conformance
-from gc2bench.efficiency.bench_selection import bench_selection
+from gc2bench.bench.selection import bench_selection
 
 REFERENCE = DATA / "globalcom2_reference.json"
 

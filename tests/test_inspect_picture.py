@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from gc2bench.cli import main
-from gc2bench.inspect import inspect_with_figure
+from gc2bench.inspection import inspect_with_figure
 from gc2bench.layout import AnyResLayout
 from gc2bench.models.adapter import EQUIVALENT_CONVENTION
 from gc2bench.results.plots import KEPT_LEGEND, KeptPanel, kept_tokens_figure, patch_sources

@@ -248,7 +248,8 @@ def _config_error(overrides: str) -> str:
     """The ConfigError message of composing, validating and building what run.py would (no model)."""
     from gc2bench.config import ConfigError
     from gc2bench.evaluation.suite import validate_entry
-    from gc2bench.run import build_compressor, suite_entries
+    from gc2bench.config import build_compressor
+    from gc2bench.run import suite_entries
 
     try:
         cfg = compose_run_config(overrides.split())

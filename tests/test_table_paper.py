@@ -18,7 +18,7 @@ TASK_OF = {"vqav2": "vqav2_val", "gqa": "gqa", "vizwiz": "vizwiz_vqa_val", "sqa"
            "mmbench_cn": "mmbench_cn_dev", "mmvet": "mmvet"}
 
 
-# Records made under the published protocol (gc2bench.results.protocols), so --paper marks none of them.
+# Records made under the published protocol (gc2bench.results.published), so --paper marks none of them.
 PUBLISHED_PARAMS = {"fastv": {"budget_of": 2880, "share": "kept", "decode": "static"},  # the TCSVT protocol
                     "sparsevlm": {"budget_of": 2880, "version": "v1", "counting": "authors"}}
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from gc2bench.cli import build_parser
 from gc2bench.config import compose_run_config
-from gc2bench.inspect import split_arguments
+from gc2bench.inspection import split_arguments
 
 TUTORIAL = REPO / "docs" / "tutorial.md"
 

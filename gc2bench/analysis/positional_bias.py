@@ -417,7 +417,7 @@ def parse_grid(text: str | None) -> tuple | None:
 def prepare(options: Options):
     """Validate everything that can be checked without a model; returns (cfg, compressor, image files)."""
     from gc2bench.config import compose_run_config, config_names, validate_ratio
-    from gc2bench.run import build_compressor
+    from gc2bench.config import build_compressor
 
     options.orders = parse_orders(",".join(options.orders) if isinstance(options.orders, (list, tuple))
                                   else options.orders)
@@ -443,7 +443,7 @@ def prepare(options: Options):
 
 def analyze_positional_bias(options: Options, log=None) -> dict:
     """Run the analysis; returns {"setup", "rows", "summaries", "measurements"} (JSON-ready)."""
-    from gc2bench.run import build_model
+    from gc2bench.config import build_model
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     cfg, compressor, files = prepare(options)

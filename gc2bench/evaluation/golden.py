@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from gc2bench.evaluation.protocols import PROTOCOLS
+from gc2bench.prompting import PROTOCOLS
 
 GOLDEN_DIR = Path(__file__).resolve().parents[2] / "tests" / "golden" / "prompts"
 SUITE = "paper10_fixtures"
@@ -50,7 +50,7 @@ def _importable_judge_code():
 
 def task_prompts(adapter, entry: dict, protocol: str, documents: int = DOCUMENTS) -> dict:
     """The golden content of one task under ``protocol``: per document its context, prompt, ids, kwargs."""
-    from gc2bench.evaluation.protocols import get_protocol
+    from gc2bench.prompting import get_protocol
     from gc2bench.evaluation.suite import load_task, use_offline_hub
     from gc2bench.models.adapter import to_rgb
 

@@ -25,7 +25,7 @@ from gc2bench.evaluation.progress import progress_stream
 from gc2bench.results.records import CacheWriteError
 
 from gc2bench.evaluation.images import decode_images, strict_decoding
-from gc2bench.evaluation.protocols import get_protocol, prompting_record
+from gc2bench.prompting import get_protocol, prompting_record
 
 
 class GC2BenchLMM(lmms):
@@ -157,7 +157,7 @@ class GC2BenchModel(GC2BenchLMM):
 
     def __init__(self, overrides: list[str] | tuple[str, ...] = (), batch_size=None, device: str | None = None,
                  max_batch_size=None, **model_args):
-        from gc2bench.run import build_compressor, build_model
+        from gc2bench.config import build_compressor, build_model
 
         overrides = list(overrides) + [f"{key}={value}" for key, value in model_args.items()]
         exit_nonzero_on_evaluation_error()

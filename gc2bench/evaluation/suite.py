@@ -233,7 +233,7 @@ def task_spec(entry: dict, protocol: str | None = None, lazy_images: bool = Fals
     stay undecoded until a ``GC2BenchLMM`` answers their document (gc2bench.evaluation.images);
     other lmms-eval models need them decoded (the default).
     """
-    from gc2bench.evaluation.protocols import get_protocol
+    from gc2bench.prompting import get_protocol
 
     validate_entry(entry)
     protocol_prompt, doc_to_text = get_protocol(protocol).prompt_options(entry["task"])

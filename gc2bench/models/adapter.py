@@ -251,10 +251,10 @@ class VisionStageAdapter:
 
     def render(self, texts: list[str], images: list[list], protocol: str | None = None) -> tuple[list[str], bool]:
         """(prompts, add_bos): ``texts`` in the checkpoint's chat template, or, with ``protocol``, as that
-        evaluation protocol renders a benchmark context (gc2bench.evaluation.protocols)."""
+        evaluation protocol renders a benchmark context (gc2bench.prompting)."""
         if protocol is None:
             return [self.prompt(text, len(imgs)) for text, imgs in zip(texts, images)], False
-        from gc2bench.evaluation.protocols import get_protocol
+        from gc2bench.prompting import get_protocol
 
         rendered = [get_protocol(protocol).render(text, len(imgs), self) for text, imgs in zip(texts, images)]
         return [r.text for r in rendered], any(r.add_bos for r in rendered)
@@ -276,7 +276,7 @@ class VisionStageAdapter:
         images = [[to_rgb(image) for image in group] for group in images]
         prompts, add_bos = self.render(texts, images, protocol)
         if protocol is not None:
-            from gc2bench.evaluation.protocols import get_protocol
+            from gc2bench.prompting import get_protocol
 
             gen_kwargs = get_protocol(protocol).bind(gen_kwargs, self.tokenizer)
         inputs = self.model_inputs(prompts, images, add_bos=add_bos)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from gc2bench.results.comparable import comparable_groups, paper_warnings
-from gc2bench.results.protocols import PAPER_METHOD, ocr_note, protocol_differences
+from gc2bench.results.published import PAPER_METHOD, ocr_note, protocol_differences
 from gc2bench.results.records import usable_records
 
 MISSING = "–"

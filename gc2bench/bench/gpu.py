@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from gc2bench.efficiency.bench_prefill import (ARCHITECTURES, BenchError, bench_image_size, bench_model_dir,
+from gc2bench.bench.prefill import (ARCHITECTURES, BenchError, bench_image_size, bench_model_dir,
                                                check_supported, compose_compressor, model_config, synthetic_images)
 from gc2bench.efficiency.flops import DecoderShape
 from gc2bench.efficiency.timing import collector_paused, now
@@ -117,7 +117,7 @@ def _methods(names, ratios, num_layers: int, vision_has_cls: bool, adapter) -> l
 
     from gc2bench.compressors.none import NoCompression
     from gc2bench.config import CONF_DIR
-    from gc2bench.efficiency.bench_prefill import Method
+    from gc2bench.bench.prefill import Method
 
     methods = [Method("none", 1.0, NoCompression())]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -433,7 +433,7 @@ def bench_gpu(budget_s: float = 480, out: str | None = None, compressors: str | 
               parts: str | None = None) -> int:
     """The CLI command: run, write bench_gpu.json and bench_gpu.md under ``out``, print the markdown."""
     from gc2bench.config import ConfigError
-    from gc2bench.efficiency.bench_prefill import parse_list
+    from gc2bench.bench.prefill import parse_list
 
     try:
         result = bench_gpu_result(
