@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gc2bench.errors import ConfigError, Gc2benchError, report
+
 
 def _table(args: argparse.Namespace) -> int:
     from gc2bench.results.table import print_table
@@ -52,7 +54,7 @@ def _bench(args: argparse.Namespace) -> int:
                              device=args.device, dtype=args.dtype, threads=args.threads, as_json=args.json)
     if args.what == "selection":
         if not args.file:
-            raise SystemExit("gc2bench bench selection: give the vectors FILE")
+            raise ConfigError("gc2bench bench selection: give the vectors FILE")
         from gc2bench.bench.selection import bench_selection
 
         return bench_selection(args.file, dim=args.dim, repeats=args.repeats)
@@ -61,7 +63,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         return bench_hooks(views=args.views, layers=args.layers, width=args.width, repeats=args.repeats,
                            device=args.device, dtype=args.dtype or "float32")
-    raise SystemExit(f"gc2bench bench: unknown benchmark {args.what!r}")
+    raise ConfigError(f"gc2bench bench: unknown benchmark {args.what!r}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -284,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["run"]:   # everything after `run` is Hydra's (overrides, -m, --help, --cfg job)
         return _run(argparse.Namespace(overrides=argv[1:]))
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Gc2benchError as error:
+        return report(error)
 
 
 if __name__ == "__main__":

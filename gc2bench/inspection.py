@@ -19,11 +19,9 @@ from __future__ import annotations
 import json
 import sys
 
+from gc2bench.errors import ConfigError
+
 OWN_KEYS = {"image": None, "prompt": "Describe the image.", "viz": None, "max_new_tokens": "16", "protocol": None}
-
-
-class InspectError(ValueError):
-    pass
 
 
 def split_arguments(argv: list[str]) -> tuple[dict, list[str]]:
@@ -35,11 +33,11 @@ def split_arguments(argv: list[str]) -> tuple[dict, list[str]]:
         else:
             overrides.append(argument)
     if not own["image"]:
-        raise InspectError("image=PATH is required (e.g. gc2bench inspect image=photo.jpg prompt=\"What is this?\")")
+        raise ConfigError("image=PATH is required (e.g. gc2bench inspect image=photo.jpg prompt=\"What is this?\")")
     try:
         own["max_new_tokens"] = int(own["max_new_tokens"])
     except ValueError:
-        raise InspectError(f"max_new_tokens={own['max_new_tokens']} is not an integer") from None
+        raise ConfigError(f"max_new_tokens={own['max_new_tokens']} is not an integer") from None
     return own, overrides
 
 
@@ -51,9 +49,9 @@ def load_image(path: str):
             image.load()
             return image.copy()
     except FileNotFoundError:
-        raise InspectError(f"image={path}: no such file") from None
+        raise ConfigError(f"image={path}: no such file") from None
     except (UnidentifiedImageError, OSError) as error:
-        raise InspectError(f"image={path}: cannot read image ({error})") from None
+        raise ConfigError(f"image={path}: cannot read image ({error})") from None
 
 
 def equivalent_counts(stats) -> dict:
@@ -205,13 +203,6 @@ def inspect(argv: list[str]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from gc2bench.config import ConfigError
-    from gc2bench.models.adapter import ModelLoadError
-
-    try:
-        report = inspect(argv)
-    except (InspectError, ConfigError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report = inspect(argv)
     print(json.dumps(report, default=str, indent=2 if sys.stdout.isatty() else None))
     return 0

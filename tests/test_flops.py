@@ -7,9 +7,10 @@ import pytest
 
 from conftest import paper_table
 from gc2bench.cli import main
-from gc2bench.efficiency.flops import (DecoderShape, FlopsInputError, decoder_shape, prefill_flops, sample_tflops,
+from gc2bench.efficiency.flops import (DecoderShape, decoder_shape, prefill_flops, sample_tflops,
                                        tokens_per_layer)
 from gc2bench.efficiency.presets import TEXT_PRESETS
+from gc2bench.errors import ConfigError
 
 PAPER_TABLE = paper_table("tcsvt_table5_6_efficiency.csv")  # raises at collection when missing: never skipped
 
@@ -94,7 +95,7 @@ def test_a_config_directory_and_a_multimodal_config(tmp_path):
                                            ({"visual_tokens": 0, "image_tokens_per_layer": [1] * 31 + [-2]},
                                             "image_tokens_per_layer[31]=-2")])
 def test_bad_token_counts_name_the_value(kwargs, named):
-    with pytest.raises(FlopsInputError, match=named.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
         sample_tflops("llava_next_7b", **kwargs)
 
 

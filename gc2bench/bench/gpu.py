@@ -40,10 +40,11 @@ from pathlib import Path
 
 import torch
 
-from gc2bench.bench.prefill import (ARCHITECTURES, BenchError, bench_image_size, bench_model_dir,
+from gc2bench.bench.prefill import (ARCHITECTURES, bench_image_size, bench_model_dir,
                                                check_supported, compose_compressor, model_config, synthetic_images)
 from gc2bench.efficiency.flops import DecoderShape
 from gc2bench.efficiency.timing import collector_paused, now
+from gc2bench.errors import ConfigError
 
 PROMPT = "Is there a dog in the image? Answer the question using a single word or phrase."
 PART_SHARES = {"tests": 0.12, "llava_next": 0.45, "onevision": 0.25, "kv_cache": 0.13}
@@ -341,13 +342,13 @@ def bench_gpu_result(budget_s: float = 480, compressors=None, ratios=(0.5, 0.25,
     compressors = [c for c in known if c != "none"] if compressors is None else list(compressors)
     unknown = [c for c in compressors if c not in known]
     if unknown:
-        raise BenchError(f"--compressors: unknown {', '.join(unknown)} (available: {', '.join(known)})")
+        raise ConfigError(f"--compressors: unknown {', '.join(unknown)} (available: {', '.join(known)})")
     bad_parts = [p for p in parts if p not in PART_SHARES]
     if bad_parts:
-        raise BenchError(f"--parts: unknown {', '.join(bad_parts)} (available: {', '.join(PART_SHARES)})")
+        raise ConfigError(f"--parts: unknown {', '.join(bad_parts)} (available: {', '.join(PART_SHARES)})")
     ratios = [validate_ratio(r) for r in ratios]
     if budget_s <= 0 or decode_tokens < 2 or max_batch < 1 or repeats < 1:
-        raise BenchError(f"--budget ({budget_s}) must be > 0, --decode-tokens ({decode_tokens}) >= 2, "
+        raise ConfigError(f"--budget ({budget_s}) must be > 0, --decode-tokens ({decode_tokens}) >= 2, "
                          f"--max-batch ({max_batch}) and --repeats ({repeats}) >= 1")
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -432,17 +433,12 @@ def bench_gpu(budget_s: float = 480, out: str | None = None, compressors: str | 
               ratios: str = "0.5,0.25,0.1", decode_tokens: int = 8, max_batch: int = 32, repeats: int = 3,
               parts: str | None = None) -> int:
     """The CLI command: run, write bench_gpu.json and bench_gpu.md under ``out``, print the markdown."""
-    from gc2bench.config import ConfigError
     from gc2bench.bench.prefill import parse_list
 
-    try:
-        result = bench_gpu_result(
-            budget_s, None if compressors is None else parse_list(compressors, "compressors", str),
-            parse_list(ratios, "ratios", float), decode_tokens, max_batch, repeats,
-            tuple(PART_SHARES) if parts is None else tuple(parse_list(parts, "parts", str)))
-    except (BenchError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = bench_gpu_result(
+        budget_s, None if compressors is None else parse_list(compressors, "compressors", str),
+        parse_list(ratios, "ratios", float), decode_tokens, max_batch, repeats,
+        tuple(PART_SHARES) if parts is None else tuple(parse_list(parts, "parts", str)))
     folder = Path(out or f"bench_gpu/{result['date'].replace(':', '')}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bench_gpu.json").write_text(json.dumps(result, indent=1))

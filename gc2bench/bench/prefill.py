@@ -64,6 +64,7 @@ import torch
 from gc2bench.efficiency.flops import DecoderShape, sample_tflops
 from gc2bench.efficiency.timing import collector_paused
 from gc2bench.efficiency.presets import LLAVA_NEXT_PRESETS, LLAVA_ONEVISION_PRESETS, TEXT_PRESETS
+from gc2bench.errors import ConfigError
 from gc2bench.models.llava_next import LlavaNextAdapter
 from gc2bench.models.onevision import CLS_SCORES, LlavaOneVisionAdapter
 
@@ -71,10 +72,6 @@ PROMPT = "what is in the image?"
 BUILDER_VERSION = 1
 PRESETS = {**LLAVA_NEXT_PRESETS, **LLAVA_ONEVISION_PRESETS}
 VISION_TOWER_NAMES = {"clip_vision_model": "CLIP", "siglip_vision_model": "SigLIP"}
-
-
-class BenchError(ValueError):
-    """Bad benchmark input; the message names the value."""
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -126,11 +123,11 @@ def model_config(model: str):
         return preset_config(model)
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
-        raise BenchError(f"--model {model}: not a preset ({', '.join(PRESETS)}) nor a directory with a "
+        raise ConfigError(f"--model {model}: not a preset ({', '.join(PRESETS)}) nor a directory with a "
                          f"config.json")
     config = AutoConfig.from_pretrained(str(path))
     if config.model_type not in ARCHITECTURES:
-        raise BenchError(f"--model {model}: model_type={config.model_type!r}; bench prefill builds "
+        raise ConfigError(f"--model {model}: model_type={config.model_type!r}; bench prefill builds "
                          f"{' or '.join(ARCHITECTURES)} models")
     return config
 
@@ -381,8 +378,6 @@ def compose_compressor(name: str, ratio: float, num_layers: int, vision_has_cls:
 
 def check_supported(method: Method, adapter) -> Method:
     """``method`` as ``unsupported`` (the adapter's message, which names the fix) if the model cannot serve it."""
-    from gc2bench.config import ConfigError
-
     if method.compressor is not None:
         try:
             adapter.check_compressor(method.compressor, adapter.name)
@@ -397,11 +392,11 @@ def check_supported(method: Method, adapter) -> Method:
 def parse_list(text: str, what: str, convert):
     items = [item.strip() for item in str(text).split(",") if item.strip()]
     if not items:
-        raise BenchError(f"--{what} {text!r}: give a comma-separated list")
+        raise ConfigError(f"--{what} {text!r}: give a comma-separated list")
     try:
         return [convert(item) for item in items]
     except ValueError as error:
-        raise BenchError(f"--{what} {text!r}: {error}") from None
+        raise ConfigError(f"--{what} {text!r}: {error}") from None
 
 
 def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom2"), ratios=(1.0, 0.5, 0.25, 0.1),
@@ -415,14 +410,14 @@ def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom
     known = config_names("compressor")
     unknown = [name for name in compressors if name not in known]
     if unknown:
-        raise BenchError(f"--compressors: unknown {', '.join(unknown)} (available: {', '.join(known)})")
+        raise ConfigError(f"--compressors: unknown {', '.join(unknown)} (available: {', '.join(known)})")
     ratios = [validate_ratio(r) for r in ratios]
     if repeats < 1 or images < 1 or (threads is not None and threads < 1):
-        raise BenchError(f"--repeats ({repeats}), --images ({images}) and --threads ({threads}) must be >= 1")
+        raise ConfigError(f"--repeats ({repeats}), --images ({images}) and --threads ({threads}) must be >= 1")
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise BenchError(f"--device {device}: cpu or cuda")
+        raise ConfigError(f"--device {device}: cpu or cuda")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError(f"--device {device}: torch sees no CUDA device")
+        raise ConfigError(f"--device {device}: torch sees no CUDA device")
     dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     log = log or (lambda message: print(message, file=sys.stderr))
     if threads is not None:
@@ -585,16 +580,10 @@ def format_table(header: dict, rows: list[dict]) -> str:
 def bench_prefill(model: str = "cpu_small", compressors: str = "none,globalcom2,fastervlm,fastv,pdrop,sparsevlm",
                   ratios: str = "1,0.5,0.25,0.1", repeats: int = 3, images: int = 1, device: str = "cpu",
                   dtype: str | None = None, threads: int | None = None, as_json: bool = False) -> int:
-    """The CLI command: print the table (or one JSON list of rows); 2 on bad input."""
-    from gc2bench.config import ConfigError
-
-    try:
-        header, rows = bench_prefill_rows(model, parse_list(compressors, "compressors", str),
-                                          parse_list(ratios, "ratios", float), repeats=repeats, images=images,
-                                          device=device, dtype=dtype, threads=threads)
-    except (BenchError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """The CLI command: print the table (or one JSON list of rows); a ConfigError on bad input."""
+    header, rows = bench_prefill_rows(model, parse_list(compressors, "compressors", str),
+                                      parse_list(ratios, "ratios", float), repeats=repeats, images=images,
+                                      device=device, dtype=dtype, threads=threads)
     if as_json:
         print(json.dumps([dict(row, setup=header) for row in rows]))
     else:

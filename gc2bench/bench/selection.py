@@ -21,6 +21,7 @@ import torch
 
 from gc2bench.compressors.conformance import case_compressor, case_layout, load_vectors
 from gc2bench.compressors.globalcom2 import clear_geometry_cache
+from gc2bench.errors import ConfigError
 
 
 def _compress_one(data, case, compressor, features, newline, scores) -> tuple:
@@ -44,7 +45,7 @@ def bench_selection(file: str, dim: int = 4096, repeats: int = 20, warmup: int =
     """Print one line per case, then ``median X ms/image`` (uncached geometry) last; returns 0."""
     data = load_vectors(file)
     if dim < 1 or repeats < 1 or warmup < 1:
-        raise SystemExit(f"bench selection: --dim ({dim}), --repeats ({repeats}) and warmup ({warmup}) must be >= 1")
+        raise ConfigError(f"bench selection: --dim ({dim}), --repeats ({repeats}) and warmup ({warmup}) must be >= 1")
     generator = torch.Generator().manual_seed(0)
     print(f"# {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
           f"D={dim}, float32 features, {repeats} repeats per case")

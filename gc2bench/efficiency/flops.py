@@ -32,13 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gc2bench.efficiency.presets import TEXT_PRESETS
+from gc2bench.errors import ConfigError
 
 TERA = 1e12
 MEGA = 1e6
-
-
-class FlopsInputError(ValueError):
-    """Bad input to the analytic model; the message names the value."""
 
 
 @dataclass(frozen=True)
@@ -88,12 +85,12 @@ def text_config(model: str | Path):
         return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
     path = Path(str(model)).expanduser()
     if not (path / "config.json").is_file():
-        raise FlopsInputError(f"model={model!s}: not a preset ({', '.join(TEXT_PRESETS)}) nor a directory "
+        raise ConfigError(f"model={model!s}: not a preset ({', '.join(TEXT_PRESETS)}) nor a directory "
                               f"with a config.json")
     try:
         config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as error:
-        raise FlopsInputError(f"model={model!s}: cannot read {path / 'config.json'} ({error})") from None
+        raise ConfigError(f"model={model!s}: cannot read {path / 'config.json'} ({error})") from None
     return getattr(config, "text_config", None) or config
 
 
@@ -107,7 +104,7 @@ def decoder_shape(model) -> DecoderShape:
         shape = DecoderShape.from_config(model)
     for field in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
         if getattr(shape, field) < 1:
-            raise FlopsInputError(f"model={model!s}: {field}={getattr(shape, field)} must be >= 1")
+            raise ConfigError(f"model={model!s}: {field}={getattr(shape, field)} must be >= 1")
     return shape
 
 
@@ -117,7 +114,7 @@ def _count(value, what: str) -> int:
     except (TypeError, ValueError):
         whole = False
     if not whole:
-        raise FlopsInputError(f"{what}={value!r} must be a whole number >= 0")
+        raise ConfigError(f"{what}={value!r} must be a whole number >= 0")
     return int(value)
 
 
@@ -129,7 +126,7 @@ def tokens_per_layer(shape: DecoderShape, visual_tokens: int, text_tokens: int =
     if image_tokens_per_layer is None:
         return [_count(visual_tokens, "visual_tokens") + text] * shape.num_layers
     if len(image_tokens_per_layer) != shape.num_layers:
-        raise FlopsInputError(f"image_tokens_per_layer has {len(image_tokens_per_layer)} entries but the model "
+        raise ConfigError(f"image_tokens_per_layer has {len(image_tokens_per_layer)} entries but the model "
                               f"has {shape.num_layers} layers")
     return [_count(n, f"image_tokens_per_layer[{i}]") + text for i, n in enumerate(image_tokens_per_layer)]
 
@@ -174,13 +171,7 @@ def print_flops(model: str, visual_tokens: int, text_tokens: int = 0, as_json: b
                 bytes_per_element: int = 2) -> int:
     import json
 
-    try:
-        report = flops_report(model, visual_tokens, text_tokens, bytes_per_element)
-    except FlopsInputError as error:
-        import sys
-
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report = flops_report(model, visual_tokens, text_tokens, bytes_per_element)
     if as_json:
         print(json.dumps(report))
         return 0

@@ -36,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
 
-from gc2bench.config import ConfigError
+from gc2bench.errors import ConfigError, Gc2benchError
 from gc2bench.evaluation.progress import quiet_lmms_eval_logging, task_progress
 from gc2bench.evaluation.fixtures import COMPANIONS, build_fixture, fixture_digest, fixture_split
 from gc2bench.evaluation.images import undecoded_features
@@ -61,7 +61,7 @@ class TaskResult:
     wall_s: float
 
 
-class TaskSkipped(RuntimeError):
+class TaskSkipped(Gc2benchError):
     """A task that cannot be scored here (e.g. its API judge has no key); ``reason`` says why."""
 
     def __init__(self, task: str, reason: str):
@@ -69,7 +69,7 @@ class TaskSkipped(RuntimeError):
         self.task, self.reason = task, reason
 
 
-class JudgeFailed(RuntimeError):
+class JudgeFailed(Gc2benchError):
     """The API judge returned no score for some documents; lmms-eval would have scored them 0."""
 
 

@@ -23,6 +23,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from gc2bench.errors import Gc2benchError
+
 RECORD_FORMAT = "gc2bench.record/1"
 REQUIRED_KEYS = ("model", "compressor", "ratio", "task", "metrics", "tokens", "efficiency", "versions", "config",
                  "status")
@@ -205,7 +207,7 @@ def run_lock(directory: str | Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class CacheWriteError(OSError):
+class CacheWriteError(Gc2benchError, OSError):
     """The answer cache could not be written (a full disk, a read-only directory): the run stops."""
 
 
