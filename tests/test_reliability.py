@@ -416,7 +416,7 @@ def test_a_signal_stops_in_one_line_and_the_same_command_resumes(signal_name, co
 def test_sweeps_sharing_a_sweep_dir_each_count_their_own_job_reports(tmp_path, monkeypatch, capsys):
     from omegaconf import OmegaConf
 
-    from gc2bench.run import SWEEP_ID_ENV, SWEEP_SIZE_ENV, SweepJob, SweepProgress
+    from gc2bench.sweep import SWEEP_ID_ENV, SWEEP_SIZE_ENV, SweepJob, SweepProgress
 
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     for sweep, status in (("sweep-a", "done"), ("sweep-b", "failed")):  # the same job of two concurrent sweeps

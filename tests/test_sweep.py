@@ -17,7 +17,8 @@ from omegaconf import open_dict
 
 from conftest import REPO
 from gc2bench.results.records import iter_records, read_record, record_path
-from gc2bench.run import RunFailed, run, run_job, sweep_size
+from gc2bench.run import RunFailed, run, run_job
+from gc2bench.sweep import sweep_size
 
 TASKS = ("pope", "vqav2_val")
 
@@ -263,7 +264,7 @@ def test_launcher_configs():
     assert slurm.max_num_timeout > 0  # a timed-out run is requeued and resumes
 
 
-CLAIM = ("import os, sys, time; from gc2bench.run import claim_gpu; print(claim_gpu(), os.environ['CUDA_VISIBLE_DEVICES'],"
+CLAIM = ("import os, sys, time; from gc2bench.sweep import claim_gpu; print(claim_gpu(), os.environ['CUDA_VISIBLE_DEVICES'],"
          " flush=True); time.sleep(float(sys.argv[1]))")
 
 

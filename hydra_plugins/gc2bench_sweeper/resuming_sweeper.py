@@ -17,7 +17,7 @@ from hydra.core.override_parser.types import Override
 class ResumingSweeper(BasicSweeper):
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
         """The basic sweeper's job batches without finished or repeated runs (called by ``BasicSweeper.sweep``)."""
-        from gc2bench import run
+        from gc2bench import run, sweep
 
         loader = self.hydra_context.config_loader
         pending: list[list[list[str]]] = []
@@ -35,12 +35,12 @@ class ResumingSweeper(BasicSweeper):
                     kept.append(job_overrides)
                     directories.add(directory)
                     continue
-                run.NOT_LAUNCHED.append(list(job_overrides))
+                sweep.NOT_LAUNCHED.append(list(job_overrides))
             if kept:
                 pending.append(kept)
         launched = sum(len(batch) for batch in pending)
-        if run.NOT_LAUNCHED:
-            os.environ[run.SWEEP_SIZE_ENV] = str(launched)
+        if sweep.NOT_LAUNCHED:
+            os.environ[sweep.SWEEP_SIZE_ENV] = str(launched)
             reasons = ([f"{finished} runs already finished"] if finished else []) + (
                 [f"{repeated} runs writing to an earlier run's record directory"] if repeated else [])
             print(f"sweep: {' and '.join(reasons)}, not launched; {launched} to run", flush=True)
