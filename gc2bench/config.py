@@ -98,19 +98,6 @@ def check_device(device) -> None:
         raise ConfigError(f"model.device={device}: MPS is not available on this machine")
 
 
-def check_local_data(entry, suite: str) -> None:
-    """A suite entry's ``fixture`` is one gc2bench has and its ``data_files`` / ``images_files`` exist."""
-    from gc2bench.evaluation.fixtures import FIXTURES
-
-    task = entry.get("task")
-    if entry.get("fixture") and entry["fixture"] not in FIXTURES:
-        raise ConfigError(f"suite={suite} task {task}: fixture={entry['fixture']!r} is not one of "
-                          f"{', '.join(sorted(FIXTURES))}")
-    for key in ("data_files", "images_files"):
-        if entry.get(key) and not Path(str(entry[key])).expanduser().is_file():
-            raise ConfigError(f"suite={suite} task {task}: {key}={entry[key]}: no such file")
-
-
 def validate(cfg) -> None:
     validate_ratio(cfg.ratio)
     check_integer(cfg.get("seed"), "seed", minimum=0)
@@ -133,12 +120,6 @@ def validate(cfg) -> None:
         for key in ("task", "metric"):
             if not entry.get(key):
                 raise ConfigError(f"suite={cfg.suite.get('name')}: every task needs `{key}` (got {dict(entry)})")
-        check_local_data(entry, cfg.suite.get("name"))
-    from gc2bench.prompting import get_protocol
-
-    protocol = get_protocol(cfg.suite.get("protocol"))
-    for entry in cfg.suite.tasks:
-        protocol.check_task(entry.task)
 
 
 def _instantiate(node, **kwargs):

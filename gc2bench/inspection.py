@@ -149,12 +149,14 @@ def inspect_with_figure(argv: list[str]) -> tuple[dict, object]:
 
     from gc2bench.config import compose_run_config
     from gc2bench.evaluation.lmms_model import decoded
+    from gc2bench.evaluation.suite import check_suite
     from gc2bench.prompting import checkpoint_prompt, get_protocol
     from gc2bench.models.adapter import to_rgb
     from gc2bench.config import build_compressor, build_model
 
     own, overrides = split_arguments(argv)
     cfg = compose_run_config(overrides)
+    check_suite(cfg)
     protocol = get_protocol(own["protocol"] or cfg.suite.get("protocol"))
     image = to_rgb(load_image(own["image"]))
     compressor = build_compressor(cfg)

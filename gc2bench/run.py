@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from gc2bench.config import build_compressor, build_model, validate
 from gc2bench.errors import ConfigError, Gc2benchError, RunFailed, report
+from gc2bench.evaluation.answer_cache import AnswerCache, CacheWriteError, CachingAdapter
 from gc2bench.results.identity import (checkpoint, directory_protocol, incomplete, mismatch, record_identity,
                                        run_identity, task_protocol)
-from gc2bench.results.records import (AnswerCache, CacheWriteError, CachingAdapter, environment, git_commit, package_versions,
-                                      params_digest, read_record, record_path, remove_orphaned_tmp, run_dir, run_lock,
-                                      write_record)
+from gc2bench.results.records import (environment, git_commit, package_versions, params_digest, read_record,
+                                      record_path, remove_orphaned_tmp, run_dir, run_lock, write_record)
 from gc2bench.sweep import SweepJob, claim_gpu, sweep_name
 
 
@@ -122,10 +122,12 @@ def run(cfg: DictConfig, label: str = "") -> list[dict]:
     raises ``RunFailed`` after the last task if any failed.
     """
     from gc2bench.evaluation.progress import quiet_lmms_eval_logging
+    from gc2bench.evaluation.suite import check_suite
     from gc2bench.results.tracking import check_tracking
 
     quiet_lmms_eval_logging()
     validate(cfg)
+    check_suite(cfg)
     check_tracking(cfg)
     entries = suite_entries(cfg)
     compressor = build_compressor(cfg)
@@ -316,8 +318,11 @@ def _note_legacy_records(cfg: DictConfig, compressor, directory: Path) -> None:
 def run_directory(cfg: DictConfig) -> Path | None:
     """Where ``cfg``'s records go, or None when the config cannot say yet (invalid, or it needs the
     Hydra job's context, e.g. ``results_dir=${hydra:runtime.output_dir}``). Loads no model."""
+    from gc2bench.evaluation.suite import check_suite
+
     try:
         validate(cfg)
+        check_suite(cfg)
         compressor = build_compressor(cfg)
         return run_dir(cfg.results_dir, cfg.model.name, compressor.name, compressor.params(),
                        model=run_identity(cfg)["model"], protocol=directory_protocol(cfg))

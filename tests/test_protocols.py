@@ -241,11 +241,13 @@ def test_run_record_carries_the_protocol(tmp_path, cache_dir):
 
 def test_protocol_config_is_checked_before_loading(cache_dir):
     from gc2bench.config import compose_run_config
+    from gc2bench.evaluation.suite import check_suite
 
     with pytest.raises(ConfigError, match="suite.protocol='nope' is not one of lmms_eval, llava_eval"):
-        compose_run_config(["suite.protocol=nope"])
+        check_suite(compose_run_config(["suite.protocol=nope"]))
     with pytest.raises(ConfigError, match="task 'ok_vqa_val' has no LLaVA evaluation script"):
-        compose_run_config(["suite.protocol=llava_eval", "suite.tasks=[{task: ok_vqa_val, metric: exact_match}]"])
+        check_suite(compose_run_config(["suite.protocol=llava_eval",
+                                        "suite.tasks=[{task: ok_vqa_val, metric: exact_match}]"]))
     assert compose_run_config([]).suite.protocol == "lmms_eval"
 
 

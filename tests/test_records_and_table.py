@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from gc2bench.results.records import (REQUIRED_KEYS, is_done, iter_records, read_record, record_path, run_dir,
+from gc2bench.results.records import (REQUIRED_KEYS, iter_records, read_record, record_path, run_dir,
                                       write_record)
 from gc2bench.results.table import MISSING, collect, render, rows_with_average
 
@@ -18,7 +18,7 @@ def test_write_record_is_atomic_and_complete(tmp_path):
     path = record_path(run_dir(tmp_path, "tiny", "globalcom2", {"ratio": 0.1, "tau": 10}), "pope")
     assert path.parent.name.startswith("globalcom2_r0.1_")
     write_record(path, record("globalcom2", 0.1, "pope", 50.0))
-    assert is_done(path) and read_record(path)["metrics"]["score"] == 50.0
+    assert read_record(path)["status"] == "done" and read_record(path)["metrics"]["score"] == 50.0
     assert [p.name for p in path.parent.iterdir()] == ["pope.json"]  # no temporary left behind
     with pytest.raises(ValueError, match="lacks keys"):
         write_record(path, {"model": {}})

@@ -247,12 +247,13 @@ BAD_VALUES = [
 def _config_error(overrides: str) -> str:
     """The ConfigError message of composing, validating and building what run.py would (no model)."""
     from gc2bench.config import ConfigError
-    from gc2bench.evaluation.suite import validate_entry
+    from gc2bench.evaluation.suite import check_suite, validate_entry
     from gc2bench.config import build_compressor
     from gc2bench.run import suite_entries
 
     try:
         cfg = compose_run_config(overrides.split())
+        check_suite(cfg)
         build_compressor(cfg)
         for entry in suite_entries(cfg):
             validate_entry(entry)
@@ -352,7 +353,7 @@ def test_table_over_malformed_records_prints_the_good_ones_and_names_each_bad_fi
 
 
 def test_an_unreadable_answer_cache_is_skipped_with_a_warning_and_appends_start_a_new_line(tmp_path):
-    from gc2bench.results.records import AnswerCache
+    from gc2bench.evaluation.answer_cache import AnswerCache
 
     cache = tmp_path / ".answers.jsonl"
     good = json.dumps({"key": "a", "text": "yes"})
@@ -572,7 +573,7 @@ def test_a_failed_or_skipped_attempt_never_replaces_a_done_record(finished, caps
 
 
 def test_an_unwritable_answer_cache_stops_the_run_not_a_sample(tmp_path):
-    from gc2bench.results.records import AnswerCache, CacheWriteError
+    from gc2bench.evaluation.answer_cache import AnswerCache, CacheWriteError
 
     (tmp_path / "file").write_text("")
     cache = AnswerCache(tmp_path / "file")   # a file where the run directory should be

@@ -21,8 +21,8 @@ import traceback
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
+from gc2bench.evaluation.answer_cache import CacheWriteError
 from gc2bench.evaluation.progress import progress_stream
-from gc2bench.results.records import CacheWriteError
 
 from gc2bench.evaluation.images import decode_images, strict_decoding
 from gc2bench.prompting import get_protocol, prompting_record
@@ -207,6 +207,7 @@ def compose_run_config(overrides: list[str], device: str | None = None):
 
     from gc2bench import config
     from gc2bench.config import ConfigError, validate
+    from gc2bench.evaluation.suite import check_suite
 
     try:
         cfg = config.compose_run_config(overrides, check=False)
@@ -216,6 +217,7 @@ def compose_run_config(overrides: list[str], device: str | None = None):
         with open_dict(cfg):
             cfg.model.device = device
     validate(cfg)
+    check_suite(cfg)
     return cfg
 
 

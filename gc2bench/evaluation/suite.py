@@ -38,7 +38,7 @@ from types import SimpleNamespace
 
 from gc2bench.errors import ConfigError, Gc2benchError
 from gc2bench.evaluation.progress import quiet_lmms_eval_logging, task_progress
-from gc2bench.evaluation.fixtures import COMPANIONS, build_fixture, fixture_digest, fixture_split
+from gc2bench.evaluation.fixtures import COMPANIONS, FIXTURES, build_fixture, fixture_digest, fixture_split
 from gc2bench.evaluation.images import undecoded_features
 
 ENTRY_KEYS = {"task", "metric", "scale", "average_over", "ocr_tokens", "pre_prompt", "post_prompt", "judge", "fixture",
@@ -127,6 +127,29 @@ def validate_entry(entry: dict) -> None:
         raise ConfigError(f"suite task {task}: give `fixture` or `data_files`, not both")
     if entry.get("images_files") and family != "gqa":
         raise ConfigError(f"suite task {task}: images_files applies to GQA tasks only")
+
+
+def check_suite(cfg) -> None:
+    """What ``config.validate`` leaves to the evaluation layer, before any model loads: every task's local
+    data (``check_local_data``) and that the run's protocol (``suite.protocol``) defines every task."""
+    from gc2bench.prompting import get_protocol
+
+    for entry in cfg.suite.tasks:
+        check_local_data(entry, cfg.suite.get("name"))
+    protocol = get_protocol(cfg.suite.get("protocol"))
+    for entry in cfg.suite.tasks:
+        protocol.check_task(entry.task)
+
+
+def check_local_data(entry, suite: str) -> None:
+    """A suite entry's ``fixture`` is one gc2bench has and its ``data_files`` / ``images_files`` exist."""
+    task = entry.get("task")
+    if entry.get("fixture") and entry["fixture"] not in FIXTURES:
+        raise ConfigError(f"suite={suite} task {task}: fixture={entry['fixture']!r} is not one of "
+                          f"{', '.join(sorted(FIXTURES))}")
+    for key in ("data_files", "images_files"):
+        if entry.get(key) and not Path(str(entry[key])).expanduser().is_file():
+            raise ConfigError(f"suite={suite} task {task}: {key}={entry[key]}: no such file")
 
 
 def judge_model(entry: dict) -> str | None:

@@ -12,10 +12,21 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from gc2bench.results.identity import _hub_snapshot
+from gc2bench.errors import ModelLoadError
 
 PROBE_TIMEOUT_S = 3.0
 _UNAVAILABLE: dict = {}
+
+
+def hub_snapshot(hub_id: str, revision: str | None) -> Path | None:
+    """The hub cache's snapshot directory of ``hub_id`` at ``revision`` (default main), or None (offline lookup)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(hub_id, "config.json", revision=revision)
+    except Exception:
+        return None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def hub_endpoint() -> str:
@@ -35,14 +46,12 @@ def reachable(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
 def check_hub_checkpoint(path: str, revision: str | None = None) -> None:
     """Raise ``ModelLoadError`` at once when ``path`` is a hub id that is not in the local hub cache and
     the hub cannot be used (``HF_HUB_OFFLINE``, or its endpoint does not answer)."""
-    from gc2bench.models.adapter import ModelLoadError
-
     if Path(str(path)).expanduser().is_dir():
         return
     key = (str(path), revision)
     if key in _UNAVAILABLE:
         raise ModelLoadError(_UNAVAILABLE[key] + " (as found for an earlier run of this process)")
-    if _hub_snapshot(str(path), revision) is not None:
+    if hub_snapshot(str(path), revision) is not None:
         return
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         reason = "HF_HUB_OFFLINE is set"

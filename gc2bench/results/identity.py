@@ -18,6 +18,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from gc2bench.models.hub import hub_snapshot
+
 IDENTITY_FORMAT = 1
 # Suite keys that do not change a score: the suite's name, its task list (each entry counts on its
 # own) and how many documents are answered per forward pass.
@@ -78,17 +80,6 @@ def fingerprint(directory: str | Path) -> str | None:
     return total.hexdigest()[:16]
 
 
-def _hub_snapshot(hub_id: str, revision: str | None) -> Path | None:
-    """The hub cache's snapshot directory of ``hub_id`` at ``revision`` (default main), or None (offline lookup)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(hub_id, "config.json", revision=revision)
-    except Exception:
-        return None
-    return Path(found).parent if isinstance(found, str) else None
-
-
 def checkpoint(path: str | None, revision: str | None = None) -> dict:
     """Where the checkpoint ``path`` (a local directory or a hub id) is, and its fingerprint.
 
@@ -101,7 +92,7 @@ def checkpoint(path: str | None, revision: str | None = None) -> dict:
     hub_id = None
     if not local.is_dir():
         hub_id = str(path)
-        local = _hub_snapshot(hub_id, revision)
+        local = hub_snapshot(hub_id, revision)
     if local is not None and local.parent.name == "snapshots":
         revision = local.name  # the snapshot's commit
     if local is None or not local.is_dir():
