@@ -28,7 +28,6 @@ def _conformance(args: argparse.Namespace) -> int:
 
 
 BENCH_REPEATS = {"selection": 20, "hooks": 20, "prefill": 3, "gpu": 3}
-PREFILL_COMPRESSORS = "none,globalcom2,fastervlm,fastv,pdrop,sparsevlm"
 
 
 def _flops(args: argparse.Namespace) -> int:
@@ -50,7 +49,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "prefill":
         from gc2bench.bench.prefill import bench_prefill
 
-        return bench_prefill(args.model, args.compressors or PREFILL_COMPRESSORS, args.ratios or "1,0.5,0.25,0.1", repeats=args.repeats, images=args.images,
+        return bench_prefill(args.model, args.compressors or None, args.ratios or "1,0.5,0.25,0.1", repeats=args.repeats, images=args.images,
                              device=args.device, dtype=args.dtype, threads=args.threads, as_json=args.json)
     if args.what == "selection":
         if not args.file:
@@ -107,6 +106,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gc2bench.bench import PREFILL_COMPRESSORS
+
     parser = argparse.ArgumentParser(
         prog="gc2bench",
         description="Tools around gc2bench runs. Runs themselves start with `python run.py ...` (Hydra).",
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "compressors asking for a CLS score run with compressor.score=cosine)")
     p.add_argument("--compressors", default=None,
                    help="prefill, gpu: comma-separated conf/compressor names, none always run as the reference "
-                        f"(prefill default: {PREFILL_COMPRESSORS}; gpu: every conf/compressor)")
+                        f"(prefill default: {','.join(PREFILL_COMPRESSORS)}; gpu: every conf/compressor)")
     p.add_argument("--ratios", default=None,
                    help="prefill, gpu: comma-separated retention ratios R (prefill default 1,0.5,0.25,0.1; gpu "
                         "0.5,0.25,0.1)")

@@ -134,18 +134,14 @@ def test_bench_prefill_onevision_rows_match_the_real_adapter(capsys, cache_dir, 
 
 
 def test_onevision_cls_compressor_without_the_cosine_override_is_unsupported(cache_dir):
-    from hydra import initialize_config_dir
-
     from gc2bench.compressors.none import NoCompression
     from gc2bench.bench.prefill import (RandomWeightsOneVisionAdapter, bench_model_dir, check_supported,
                                                    compose_compressor)
-    from gc2bench.config import CONF_DIR
 
     adapter = RandomWeightsOneVisionAdapter(str(bench_model_dir("tiny_onevision")), NoCompression(),
                                             name="tiny_onevision", dtype="float32", device="cpu")
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        method = check_supported(compose_compressor("globalcom2", 0.5, 4, vision_has_cls=True), adapter)
-        assert method.status == "unsupported" and method.compressor is None
-        assert "compressor.score=cosine" in method.reason
-        method = check_supported(compose_compressor("globalcom2", 0.5, 4, vision_has_cls=False), adapter)
-        assert method.status == "ok" and method.overrides == ["compressor.score=cosine"]
+    method = check_supported(compose_compressor("globalcom2", 0.5, 4, vision_has_cls=True), adapter)
+    assert method.status == "unsupported" and method.compressor is None
+    assert "compressor.score=cosine" in method.reason
+    method = check_supported(compose_compressor("globalcom2", 0.5, 4, vision_has_cls=False), adapter)
+    assert method.status == "ok" and method.overrides == ["compressor.score=cosine"]

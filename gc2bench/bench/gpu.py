@@ -114,20 +114,16 @@ class SyncCounter:
 
 def _methods(names, ratios, num_layers: int, vision_has_cls: bool, adapter) -> list:
     """none, then each compressor at each R (once where the compressor ignores R), as run.py composes them."""
-    from hydra import initialize_config_dir
-
     from gc2bench.compressors.none import NoCompression
-    from gc2bench.config import CONF_DIR
     from gc2bench.bench.prefill import Method
 
     methods = [Method("none", 1.0, NoCompression())]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        for name in names:
-            for ratio in ratios:
-                method = check_supported(compose_compressor(name, ratio, num_layers, vision_has_cls), adapter)
-                methods.append(method)
-                if method.compressor is not None and method.compressor.params().get("ratio") != ratio:
-                    break   # the compressor ignores R (views, drop_crop, adaptive PruMerge): one row
+    for name in names:
+        for ratio in ratios:
+            method = check_supported(compose_compressor(name, ratio, num_layers, vision_has_cls), adapter)
+            methods.append(method)
+            if method.compressor is not None and method.compressor.params().get("ratio") != ratio:
+                break   # the compressor ignores R (views, drop_crop, adaptive PruMerge): one row
     return methods
 
 
@@ -266,10 +262,8 @@ def _model_part(part: str, device: torch.device, dtype: str, compressors, ratios
 
 def _kv_cache_part(device: torch.device, dtype: str, budget: Budget, log) -> dict:
     """KV-cache generation ≡ no-cache recomputation for every LLM-stage conf/compressor (LLaVA-NeXT shapes), at R = KV_RATIO."""
-    from hydra import initialize_config_dir
-
     from gc2bench.compressors.none import NoCompression
-    from gc2bench.config import CONF_DIR, config_names
+    from gc2bench.config import config_names
 
     model = MODELS["llava_next"][device.type]
     directory = bench_model_dir(model)
@@ -279,9 +273,8 @@ def _kv_cache_part(device: torch.device, dtype: str, budget: Budget, log) -> dic
     shape = DecoderShape.from_config(adapter.config)
     tolerance = KV_TOLERANCE[dtype]
     result = {"model": model, "dtype": dtype, "tolerance": tolerance, "rows": [], "not_run": []}
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        methods = [compose_compressor(name, KV_RATIO, shape.num_layers, architecture.vision_has_cls)
-                   for name in config_names("compressor")]
+    methods = [compose_compressor(name, KV_RATIO, shape.num_layers, architecture.vision_has_cls)
+               for name in config_names("compressor")]
     for method in methods:
         if method.compressor is None or getattr(method.compressor, "kind", "vision") != "llm":
             continue

@@ -353,12 +353,10 @@ def compose_compressor(name: str, ratio: float, num_layers: int, vision_has_cls:
     """The compressor as ``run.py`` composes it, plus ``compressor.num_layers`` where the config has it and,
     on a vision tower without CLS, ``compressor.score=cosine`` for a config asking for a CLS score;
     ``unreachable`` when the config rejects the ratio on this depth."""
-    from hydra import compose
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    from gc2bench.config import build_compressor, compose_run_config
 
     base = [f"compressor={name}", f"ratio={ratio}"]
-    cfg = compose("config", overrides=base)
+    cfg = compose_run_config(base, check=False)
     overrides = []
     if "num_layers" in cfg.compressor:
         overrides.append(f"compressor.num_layers={num_layers}")
@@ -367,13 +365,11 @@ def compose_compressor(name: str, ratio: float, num_layers: int, vision_has_cls:
     if cfg.compressor.get("decode") == "reselect":
         overrides.append("compressor.decode=static")   # FastV's pruned prefill, what saves compute
     if overrides:
-        cfg = compose("config", overrides=base + overrides)
+        cfg = compose_run_config(base + overrides, check=False)
     try:
-        return Method(name, ratio, instantiate(cfg.compressor), overrides)
-    except InstantiationException as error:
-        if isinstance(error.__cause__, ValueError):
-            return Method(name, ratio, None, overrides, "unreachable", str(error.__cause__))
-        raise
+        return Method(name, ratio, build_compressor(cfg), overrides)
+    except ConfigError as error:
+        return Method(name, ratio, None, overrides, "unreachable", str(error))
 
 
 def check_supported(method: Method, adapter) -> Method:
@@ -403,9 +399,7 @@ def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom
                        repeats: int = 3, images: int = 1, device: str = "cpu", dtype: str | None = None,
                        threads: int | None = None, seed: int = 0, log=None) -> tuple[dict, list[dict]]:
     """(header, rows) of the benchmark; see the module docstring for the row fields."""
-    from hydra import initialize_config_dir
-
-    from gc2bench.config import CONF_DIR, config_names, validate_ratio
+    from gc2bench.config import config_names, validate_ratio
 
     known = config_names("compressor")
     unknown = [name for name in compressors if name not in known]
@@ -435,13 +429,12 @@ def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom
     pictures = synthetic_images(images, image_size, seed)
 
     methods = [Method("none", 1.0, NoCompression())]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        for name in dict.fromkeys(compressors):
-            if name == "none":
-                continue
-            for ratio in ratios:
-                method = compose_compressor(name, ratio, shape.num_layers, architecture.vision_has_cls)
-                methods.append(check_supported(method, adapter))
+    for name in dict.fromkeys(compressors):
+        if name == "none":
+            continue
+        for ratio in ratios:
+            method = compose_compressor(name, ratio, shape.num_layers, architecture.vision_has_cls)
+            methods.append(check_supported(method, adapter))
     runnable = [index for index, method in enumerate(methods) if method.compressor is not None]
     samples = {index: [] for index in runnable}
     order = random.Random(seed)
@@ -577,10 +570,13 @@ def format_table(header: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def bench_prefill(model: str = "cpu_small", compressors: str = "none,globalcom2,fastervlm,fastv,pdrop,sparsevlm",
-                  ratios: str = "1,0.5,0.25,0.1", repeats: int = 3, images: int = 1, device: str = "cpu",
+def bench_prefill(model: str = "cpu_small", compressors: str | None = None, ratios: str = "1,0.5,0.25,0.1", repeats: int = 3, images: int = 1, device: str = "cpu",
                   dtype: str | None = None, threads: int | None = None, as_json: bool = False) -> int:
-    """The CLI command: print the table (or one JSON list of rows); a ConfigError on bad input."""
+    """The CLI command: print the table (or one JSON list of rows); a ConfigError on bad input. ``compressors``:
+    comma-separated conf/compressor names (default ``gc2bench.bench.PREFILL_COMPRESSORS``)."""
+    from gc2bench.bench import PREFILL_COMPRESSORS
+
+    compressors = ",".join(PREFILL_COMPRESSORS) if compressors is None else compressors
     header, rows = bench_prefill_rows(model, parse_list(compressors, "compressors", str),
                                       parse_list(ratios, "ratios", float), repeats=repeats, images=images,
                                       device=device, dtype=dtype, threads=threads)
