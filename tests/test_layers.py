@@ -138,3 +138,11 @@ def test_imports_are_read_at_every_depth(tmp_path):
     assert imports(source, known) == [("gc2bench.config", 2), ("gc2bench.run", 5), ("gc2bench.results.records", 6)]
     assert layer_of("gc2bench.results.records") == 5 and layer_of("gc2bench.run") == 7
     assert layer_of("gc2bench.compressors.base") == 2 and layer_of("hydra_plugins.gc2bench_sweeper") == 9
+
+
+def test_the_readme_states_this_layer_order():
+    import re
+
+    text = (REPO / "README.md").read_text().split("## Layout", 1)[1]
+    stated = [tuple(re.findall(r"`([\w.]+)`", line)) for line in text.splitlines() if re.match(r"\d+\. `", line)]
+    assert stated == [tuple(prefix.removeprefix("gc2bench.") for prefix in layer) for layer in LAYERS]
