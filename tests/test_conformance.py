@@ -63,8 +63,9 @@ def test_newline_entries_are_ignored(capsys, reference, tmp_path):
 
 def test_unreadable_file(capsys, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
-    assert run_conformance("globalcom2", str(tmp_path / "bad.json")) == 2
-    assert run_conformance("globalcom2", str(tmp_path / "missing.json")) == 2
+    for name in ("bad.json", "missing.json"):
+        assert main(["conformance", "globalcom2", str(tmp_path / name)]) == 2
+        assert capsys.readouterr().err.startswith(f"error: conformance: cannot read {tmp_path / name}: ")
 
 
 def test_bench_selection_prints_median(capsys, reference, tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from gc2bench.compressors.base import NEWLINE
+from gc2bench.errors import ConfigError
 from gc2bench.layout import anyres_layout
 
 BUDGET_TOLERANCE = 1e-6
@@ -96,15 +97,14 @@ def check_globalcom2_case(data: dict, case: dict) -> tuple[bool, str]:
 
 
 def run_conformance(method: str, file: str) -> int:
-    """Print one line per case and lastly ``N/N cases agree``; 0 if all agree, 1 if not, 2 on a bad file."""
+    """Print one line per case and lastly ``N/N cases agree``; 0 if all agree, 1 if not; a ConfigError on a
+    bad method or file."""
     if method != "globalcom2":
-        print(f"conformance: no reference check for method {method!r}")
-        return 2
+        raise ConfigError(f"conformance: no reference check for method {method!r}")
     try:
         data = load_vectors(file)
     except (OSError, ValueError) as error:
-        print(f"conformance: cannot read {file}: {error}")
-        return 2
+        raise ConfigError(f"conformance: cannot read {file}: {error}") from None
     cases = data["cases"]
     agree = 0
     for index, case in enumerate(cases):
