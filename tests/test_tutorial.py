@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO
 from gc2bench.cli import build_parser
 from gc2bench.config import compose_run_config
+from gc2bench.evaluation.suite import check_suite
 from gc2bench.inspection import split_arguments
 
 TUTORIAL = REPO / "docs" / "tutorial.md"
@@ -43,6 +44,7 @@ def test_run_commands_compose(argv):
     jobs = expand(overrides[1:]) if overrides[:1] == ["-m"] else [overrides]
     for job in jobs:
         cfg = compose_run_config(job)
+        check_suite(cfg)
         assert cfg.results_dir.startswith("/tmp/")
 
 
@@ -52,7 +54,7 @@ def test_tool_commands_parse(argv):
     if argv[1] == "inspect":
         own, overrides = split_arguments(args.overrides)
         assert own["viz"] and own["prompt"] == "Who is this?"
-        compose_run_config(overrides)
+        check_suite(compose_run_config(overrides))
     if getattr(args, "paper", None):
         assert (REPO / args.paper).is_file()
 
