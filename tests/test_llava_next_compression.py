@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gc2bench.compressors.base import NEWLINE, ScoreRequest
+from gc2bench.compressors.base import ScoreRequest
 from gc2bench.compressors.fastervlm import FasterVLM
 from gc2bench.compressors.globalcom2 import GlobalCom2
 from gc2bench.compressors.none import NoCompression
 from gc2bench.compressors.random import RandomKeep
+from gc2bench.layout import NEWLINE
 from gc2bench.models.adapter import to_rgb
 
 SIZES = [(80, 120), (60, 200), (160, 64), (40, 40), (300, 300), (1, 1), (1, 400), (400, 1), (57, 113)]

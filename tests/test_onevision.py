@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from gc2bench.compressors.base import NEWLINE, ScoreRequest
+from gc2bench.compressors.base import ScoreRequest
 from gc2bench.compressors.fastervlm import FasterVLM
 from gc2bench.compressors.globalcom2 import GlobalCom2
 from gc2bench.compressors.none import NoCompression
 from gc2bench.compressors.random import RandomKeep
 from gc2bench.config import ConfigError
-from gc2bench.layout import OneVisionLayout, onevision_layout
+from gc2bench.layout import NEWLINE, OneVisionLayout, onevision_layout
 from gc2bench.models.adapter import SampleStats
 
 MAX_NEW = 6

@@ -1,18 +1,13 @@
-"""What a vision-stage compressor receives and returns.
+"""What a vision-stage compressor receives and returns, and the contracts adapters rely on.
 
 Conventions (shared by every compressor and model adapter):
 
 - A *view* is one vision-tower input: view 0 is the thumbnail (the whole image squashed to
   one crop), views 1..n are the AnyRes crops in row-major grid order. Each view yields
   ``N = patches_per_side**2`` patch tokens (576 for CLIP-L/336, 16 for the tiny model).
-- A *token source* names where an emitted LLM token comes from: ``v * N + p`` for patch
-  ``p`` (row-major inside the view) of view ``v``, and ``NEWLINE`` (-1) for the model's
-  ``image_newline`` embedding. The packed sequence transformers builds
-  (``pack_image_features``) is one such list; a compressor returns another, shorter one.
-- Padding entries in batched source tensors are ``PAD`` (-2) and always come last.
-- A merging compressor (``ScoreRequest.merge_inputs``) may also emit *view summaries*: source
-  ``VIEW_SUMMARY - v`` (-3 - v) is a token with no patch of its own that summarises view ``v``;
-  its features come from ``Selection.replacement_features``, never from a patch.
+- *Token sources* (``v * N + p``, ``NEWLINE``, ``PAD``, ``VIEW_SUMMARY - v``) are defined with the
+  geometry in ``gc2bench.layout`` and re-exported here. A view summary's features come from
+  ``Selection.replacement_features``, never from a patch.
 """
 
 from __future__ import annotations
@@ -23,10 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 from gc2bench.config import check_choice
-
-NEWLINE = -1
-PAD = -2
-VIEW_SUMMARY = -3  # VIEW_SUMMARY - v: a summary token of view v (see the module docstring)
+from gc2bench.layout import NEWLINE, PAD
+from gc2bench.layout import VIEW_SUMMARY as VIEW_SUMMARY
+from gc2bench.layout import source_views as source_views
 
 
 @dataclass
@@ -87,12 +81,6 @@ class Selection:
         """Token sources of each image without padding (one host sync for the whole batch)."""
         counts = self.num_tokens.tolist()
         return [row[:n] for row, n in zip(self.token_sources, counts)]
-
-
-def source_views(token_sources: torch.Tensor, tokens_per_view: int) -> torch.Tensor:
-    """View of each patch or view-summary source (no NEWLINE / PAD entries): [M] → [M] long."""
-    return torch.where(token_sources <= VIEW_SUMMARY, VIEW_SUMMARY - token_sources,
-                       token_sources.div(tokens_per_view, rounding_mode="floor"))
 
 
 def gather_tokens(view_features: torch.Tensor, image_newline: torch.Tensor, token_sources: torch.Tensor) -> torch.Tensor:
@@ -289,12 +277,8 @@ def crop_order_params(crop_order: str) -> dict:
     return {} if crop_order == "packed" else {"crop_order": crop_order}
 
 
-def crop_order_selection(layouts: list, crop_order: str) -> Selection:
-    """Every token of each image, in ``crop_order`` (``packed``: exactly ``NoCompression().select``)."""
-    from gc2bench.compressors.none import NoCompression
-
-    if crop_order == "packed":
-        return NoCompression().select([None] * len(layouts), layouts)
+def crop_order_selection(layouts: list, crop_order: str = "packed") -> Selection:
+    """Every token of each image, in ``crop_order`` (``packed``: the layouts' packed sources, ``compressor=none``)."""
     sources = [crop_block_sources(layout.packed_sources, layout.tokens_per_view, layout.num_crops, crop_order)
                for layout in layouts]
     token_sources = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=PAD)

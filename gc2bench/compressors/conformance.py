@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from gc2bench.compressors.base import NEWLINE
+from gc2bench.layout import NEWLINE
 from gc2bench.layout import anyres_layout
 
 BUDGET_TOLERANCE = 1e-6

@@ -26,9 +26,10 @@ from functools import lru_cache
 
 import torch
 
-from gc2bench.compressors.base import NEWLINE, PAD, ScoreRequest, Selection
+from gc2bench.compressors.base import ScoreRequest, Selection
 from gc2bench.compressors.globalcom2 import SCORES, cell_member, cell_sums
 from gc2bench.config import check_choice
+from gc2bench.layout import NEWLINE, PAD
 
 WHICH = ("most", "least")
 NEWLINE_MODES = ("rows", "keep")

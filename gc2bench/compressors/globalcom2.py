@@ -42,9 +42,9 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from gc2bench.compressors.base import NEWLINE, PAD, ScoreRequest, Selection, gather_tokens
+from gc2bench.compressors.base import ScoreRequest, Selection, gather_tokens
 from gc2bench.config import check_choice
-from gc2bench.layout import UNPAD_ARITHMETIC, AnyResLayout, OneVisionLayout
+from gc2bench.layout import NEWLINE, PAD, UNPAD_ARITHMETIC, AnyResLayout, OneVisionLayout
 
 SCORES = ("cls_logit", "cls_softmax", "cosine")
 ALLOCATIONS = ("uniform", "n_topk", "softmax_max", "softmax_sum")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from gc2bench.compressors.base import PAD, ScoreRequest, Selection
+from gc2bench.compressors.base import ScoreRequest, Selection, crop_order_selection
 
 
 class NoCompression:
@@ -22,6 +20,4 @@ class NoCompression:
 
     def select(self, scores: list, layouts: list) -> Selection:
         """``scores`` is ignored (one entry per image, possibly None); sources come from the layouts."""
-        sources = [layout.packed_sources for layout in layouts]
-        token_sources = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=PAD)
-        return Selection(token_sources, torch.tensor([len(s) for s in sources]))
+        return crop_order_selection(layouts)

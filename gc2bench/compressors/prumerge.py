@@ -33,9 +33,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gc2bench.compressors.base import NEWLINE, PAD, VIEW_SUMMARY, MergeInputs, ScoreRequest, Selection
+from gc2bench.compressors.base import MergeInputs, ScoreRequest, Selection
 from gc2bench.compressors.fastervlm import all_view_tokens
 from gc2bench.config import check_choice, validate_ratio
+from gc2bench.layout import NEWLINE, PAD, VIEW_SUMMARY
 
 SCORES = ("cls_softmax_fullwidth", "cls_softmax", "cosine")
 IQR_SCOPES = ("view", "image")

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from gc2bench.compressors.base import NEWLINE, PAD, ScoreRequest, Selection
+from gc2bench.compressors.base import ScoreRequest, Selection
 from gc2bench.config import check_choice
+from gc2bench.layout import NEWLINE, PAD
 
 VIEWS = ("thumbnail_only", "crops_only")
 NEWLINE_MODES = ("keep", "drop")

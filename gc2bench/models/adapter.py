@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gc2bench.compressors.base import NEWLINE, MergeInputs, ScoreRequest, gather_tokens, source_views
+from gc2bench.compressors.base import MergeInputs, ScoreRequest, gather_tokens
 from gc2bench.config import ConfigError, check_model_path
 from gc2bench.efficiency.flops import sample_tflops
-from gc2bench.errors import ModelLoadError
 from gc2bench.efficiency.timing import PrefillTimer, collector_paused, now, peak_memory_mb, reset_peak_memory
+from gc2bench.errors import ModelLoadError
+from gc2bench.layout import NEWLINE, source_views
 from gc2bench.models.hub import check_hub_checkpoint
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,

@@ -28,8 +28,9 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from gc2bench.compressors.base import NEWLINE, ScoreRequest, gather_tokens
+from gc2bench.compressors.base import ScoreRequest, gather_tokens
 from gc2bench.config import ConfigError
+from gc2bench.layout import NEWLINE
 from gc2bench.models.adapter import VisionStageAdapter
 
 CLS_SCORES = ("cls_logit", "cls_softmax", "cls_softmax_fullwidth")
