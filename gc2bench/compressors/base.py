@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -203,20 +204,66 @@ class PruneDecision:
     recycled: list[torch.Tensor] | None = None
 
 
-class LLMStageCompressor:
-    """Protocol (documentation only) of an LLM-stage compressor.
+@runtime_checkable
+class VisionStageCompressor(Protocol):
+    """What model adapters and ``run`` read of every compressor (one between the vision tower and the LLM).
 
-    kind = "llm"; name; params() -> dict (with "convention");
-    score_request: ScoreRequest for the vision stage ("none", or CLS for "+GlobalCom²");
-    select(scores, layouts) -> Selection: the vision-stage selection (usually every packed
-        token; "+GlobalCom²" also returns crop_budgets);
-    positions: "keep" (kept tokens keep their position ids, FastV) or "compact" (renumbered);
-    stages(num_layers) -> list[DecoderStage], in increasing layer order;
-    query_rows(ctx) -> [B, L] bool, the query tokens whose attention rows the stage needs;
+    name: the method's name (run directories, records, error messages).
+    kind: ``"vision"`` (``"llm"``: an ``LLMStageCompressor``; the adapter then builds a decoder pruner).
+    score_request: the per-view score (and merge inputs) the adapter computes for ``select``.
+    ratio: R as the method reads it (1.0 for methods that are not ratio-driven); the thumbnail's budget
+        of a "+GlobalCom²" decoder stage.
+    seed: seed of the method's randomness (the decoder pruner's generator; 0 for deterministic methods).
+    unpad: ``False`` when the candidates are all padded-grid patches of every view (the LLaVA-NeXT-only
+        conventions, which the OneVision adapter refuses); ``True``, or GlobalCom²'s unpad arithmetic
+        (``llava`` | ``transformers``), when they are the unpadded tokens.
+    convention: how R is counted, in words (``params()["convention"]``, recorded with every sample).
+    params() -> dict: every option that changes the output (hashed into the run directory), with
+        ``ratio`` and ``convention``.
+    select(scores, layouts[, merge_inputs=]) -> Selection: scores are B tensors [V_b, N] (or None
+        entries for ``ScoreRequest("none")``), layouts B layouts.
+    """
+
+    name: str
+    kind: str
+    score_request: ScoreRequest
+    ratio: float
+    seed: int
+    unpad: bool | str
+    convention: str
+
+    def params(self) -> dict: ...
+
+    def select(self, scores: list, layouts: list, **merge_inputs) -> Selection: ...
+
+
+@runtime_checkable
+class LLMStageCompressor(VisionStageCompressor, Protocol):
+    """A compressor that prunes inside the decoder (FastV, PDrop, SparseVLM, "+GlobalCom²"); ``kind == "llm"``.
+
+    ``select`` is its vision-stage selection (usually every packed token; "+GlobalCom²" also returns
+    crop_budgets, which reach the decoder as ``LLMContext.segment_budgets`` with the thumbnail at R).
+    positions: ``keep`` (kept tokens keep their position ids, FastV) or ``compact`` (renumbered).
+    decode: ``reselect`` (each generated token re-ranks the prompt's image tokens; one stage, positions
+        ``keep``, and ``kept_counts(image_tokens_at_start, present)`` giving k, as FastV) or ``static``.
+    wants_query_attention: ``prune`` also gets each query row's attention (``LLMContext.query_attention``).
+    stages(num_layers) -> list[DecoderStage], in increasing layer order (solves depth-dependent schedules);
+    schedule_info(num_layers) -> dict: the schedule on that LLM, JSON, for run records;
+    query_rows(ctx) -> [B, L] bool, the query tokens whose attention rows a stage needs;
     prune(ctx) -> PruneDecision.
     """
 
-    kind = "llm"
+    positions: str
+    decode: str
+    wants_query_attention: bool
+
+    def stages(self, num_layers: int) -> list[DecoderStage]: ...
+
+    def schedule_info(self, num_layers: int) -> dict: ...
+
+    def query_rows(self, ctx: LLMContext) -> torch.Tensor: ...
+
+    def prune(self, ctx: LLMContext) -> PruneDecision: ...
 
 
 # ---------------------------------------------------------------------------------------------

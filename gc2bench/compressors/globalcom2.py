@@ -394,6 +394,11 @@ class GlobalCom2:
     check_finite: reject NaN/inf scores (one host–device sync per batch).
     """
 
+    kind = "vision"
+    seed = 0
+    convention = ("R applies to unpadded packed tokens (thumbnail keeps floor(N*R), crop j keeps floor(N_j*r_j) of "
+                  "its N_j unpadded tokens); newlines not counted")
+
     def __init__(self, ratio: float = 0.25, name: str = "globalcom2", score: str = "cls_logit",
                  tau: float = 10.0, alpha: float = 0.5, allocation: str = "softmax_sum",
                  token_score: str = "both", thumbnail_order: str = "score", newlines: str = "padded",
@@ -425,8 +430,7 @@ class GlobalCom2:
             "allocation": self.allocation, "token_score": self.token_score,
             "thumbnail_order": self.thumbnail_order, "newlines": self.newlines, "unpad": self.unpad,
             "crop_layout": self.crop_layout, "check_finite": self.check_finite,
-            "convention": "R applies to unpadded packed tokens (thumbnail keeps floor(N*R), crop j keeps "
-                          "floor(N_j*r_j) of its N_j unpadded tokens); newlines not counted",
+            "convention": self.convention,
         }
 
     def __repr__(self) -> str:

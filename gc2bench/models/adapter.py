@@ -164,12 +164,12 @@ class VisionStageAdapter:
         self._prefill_timer = PrefillTimer(self.device).attach(self.model.model.language_model)
         self.batches_answered = 0
         self.pruner = None
-        if getattr(compressor, "kind", "vision") == "llm":
+        if compressor.kind == "llm":
             from gc2bench.models.decoder_pruning import DecoderPruner, UnsupportedDecoderError
 
             try:
                 self.pruner = DecoderPruner(self.model.model.language_model, compressor,
-                                            seed=getattr(compressor, "seed", 0))
+                                            seed=compressor.seed)
             except UnsupportedDecoderError as error:
                 raise ModelLoadError(str(error)) from None
 
@@ -390,7 +390,7 @@ class VisionStageAdapter:
 
         image_owner = [row for row, imgs in enumerate(images) for _ in imgs]
         budgets = selection.crop_budgets.tolist() if selection.crop_budgets is not None else None
-        convention = self.compressor.params().get("convention", "")
+        convention = self.compressor.convention
         for index, (layout, sources) in enumerate(zip(layouts, kept_sources)):
             stat = stats[image_owner[index]]
             stat.ratio_convention = convention
@@ -429,7 +429,7 @@ class VisionStageAdapter:
         if self.last_crop_budgets is not None:
             crops = self.last_crop_budgets.to(self.device, torch.float64)
             first_image = [sum(len(g) for g in images[:row]) if images[row] else -1 for row in range(len(images))]
-            ratio = float(self.compressor.params().get("ratio", 1.0))
+            ratio = float(self.compressor.ratio)
             budgets = torch.full((len(images), 1 + crops.shape[1]), float("nan"), dtype=torch.float64,
                                  device=self.device)
             for row, index in enumerate(first_image):

@@ -144,7 +144,7 @@ class DecoderPruner:
         self.cache_argument = cache_argument(language_model)
         self.stages = compressor.stages(len(self.layers))
         self.first_prune = min(stage.prune_layer for stage in self.stages)
-        self.reselect = getattr(compressor, "decode", "static") == "reselect"
+        self.reselect = compressor.decode == "reselect"
         if self.reselect and (len(self.stages) != 1 or compressor.positions != "keep"):
             raise ValueError(f"{compressor.name}: decode=reselect needs one stage with positions='keep' (FastV)")
         self._decode_visible: torch.Tensor | None = None   # reselect: [B, T] keys visible to layers >= K
@@ -360,7 +360,7 @@ class DecoderPruner:
         logits = logits.masked_fill(~allowed[:, None], -torch.inf)
         rows = logits.softmax(-1).mean(1)                                             # [B, Q, L]
         rows = rows.masked_fill(~present[..., None], 0.0)
-        per_query = rows if getattr(self.compressor, "wants_query_attention", False) else None
+        per_query = rows if self.compressor.wants_query_attention else None
         return rows.sum(1) / count.clamp(min=1)[:, None], per_query
 
     def _prune(self, number: int, hidden: torch.Tensor) -> torch.Tensor:

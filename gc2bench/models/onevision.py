@@ -69,15 +69,14 @@ def image_only_processor_class():
 
 
 def _check_score_request(compressor, model_name: str) -> None:
-    request = getattr(compressor, "score_request", None)
-    if request is not None and request.kind in CLS_SCORES:
-        name = getattr(compressor, "name", type(compressor).__name__)
+    request, name = compressor.score_request, compressor.name
+    if request.kind in CLS_SCORES:
         raise ConfigError(
             f"compressor {name!r} asks for a {request.kind} score, but model {model_name!r} (LLaVA-OneVision, "
             "SigLIP vision tower) has no CLS token; add compressor.score=cosine (the AAAI GlobalCom² paper's "
             "§4.3 score, accepted by globalcom2, fastervlm and prumerge)")
-    if getattr(compressor, "unpad", True) is False:  # fastervlm, random, prumerge: the padded-grid conventions
-        raise ConfigError(f"compressor {getattr(compressor, 'name', type(compressor).__name__)!r}: unpad=false (all "
+    if compressor.unpad is False:  # fastervlm, random, prumerge: the padded-grid conventions
+        raise ConfigError(f"compressor {name!r}: unpad=false (all "
                           f"padded-grid patches) does not apply to model {model_name!r} (LLaVA-OneVision packs a "
                           "downsampled grid); use compressor.unpad=true")
 
