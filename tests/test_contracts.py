@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gc2bench.compressors.base import LLMStageCompressor, ScoreRequest, VisionStageCompressor
+from gc2bench.compressors.base import LLMStageCompressor, ScoreKind, ScoreRequest, VisionStageCompressor
 from gc2bench.compressors.none import NoCompression
-from gc2bench.config import build_compressor, compose_run_config, config_names
+from gc2bench.config import ConfigError, build_compressor, compose_run_config, config_names
 from gc2bench.layout import UNPAD_ARITHMETIC
 
 
@@ -52,3 +52,19 @@ def test_a_compressor_missing_an_attribute_is_refused():
 
     assert not isinstance(NoSeed(), VisionStageCompressor)
     assert isinstance(NoCompression(), VisionStageCompressor) and not isinstance(NoCompression(), LLMStageCompressor)
+
+
+def test_score_kinds_are_one_enumerated_set():
+    assert [str(k) for k in ScoreKind] == ["none", "cls_logit", "cls_softmax", "cls_softmax_fullwidth", "cosine", "norm"]
+    assert ScoreRequest("norm", -2).kind is ScoreKind.NORM
+    with pytest.raises(ConfigError, match="kind='cosin' is not one of none, cls_logit, cls_softmax, "
+                                          "cls_softmax_fullwidth, cosine, norm"):
+        ScoreRequest("cosin")
+
+
+def test_each_adapter_declares_the_kinds_it_serves():
+    from gc2bench.models.llava_next import LlavaNextAdapter
+    from gc2bench.models.onevision import LlavaOneVisionAdapter
+
+    assert LlavaNextAdapter.score_kinds == set(ScoreKind)
+    assert LlavaOneVisionAdapter.score_kinds == {ScoreKind.NONE, ScoreKind.COSINE, ScoreKind.NORM}

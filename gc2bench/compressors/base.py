@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -24,24 +25,47 @@ from gc2bench.layout import VIEW_SUMMARY as VIEW_SUMMARY
 from gc2bench.layout import source_views as source_views
 
 
+class ScoreKind(StrEnum):
+    """Every per-view token score [V, N] a model adapter can compute (higher = more important).
+
+    ``cls_logit``: head-mean pre-softmax CLS logits q·k·scale, CLS column dropped;
+    ``cls_softmax``: head-mean post-softmax CLS attention, CLS column dropped;
+    ``cls_softmax_fullwidth``: softmax over all 1+N keys of q·k/√C with q, k the full C-wide
+        projections, all heads as one, CLS column dropped (the LLaVA-PruMerge code's attention);
+    ``cosine``: −cos(x_i, mean_j x_j) over the view's projector inputs (no CLS needed);
+    ``norm``: ‖x_i‖₂ of each patch's projector input (no CLS needed);
+    ``none``: no score (e.g. no compression, random).
+    An adapter lists the kinds it serves (``VisionStageAdapter.score_kinds``).
+    """
+
+    NONE = "none"
+    CLS_LOGIT = "cls_logit"
+    CLS_SOFTMAX = "cls_softmax"
+    CLS_SOFTMAX_FULLWIDTH = "cls_softmax_fullwidth"
+    COSINE = "cosine"
+    NORM = "norm"
+
+
+CLS_SCORES = (ScoreKind.CLS_LOGIT, ScoreKind.CLS_SOFTMAX, ScoreKind.CLS_SOFTMAX_FULLWIDTH)  # need a CLS token
+FEATURE_SCORES = (ScoreKind.COSINE, ScoreKind.NORM)  # need only the projector inputs (models.adapter.feature_scores)
+
+
 @dataclass
 class ScoreRequest:
     """Which per-view token score a compressor needs from the model adapter.
 
-    kind: ``cls_logit`` (head-mean pre-softmax CLS logits q·k·scale, CLS column dropped),
-          ``cls_softmax`` (head-mean post-softmax CLS attention, CLS column dropped),
-          ``cosine`` (−cos(x_i, mean_j x_j) over the view's patch features; no CLS needed),
-          ``cls_softmax_fullwidth`` (softmax over all 1+N keys of q·k/√C with q, k the full C-wide
-          projections, all heads as one, CLS column dropped: the LLaVA-PruMerge code's attention),
-          or ``none`` (no score: e.g. no compression, random).
+    kind: a ``ScoreKind`` (or its name; anything else is a ConfigError naming the allowed kinds).
     layer: index into the vision encoder's layers (-1 = last layer, -2 = penultimate).
     merge_inputs: also gather ``MergeInputs`` (the keys of ``layer`` and the projector-input
           features) and pass them to ``select(scores, layouts, merge_inputs=...)``.
     """
 
-    kind: str = "none"
+    kind: ScoreKind = ScoreKind.NONE
     layer: int = -1
     merge_inputs: bool = False
+
+    def __post_init__(self):
+        self.kind = ScoreKind(check_choice(self.kind, tuple(ScoreKind), "kind", "ScoreRequest"))
 
 
 @dataclass

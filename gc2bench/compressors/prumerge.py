@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from gc2bench.compressors.base import MergeInputs, ScoreRequest, Selection
 from gc2bench.compressors.fastervlm import all_view_tokens
 from gc2bench.config import check_choice, validate_ratio
-from gc2bench.layout import NEWLINE, PAD, VIEW_SUMMARY
+from gc2bench.layout import NEWLINE, PAD, VIEW_SUMMARY, OneVisionLayout
 
 SCORES = ("cls_softmax_fullwidth", "cls_softmax", "cosine")
 IQR_SCOPES = ("view", "image")
@@ -145,7 +145,7 @@ class PruMerge:
         """[P] token sources PruMerge chooses from, in spatial order (NEWLINE entries when ``unpad``)."""
         if self.unpad:
             return layout.packed_sources
-        if hasattr(layout, "source_rows"):
+        if isinstance(layout, OneVisionLayout):
             raise ValueError("prumerge: unpad=false (all padded-grid patches) does not apply to LLaVA-OneVision's "
                              "packed grid; use unpad=true")
         return all_view_tokens(layout)

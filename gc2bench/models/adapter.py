@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gc2bench.compressors.base import MergeInputs, ScoreRequest, gather_tokens
+from gc2bench.compressors.base import MergeInputs, ScoreKind, ScoreRequest, gather_tokens
 from gc2bench.config import ConfigError, check_model_path
 from gc2bench.efficiency.flops import sample_tflops
 from gc2bench.efficiency.timing import PrefillTimer, collector_paused, now, peak_memory_mb, reset_peak_memory
@@ -81,6 +81,17 @@ class Generation:
     prompt: str | None = None            # the rendered prompt the model was given
 
 
+def feature_scores(kind: ScoreKind, features: torch.Tensor) -> torch.Tensor:
+    """Per-view scores [V, N] float32 of a kind that needs only the projector inputs ``features`` [V, N, C]
+    (``FEATURE_SCORES``): ``cosine`` = −cos(x_i, mean_j x_j), computed in the dtype of ``features``;
+    ``norm`` = ‖x_i‖₂, computed in float32."""
+    if kind == ScoreKind.COSINE:
+        return -torch.nn.functional.cosine_similarity(features, features.mean(1, keepdim=True), dim=-1).float()
+    if kind == ScoreKind.NORM:
+        return torch.linalg.vector_norm(features.float(), dim=-1)
+    raise ValueError(f"score kind {kind} needs more than the projector inputs")
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -129,6 +140,8 @@ class VisionStageAdapter:
     model_class: type = None  # set by subclasses, e.g. LlavaNextForConditionalGeneration
 
     pipelines: tuple = ("transformers",)  # model.pipeline values this adapter serves (gc2bench.layout.PIPELINES)
+    score_kinds: frozenset = frozenset(ScoreKind)  # the ScoreRequest kinds this adapter computes
+    missing_scores: str = ""  # why the other kinds are not served and what to use instead (for the error line)
 
     def __init__(self, path: str, compressor, name: str | None = None, revision: str | None = None,
                  dtype: str = "float16", device: str | None = "auto", attn_implementation: str = "sdpa",
@@ -194,7 +207,14 @@ class VisionStageAdapter:
                               f"{layers} layers (use -{layers}..{layers - 1}; -1 is the last)")
 
     def check_compressor(self, compressor, model_name: str) -> None:
-        """Raise a ConfigError if this model cannot serve the compressor's score request."""
+        """A ConfigError if this model cannot serve the compressor's score request (``score_kinds``); checked when
+        the adapter is built and before each batch is compressed (a compressor may be swapped in)."""
+        kind = compressor.score_request.kind
+        if kind not in self.score_kinds:
+            served = ", ".join(k for k in ScoreKind if k in self.score_kinds)
+            reason = self.missing_scores or f"serves only {served} scores"
+            raise ConfigError(f"compressor {compressor.name!r} asks for a {kind} score, but model {model_name!r} "
+                              f"{reason}")
 
     def load_processor(self, path: str, revision: str | None):
         from transformers import AutoProcessor
@@ -357,6 +377,7 @@ class VisionStageAdapter:
 
     def _compress(self, inputs, images: list[list], stats: list[SampleStats]):
         """Kept features per image and the prompts with each image's token run shrunk to match."""
+        self.check_compressor(self.compressor, self.name)
         layouts = self.layouts(inputs)
         pixel_values = inputs["pixel_values"]
         flat_pixels = torch.cat([pv[: layout.num_views] for pv, layout in zip(pixel_values, layouts)])
