@@ -155,7 +155,7 @@ class VisionStageAdapter:
         check_model_path(path)
         check_hub_checkpoint(path, revision)
         if dtype not in DTYPES:
-            raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+            raise ConfigError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
         self.name = name or path
         self.path = path
         self.revision = revision
@@ -178,13 +178,9 @@ class VisionStageAdapter:
         self.batches_answered = 0
         self.pruner = None
         if compressor.kind == "llm":
-            from gc2bench.models.decoder_pruning import DecoderPruner, UnsupportedDecoderError
+            from gc2bench.models.decoder_pruning import DecoderPruner
 
-            try:
-                self.pruner = DecoderPruner(self.model.model.language_model, compressor,
-                                            seed=compressor.seed)
-            except UnsupportedDecoderError as error:
-                raise ModelLoadError(str(error)) from None
+            self.pruner = DecoderPruner(self.model.model.language_model, compressor, seed=compressor.seed)
 
     def describe(self) -> dict:
         return {"name": self.name, "path": self.path, "revision": self.revision,

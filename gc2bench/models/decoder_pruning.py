@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gc2bench.compressors.base import SEGMENT_RECYCLED, SEGMENT_TEXT, LLMContext
+from gc2bench.errors import ModelLoadError
 
 
 # transformers releases the hooks were tested on (the lock's and the newest 5.x: `bash .ci/latest`).
@@ -38,8 +39,9 @@ LAYER_ARGUMENTS = ("hidden_states", "attention_mask", "position_ids", "position_
 CACHE_ARGUMENTS = ("cache", "past_key_values")
 
 
-class UnsupportedDecoderError(RuntimeError):
-    """The installed transformers' decoder layers lack an argument or module the pruning hooks read."""
+class UnsupportedDecoderError(ModelLoadError, RuntimeError):
+    """The installed transformers' decoder layers lack an argument or module the pruning hooks read (a model
+    gc2bench cannot hook: reported in one line, exit status 2, when the adapter is built)."""
 
 
 def cache_argument(language_model) -> str:
