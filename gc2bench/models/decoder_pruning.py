@@ -154,6 +154,7 @@ class DecoderPruner:
         self.state: RowState | None = None        # current sequence during a prefill
         self.stage_states: dict[int, RowState] = {}  # layer index → state after its pruning (for decode)
         self._pending: dict[int, tuple] = {}
+        self._embeds: torch.Tensor | None = None      # the last prefill's input embeddings (LLMContext.input_embeds)
         self._handles = [layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
                          for index, layer in enumerate(self.layers)]
         self._handles.append(language_model.register_forward_pre_hook(self._new_forward, with_kwargs=True))
@@ -313,7 +314,7 @@ class DecoderPruner:
         generator = torch.Generator(device="cpu").manual_seed(self.seed + number)
         return LLMContext(
             stage_index=number, stage=self.stages[number], hidden=hidden,
-            input_embeds=getattr(self, "_embeds", None), original_index=self.state.original_index,
+            input_embeds=self._embeds, original_index=self.state.original_index,
             image=self.state.image, valid=self.state.valid, segment=self.state.segment,
             image_tokens_at_start=self.plan.image.sum(1), segment_budgets=self.plan.segment_budgets,
             attention=attention[0], query_attention=attention[1], generator=generator)
