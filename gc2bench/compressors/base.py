@@ -230,7 +230,8 @@ class PruneDecision:
 
 @runtime_checkable
 class VisionStageCompressor(Protocol):
-    """What model adapters and ``run`` read of every compressor (one between the vision tower and the LLM).
+    """What model adapters and ``run`` read of every compressor; a vision-stage compressor (``kind == "vision"``,
+    working between the vision tower and the LLM) is exactly this, an LLM-stage one adds ``LLMStageCompressor``.
 
     name: the method's name (run directories, records, error messages).
     kind: ``"vision"`` (``"llm"``: an ``LLMStageCompressor``; the adapter then builds a decoder pruner).

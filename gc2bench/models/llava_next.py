@@ -126,7 +126,7 @@ class LlavaNextAdapter(VisionStageAdapter):
         elif request.kind == ScoreKind.CLS_SOFTMAX_FULLWIDTH:
             scores = cls_attention_fullwidth(layer.self_attn, captured["x"], keys)
         elif request.kind in FEATURE_SCORES:
-            scores = feature_scores(request.kind, selected)   # in the model dtype, as ever
+            scores = feature_scores(request.kind, selected)   # cosine in the model dtype (OneVision: float32)
         else:
             scores = None  # ScoreKind.NONE
         if not with_merge_inputs:

@@ -133,7 +133,7 @@ class LlavaOneVisionAdapter(VisionStageAdapter):
         elif request.kind == ScoreKind.NONE:
             scores = None
         else:
-            raise ConfigError(f"{self.name}: {self.missing_scores} (asked for a {request.kind} score)")
+            raise ConfigError(f"model {self.name!r} {self.missing_scores} (asked for a {request.kind} score)")
         return features, scores, selected
 
     def encode_views_for_merging(self, pixel_values: torch.Tensor, request: ScoreRequest, layouts: list):
