@@ -7,7 +7,12 @@ Conventions:
 - A layout has ``1 + rows * cols`` views (view 0 = thumbnail, then crops row-major), each
   ``patches_per_side ** 2`` tokens. The crop grid is ``rows * pps`` patches high and
   ``cols * pps`` wide; the *unpadded region* is the part of it showing the image.
-- Token sources follow ``gc2bench.compressors.base``: ``v * N + p``, ``NEWLINE`` = -1.
+- A *token source* names where an emitted LLM token comes from: ``v * N + p`` for patch ``p``
+  (row-major inside the view) of view ``v``, and ``NEWLINE`` (-1) for the model's ``image_newline``
+  embedding. The packed sequence transformers builds (``pack_image_features``) is one such list
+  (``packed_sources``); a compressor returns another, shorter one. Padding entries in batched source
+  tensors are ``PAD`` (-2) and always come last. A merging compressor may also emit *view summaries*:
+  source ``VIEW_SUMMARY - v`` (-3 - v) is a token with no patch of its own that summarises view ``v``.
 
 LLaVA-OneVision (``OneVisionLayout``, ``onevision_layout``) packs the same AnyRes grid with
 transformers' unpad arithmetic, then bilinearly downsamples it (``anyres_max_n``); its crop views
@@ -33,7 +38,9 @@ from functools import cached_property
 
 import torch
 
-from gc2bench.compressors.base import NEWLINE
+NEWLINE = -1
+PAD = -2
+VIEW_SUMMARY = -3  # VIEW_SUMMARY - v: a summary token of view v (see the module docstring)
 
 UNPAD_ARITHMETIC = ("transformers", "llava")
 PINPOINT_ORDERS = ("hw", "wh")
@@ -43,6 +50,12 @@ PINPOINT_ORDERS = ("hw", "wh")
 PIPELINES = ("transformers", "llava")
 PIPELINE_RULES = {"transformers": {"pinpoint_order": "hw", "unpad": "transformers"},
                   "llava": {"pinpoint_order": "wh", "unpad": "llava"}}
+
+
+def source_views(token_sources: torch.Tensor, tokens_per_view: int) -> torch.Tensor:
+    """View of each patch or view-summary source (no NEWLINE / PAD entries): [M] → [M] long."""
+    return torch.where(token_sources <= VIEW_SUMMARY, VIEW_SUMMARY - token_sources,
+                       token_sources.div(tokens_per_view, rounding_mode="floor"))
 
 
 def check_pipeline(pipeline: str) -> str:

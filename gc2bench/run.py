@@ -205,7 +205,7 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
             return records
     model = {**adapter.describe(), "resolved_revision": getattr(adapter.model.config, "_commit_hash", None),
              "checkpoint": identity["checkpoint"]}
-    if adapter.pruner is not None and hasattr(compressor, "schedule_info"):
+    if adapter.pruner is not None:  # an LLMStageCompressor: it has schedule_info
         common["compressor"]["schedule"] = compressor.schedule_info(len(adapter.pruner.layers))
     common.update(model=model, environment=environment())
     cache = AnswerCache(directory, rank, world_size)

@@ -7,6 +7,7 @@ import transformers
 from packaging.version import Version
 
 from gc2bench.compressors.fastv import FastV
+from gc2bench.errors import ModelLoadError
 from gc2bench.models.decoder_pruning import DecoderPruner, UnsupportedDecoderError, cache_argument
 
 
@@ -43,6 +44,7 @@ def test_missing_argument_is_one_line_naming_the_version(language_model, missing
     _replace_forward(language_model.layers[0], namespace["forward"])
     with pytest.raises(UnsupportedDecoderError) as raised:
         DecoderPruner(language_model, FastV(0.5, layer=2))
+    assert isinstance(raised.value, ModelLoadError) and raised.value.exit_status == 2
     message = str(raised.value)
     assert "\n" not in message
     assert f"transformers {transformers.__version__}" in message

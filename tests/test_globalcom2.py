@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gc2bench.compressors.base import NEWLINE, PAD, ScoreRequest
+from gc2bench.compressors.base import ScoreRequest
 from gc2bench.compressors.globalcom2 import GlobalCom2, crop_geometry
-from gc2bench.layout import anyres_layout
+from gc2bench.layout import NEWLINE, PAD, anyres_layout
 
 PINS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 TINY_PINS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]

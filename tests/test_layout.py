@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from gc2bench.compressors.base import NEWLINE
 from gc2bench.layout import (
+    NEWLINE,
     AnyResLayout,
     anyres_layout,
     layout_for,

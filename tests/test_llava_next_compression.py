@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gc2bench.compressors.base import NEWLINE, ScoreRequest
+from gc2bench.compressors.base import ScoreRequest
 from gc2bench.compressors.fastervlm import FasterVLM
 from gc2bench.compressors.globalcom2 import GlobalCom2
 from gc2bench.compressors.none import NoCompression
 from gc2bench.compressors.random import RandomKeep
+from gc2bench.layout import NEWLINE
 from gc2bench.models.adapter import to_rgb
 
 SIZES = [(80, 120), (60, 200), (160, 64), (40, 40), (300, 300), (1, 1), (1, 400), (400, 1), (57, 113)]
@@ -65,6 +66,22 @@ def test_hooked_cls_attention_equals_eager_attentions(adapter, kind, layer):
         torch.testing.assert_close(logits.softmax(-1)[..., 1:].mean(1), expected, rtol=0, atol=1e-6)
         expected = logits[..., 1:].mean(1)
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["norm", "cosine"])
+def test_feature_scores_come_from_the_projector_inputs(adapter, kind):
+    """``norm`` (‖x_i‖₂) and ``cosine`` (−cos to the view mean) of the projector inputs x, CLS dropped."""
+    pixels = pixels_of(adapter, picture(80, 120, 0))
+    _, scores = adapter.encode_views(pixels, ScoreRequest(kind, -1))
+    with torch.no_grad():
+        hidden = adapter.model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+    x = hidden[adapter.config.vision_feature_layer][:, 1:]
+    if kind == "norm":
+        expected = (x * x).sum(-1).sqrt()
+    else:
+        expected = -(x @ x.mean(1, keepdim=True).transpose(1, 2))[..., 0] / (x.norm(dim=-1) * x.mean(1).norm(dim=-1)[:, None])
+    assert scores.shape == x.shape[:2] and scores.dtype == torch.float32 and scores.std() > 0
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_globalcom2_at_full_ratio_in_transformers_geometry_equals_none(adapter):

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from gc2bench.compressors.base import NEWLINE, ScoreRequest
+from gc2bench.compressors.base import ScoreRequest
 from gc2bench.compressors.fastervlm import FasterVLM
 from gc2bench.compressors.globalcom2 import GlobalCom2
 from gc2bench.compressors.none import NoCompression
 from gc2bench.compressors.random import RandomKeep
 from gc2bench.config import ConfigError
-from gc2bench.layout import OneVisionLayout, onevision_layout
+from gc2bench.layout import NEWLINE, OneVisionLayout, onevision_layout
 from gc2bench.models.adapter import SampleStats
 
 MAX_NEW = 6
@@ -402,6 +402,16 @@ def test_cosine_score_is_minus_cosine_to_the_view_mean(ov_adapter):
     x = hidden[2]
     expected = -(x @ x.mean(0)) / (x.norm(dim=-1) * x.mean(0).norm())
     torch.testing.assert_close(scores[2], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_norm_score_is_the_projector_input_norm(ov_adapter):
+    pixels = ov_adapter.processor(images=[image(120, 80, 0)], text=[ov_adapter.prompt("x", 1)],
+                                  return_tensors="pt")["pixel_values"][0]
+    with torch.no_grad():
+        _, scores = ov_adapter.encode_views(pixels, ScoreRequest("norm", -1))
+        hidden = ov_adapter.model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
+    assert scores.shape == hidden.shape[:2] and scores.dtype == torch.float32 and scores.std() > 0
+    torch.testing.assert_close(scores, (hidden * hidden).sum(-1).sqrt(), rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- (e) no CLS on OneVision

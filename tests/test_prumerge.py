@@ -12,11 +12,11 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from conftest import REPO
-from gc2bench.compressors.base import NEWLINE, VIEW_SUMMARY, MergeInputs
+from gc2bench.compressors.base import MergeInputs
 from gc2bench.compressors.none import NoCompression
 from gc2bench.compressors.prumerge import PruMerge, iqr_upper_fence
 from gc2bench.config import ConfigError
-from gc2bench.layout import AnyResLayout
+from gc2bench.layout import NEWLINE, VIEW_SUMMARY, AnyResLayout
 
 
 def image(width, height, seed):

@@ -9,10 +9,9 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import REPO
-from gc2bench.compressors.base import NEWLINE
 from gc2bench.compressors.drop_crop import DropCrop
 from gc2bench.compressors.views import ViewsOnly
-from gc2bench.layout import AnyResLayout, OneVisionLayout, anyres_layout, select_grid
+from gc2bench.layout import NEWLINE, AnyResLayout, OneVisionLayout, anyres_layout, select_grid
 from gc2bench.models.tiny import TINY_SPEC
 from gc2bench.models.tiny_onevision import TINY_ONEVISION_SPEC
 from gc2bench.results.records import iter_records

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from gc2bench.compressors.base import NEWLINE
 from gc2bench.compressors.fastervlm import FasterVLM
 from gc2bench.compressors.random import RandomKeep
-from gc2bench.layout import anyres_layout
+from gc2bench.layout import NEWLINE, anyres_layout
 
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 SIZES = [(480, 640), (640, 480), (336, 336), (1, 1), (1, 4000), (4000, 1), (55, 176), (1000, 1500)]

@@ -1,52 +1,71 @@
-"""What a vision-stage compressor receives and returns.
+"""What a vision-stage compressor receives and returns, and the contracts adapters rely on.
 
 Conventions (shared by every compressor and model adapter):
 
 - A *view* is one vision-tower input: view 0 is the thumbnail (the whole image squashed to
   one crop), views 1..n are the AnyRes crops in row-major grid order. Each view yields
   ``N = patches_per_side**2`` patch tokens (576 for CLIP-L/336, 16 for the tiny model).
-- A *token source* names where an emitted LLM token comes from: ``v * N + p`` for patch
-  ``p`` (row-major inside the view) of view ``v``, and ``NEWLINE`` (-1) for the model's
-  ``image_newline`` embedding. The packed sequence transformers builds
-  (``pack_image_features``) is one such list; a compressor returns another, shorter one.
-- Padding entries in batched source tensors are ``PAD`` (-2) and always come last.
-- A merging compressor (``ScoreRequest.merge_inputs``) may also emit *view summaries*: source
-  ``VIEW_SUMMARY - v`` (-3 - v) is a token with no patch of its own that summarises view ``v``;
-  its features come from ``Selection.replacement_features``, never from a patch.
+- *Token sources* (``v * N + p``, ``NEWLINE``, ``PAD``, ``VIEW_SUMMARY - v``) are defined with the
+  geometry in ``gc2bench.layout`` and re-exported here. A view summary's features come from
+  ``Selection.replacement_features``, never from a patch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from gc2bench.config import check_choice
+from gc2bench.layout import NEWLINE, PAD
+from gc2bench.layout import VIEW_SUMMARY as VIEW_SUMMARY
+from gc2bench.layout import source_views as source_views
 
-NEWLINE = -1
-PAD = -2
-VIEW_SUMMARY = -3  # VIEW_SUMMARY - v: a summary token of view v (see the module docstring)
+
+class ScoreKind(StrEnum):
+    """Every per-view token score [V, N] a model adapter can compute (higher = more important).
+
+    ``cls_logit``: head-mean pre-softmax CLS logits q·k·scale, CLS column dropped;
+    ``cls_softmax``: head-mean post-softmax CLS attention, CLS column dropped;
+    ``cls_softmax_fullwidth``: softmax over all 1+N keys of q·k/√C with q, k the full C-wide
+        projections, all heads as one, CLS column dropped (the LLaVA-PruMerge code's attention);
+    ``cosine``: −cos(x_i, mean_j x_j) over the view's projector inputs (no CLS needed);
+    ``norm``: ‖x_i‖₂ of each patch's projector input (no CLS needed);
+    ``none``: no score (e.g. no compression, random).
+    An adapter lists the kinds it serves (``VisionStageAdapter.score_kinds``).
+    """
+
+    NONE = "none"
+    CLS_LOGIT = "cls_logit"
+    CLS_SOFTMAX = "cls_softmax"
+    CLS_SOFTMAX_FULLWIDTH = "cls_softmax_fullwidth"
+    COSINE = "cosine"
+    NORM = "norm"
+
+
+CLS_SCORES = (ScoreKind.CLS_LOGIT, ScoreKind.CLS_SOFTMAX, ScoreKind.CLS_SOFTMAX_FULLWIDTH)  # need a CLS token
+FEATURE_SCORES = (ScoreKind.COSINE, ScoreKind.NORM)  # need only the projector inputs (models.adapter.feature_scores)
 
 
 @dataclass
 class ScoreRequest:
     """Which per-view token score a compressor needs from the model adapter.
 
-    kind: ``cls_logit`` (head-mean pre-softmax CLS logits q·k·scale, CLS column dropped),
-          ``cls_softmax`` (head-mean post-softmax CLS attention, CLS column dropped),
-          ``cosine`` (−cos(x_i, mean_j x_j) over the view's patch features; no CLS needed),
-          ``cls_softmax_fullwidth`` (softmax over all 1+N keys of q·k/√C with q, k the full C-wide
-          projections, all heads as one, CLS column dropped: the LLaVA-PruMerge code's attention),
-          or ``none`` (no score: e.g. no compression, random).
+    kind: a ``ScoreKind`` (or its name; anything else is a ConfigError naming the allowed kinds).
     layer: index into the vision encoder's layers (-1 = last layer, -2 = penultimate).
     merge_inputs: also gather ``MergeInputs`` (the keys of ``layer`` and the projector-input
           features) and pass them to ``select(scores, layouts, merge_inputs=...)``.
     """
 
-    kind: str = "none"
+    kind: ScoreKind = ScoreKind.NONE
     layer: int = -1
     merge_inputs: bool = False
+
+    def __post_init__(self):
+        self.kind = ScoreKind(check_choice(self.kind, tuple(ScoreKind), "kind", "ScoreRequest"))
 
 
 @dataclass
@@ -87,12 +106,6 @@ class Selection:
         """Token sources of each image without padding (one host sync for the whole batch)."""
         counts = self.num_tokens.tolist()
         return [row[:n] for row, n in zip(self.token_sources, counts)]
-
-
-def source_views(token_sources: torch.Tensor, tokens_per_view: int) -> torch.Tensor:
-    """View of each patch or view-summary source (no NEWLINE / PAD entries): [M] → [M] long."""
-    return torch.where(token_sources <= VIEW_SUMMARY, VIEW_SUMMARY - token_sources,
-                       token_sources.div(tokens_per_view, rounding_mode="floor"))
 
 
 def gather_tokens(view_features: torch.Tensor, image_newline: torch.Tensor, token_sources: torch.Tensor) -> torch.Tensor:
@@ -215,20 +228,67 @@ class PruneDecision:
     recycled: list[torch.Tensor] | None = None
 
 
-class LLMStageCompressor:
-    """Protocol (documentation only) of an LLM-stage compressor.
+@runtime_checkable
+class VisionStageCompressor(Protocol):
+    """What model adapters and ``run`` read of every compressor; a vision-stage compressor (``kind == "vision"``,
+    working between the vision tower and the LLM) is exactly this, an LLM-stage one adds ``LLMStageCompressor``.
 
-    kind = "llm"; name; params() -> dict (with "convention");
-    score_request: ScoreRequest for the vision stage ("none", or CLS for "+GlobalCom²");
-    select(scores, layouts) -> Selection: the vision-stage selection (usually every packed
-        token; "+GlobalCom²" also returns crop_budgets);
-    positions: "keep" (kept tokens keep their position ids, FastV) or "compact" (renumbered);
-    stages(num_layers) -> list[DecoderStage], in increasing layer order;
-    query_rows(ctx) -> [B, L] bool, the query tokens whose attention rows the stage needs;
+    name: the method's name (run directories, records, error messages).
+    kind: ``"vision"`` (``"llm"``: an ``LLMStageCompressor``; the adapter then builds a decoder pruner).
+    score_request: the per-view score (and merge inputs) the adapter computes for ``select``.
+    ratio: R as the method reads it (1.0 for methods that are not ratio-driven); the thumbnail's budget
+        of a "+GlobalCom²" decoder stage.
+    seed: seed of the method's randomness (the decoder pruner's generator; 0 for deterministic methods).
+    unpad: ``False`` when the candidates are all padded-grid patches of every view (the LLaVA-NeXT-only
+        conventions, which the OneVision adapter refuses); ``True``, or GlobalCom²'s unpad arithmetic
+        (``llava`` | ``transformers``), when they are the unpadded tokens.
+    convention: how R is counted, in words (``params()["convention"]``, recorded with every sample).
+    params() -> dict: every option that changes the output (hashed into the run directory), with
+        ``ratio`` and ``convention``.
+    select(scores, layouts[, merge_inputs=]) -> Selection: scores are B tensors [V_b, N] (or None
+        entries for ``ScoreRequest("none")``), layouts B layouts.
+    """
+
+    name: str
+    kind: str
+    score_request: ScoreRequest
+    ratio: float
+    seed: int
+    unpad: bool | str
+    convention: str
+
+    def params(self) -> dict: ...
+
+    def select(self, scores: list, layouts: list, **merge_inputs) -> Selection: ...
+
+
+@runtime_checkable
+class LLMStageCompressor(VisionStageCompressor, Protocol):
+    """A compressor that prunes inside the decoder (FastV, PDrop, SparseVLM, "+GlobalCom²"); ``kind == "llm"``.
+
+    ``select`` is its vision-stage selection (usually every packed token; "+GlobalCom²" also returns
+    crop_budgets, which reach the decoder as ``LLMContext.segment_budgets`` with the thumbnail at R).
+    positions: ``keep`` (kept tokens keep their position ids, FastV) or ``compact`` (renumbered).
+    decode: ``reselect`` (each generated token re-ranks the prompt's image tokens; one stage, positions
+        ``keep``, and ``kept_counts(image_tokens_at_start, present)`` giving k, as FastV) or ``static``.
+    wants_query_attention: ``prune`` also gets each query row's attention (``LLMContext.query_attention``).
+    stages(num_layers) -> list[DecoderStage], in increasing layer order (solves depth-dependent schedules);
+    schedule_info(num_layers) -> dict: the schedule on that LLM, JSON, for run records;
+    query_rows(ctx) -> [B, L] bool, the query tokens whose attention rows a stage needs;
     prune(ctx) -> PruneDecision.
     """
 
-    kind = "llm"
+    positions: str
+    decode: str
+    wants_query_attention: bool
+
+    def stages(self, num_layers: int) -> list[DecoderStage]: ...
+
+    def schedule_info(self, num_layers: int) -> dict: ...
+
+    def query_rows(self, ctx: LLMContext) -> torch.Tensor: ...
+
+    def prune(self, ctx: LLMContext) -> PruneDecision: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,12 +349,8 @@ def crop_order_params(crop_order: str) -> dict:
     return {} if crop_order == "packed" else {"crop_order": crop_order}
 
 
-def crop_order_selection(layouts: list, crop_order: str) -> Selection:
-    """Every token of each image, in ``crop_order`` (``packed``: exactly ``NoCompression().select``)."""
-    from gc2bench.compressors.none import NoCompression
-
-    if crop_order == "packed":
-        return NoCompression().select([None] * len(layouts), layouts)
+def crop_order_selection(layouts: list, crop_order: str = "packed") -> Selection:
+    """Every token of each image, in ``crop_order`` (``packed``: the layouts' packed sources, ``compressor=none``)."""
     sources = [crop_block_sources(layout.packed_sources, layout.tokens_per_view, layout.num_crops, crop_order)
                for layout in layouts]
     token_sources = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=PAD)

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-from gc2bench.compressors.base import NEWLINE
 from gc2bench.errors import ConfigError
-from gc2bench.layout import anyres_layout
+from gc2bench.layout import NEWLINE, anyres_layout
 
 BUDGET_TOLERANCE = 1e-6
 

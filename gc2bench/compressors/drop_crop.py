@@ -26,9 +26,10 @@ from functools import lru_cache
 
 import torch
 
-from gc2bench.compressors.base import NEWLINE, PAD, ScoreRequest, Selection
+from gc2bench.compressors.base import ScoreRequest, Selection
 from gc2bench.compressors.globalcom2 import SCORES, cell_member, cell_sums
 from gc2bench.config import check_choice
+from gc2bench.layout import NEWLINE, PAD
 
 WHICH = ("most", "least")
 NEWLINE_MODES = ("rows", "keep")
@@ -55,7 +56,10 @@ class DropCrop:
     newlines: ``rows`` | ``keep``.
     """
 
+    kind = "vision"
     ratio = 1.0
+    seed = 0
+    unpad = True
 
     def __init__(self, which: str = "most", score: str = "cls_logit", newlines: str = "rows",
                  name: str = "drop_crop"):
@@ -65,14 +69,17 @@ class DropCrop:
         self.name = str(name)
         self.score_request = ScoreRequest(self.score, -1)  # the last ViT layer, as GlobalCom²
 
-    def params(self) -> dict:
+    @property
+    def convention(self) -> str:
         extreme = "highest" if self.which == "most" else "lowest"
         rows = ("; a newline whose packed row the dropped crop emptied goes too" if self.newlines == "rows"
                 else "; every newline kept")
+        return (f"drops the crop with the {extreme} {self.score} score summed over its thumbnail cell (last ViT "
+                f"layer); keeps the thumbnail and the other crops' packed tokens and newlines{rows} (ratio not applied)")
+
+    def params(self) -> dict:
         return {"ratio": 1.0, "variant": self.which, "score": self.score, "newlines": self.newlines,
-                "convention": f"drops the crop with the {extreme} {self.score} score summed over its thumbnail "
-                              "cell (last ViT layer); keeps the thumbnail and the other crops' packed tokens "
-                              f"and newlines{rows} (ratio not applied)"}
+                "convention": self.convention}
 
     def __repr__(self) -> str:
         return f"DropCrop(which={self.which!r}, score={self.score!r}, newlines={self.newlines!r})"

@@ -33,6 +33,9 @@ def all_view_tokens(layout) -> torch.Tensor:
 
 
 class FasterVLM:
+    kind = "vision"
+    seed = 0
+
     def __init__(self, ratio: float = 0.25, name: str = "fastervlm", unpad: bool = True, layer: int = -2,
                  score: str = "cls_softmax"):
         self.ratio = validate_ratio(ratio)
@@ -42,11 +45,14 @@ class FasterVLM:
         self.score = check_choice(score, SCORES, "score", "fastervlm")
         self.score_request = ScoreRequest(score, self.layer)
 
+    @property
+    def convention(self) -> str:
+        return ("R of each view's unpadded tokens (round), newlines kept" if self.unpad else
+                "R of all 576-style patches of every view (round), no unpadding, no newlines")
+
     def params(self) -> dict:
-        convention = ("R of each view's unpadded tokens (round), newlines kept" if self.unpad else
-                      "R of all 576-style patches of every view (round), no unpadding, no newlines")
         return {"ratio": self.ratio, "unpad": self.unpad, "layer": self.layer, "score": self.score,
-                "convention": convention}
+                "convention": self.convention}
 
     def select(self, scores: list[torch.Tensor], layouts: list) -> Selection:
         """scores: B tensors [V_b, N] of CLS attention; layouts: B layouts → kept sources."""

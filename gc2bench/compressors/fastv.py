@@ -52,6 +52,9 @@ class FastV:
     kind = "llm"
     positions = "keep"
     score_request = ScoreRequest("none")
+    seed = 0
+    unpad = True
+    wants_query_attention = False
 
     def __init__(self, ratio: float = 0.25, name: str = "fastv", layer: int = 2, budget_of: str | int = "block",
                  share: str = "kept", decode: str = "reselect", crop_order: str = "packed"):
@@ -85,7 +88,8 @@ class FastV:
                              f"{self.layer / num_layers:.4g}")
         return (self.ratio * num_layers - self.layer) / (num_layers - self.layer)
 
-    def params(self) -> dict:
+    @property
+    def convention(self) -> str:
         base = "the image tokens in the prompt" if self.budget_of == "block" else f"{self.budget_of} tokens"
         if self.share == "kept":
             kept = f"keeps round(R x {base}) image tokens from layer {self.layer} on"
@@ -95,9 +99,11 @@ class FastV:
         decode = ("each generated token re-ranks the image tokens by its own layer K-1 attention and masks the "
                   "others in layers >= K (full KV cache)" if self.decode == "reselect"
                   else "decoding attends to the tokens kept at prefill (shorter KV cache)")
+        return f"{kept}; original positions; {decode}"
+
+    def params(self) -> dict:
         return {"ratio": self.ratio, "layer": self.layer, "budget_of": self.budget_of, "share": self.share,
-                "decode": self.decode, **crop_order_params(self.crop_order),
-                "convention": f"{kept}; original positions; {decode}"}
+                "decode": self.decode, **crop_order_params(self.crop_order), "convention": self.convention}
 
     def select(self, scores: list, layouts: list) -> Selection:
         return crop_order_selection(layouts, self.crop_order)

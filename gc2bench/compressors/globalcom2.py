@@ -42,9 +42,9 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from gc2bench.compressors.base import NEWLINE, PAD, ScoreRequest, Selection, gather_tokens
-from gc2bench.config import check_choice
-from gc2bench.layout import UNPAD_ARITHMETIC, AnyResLayout, OneVisionLayout
+from gc2bench.compressors.base import ScoreRequest, Selection, gather_tokens
+from gc2bench.config import ConfigError, check_choice, validate_ratio
+from gc2bench.layout import NEWLINE, PAD, UNPAD_ARITHMETIC, AnyResLayout, OneVisionLayout
 
 SCORES = ("cls_logit", "cls_softmax", "cosine")
 ALLOCATIONS = ("uniform", "n_topk", "softmax_max", "softmax_sum")
@@ -369,7 +369,7 @@ def _numpy_row_sum(x: torch.Tensor, counts: list) -> torch.Tensor:
 
 def _real(value, option: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"globalcom2: {option}={value!r} is not a finite number")
+        raise ConfigError(f"globalcom2: {option}={value!r} is not a finite number")
     return float(value)
 
 
@@ -394,22 +394,24 @@ class GlobalCom2:
     check_finite: reject NaN/inf scores (one host–device sync per batch).
     """
 
+    kind = "vision"
+    seed = 0
+    convention = ("R applies to unpadded packed tokens (thumbnail keeps floor(N*R), crop j keeps floor(N_j*r_j) of "
+                  "its N_j unpadded tokens); newlines not counted")
+
     def __init__(self, ratio: float = 0.25, name: str = "globalcom2", score: str = "cls_logit",
                  tau: float = 10.0, alpha: float = 0.5, allocation: str = "softmax_sum",
                  token_score: str = "both", thumbnail_order: str = "score", newlines: str = "padded",
                  unpad: str = "llava", crop_layout: str = "authors", check_finite: bool = True):
-        ratio = _real(ratio, "ratio")
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"globalcom2: ratio={ratio!r} is outside (0, 1]")
-        self.ratio = ratio
+        self.ratio = validate_ratio(_real(ratio, "ratio"))   # a number (not text), then config's range check
         self.name = str(name)
         self.score = check_choice(score, SCORES, "score", "globalcom2")
         self.tau = _real(tau, "tau")
         if self.tau <= 0:
-            raise ValueError(f"globalcom2: tau={tau!r} must be > 0")
+            raise ConfigError(f"globalcom2: tau={tau!r} must be > 0")
         self.alpha = _real(alpha, "alpha")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"globalcom2: alpha={alpha!r} is outside [0, 1]")
+            raise ConfigError(f"globalcom2: alpha={alpha!r} is outside [0, 1]")
         self.allocation = check_choice(allocation, ALLOCATIONS, "allocation", "globalcom2")
         self.token_score = check_choice(token_score, TOKEN_SCORES, "token_score", "globalcom2")
         self.thumbnail_order = check_choice(thumbnail_order, THUMBNAIL_ORDERS, "thumbnail_order", "globalcom2")
@@ -425,8 +427,7 @@ class GlobalCom2:
             "allocation": self.allocation, "token_score": self.token_score,
             "thumbnail_order": self.thumbnail_order, "newlines": self.newlines, "unpad": self.unpad,
             "crop_layout": self.crop_layout, "check_finite": self.check_finite,
-            "convention": "R applies to unpadded packed tokens (thumbnail keeps floor(N*R), crop j keeps "
-                          "floor(N_j*r_j) of its N_j unpadded tokens); newlines not counted",
+            "convention": self.convention,
         }
 
     def __repr__(self) -> str:

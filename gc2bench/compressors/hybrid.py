@@ -136,6 +136,10 @@ class FastVGlobalCom2:
 
     kind = "llm"
     positions = "keep"
+    decode = "static"
+    seed = 0
+    unpad = True
+    wants_query_attention = False
 
     def __init__(self, ratio: float = 0.25, name: str = "fastv_globalcom2", layer: int = 2,
                  score: str = "cls_logit", tau: float = 10.0, allocation: str = "softmax_sum", newlines: str = "keep",
@@ -147,13 +151,15 @@ class FastVGlobalCom2:
         self.budgets = SegmentBudgets(self.ratio, name, score, tau, allocation, newlines)
         self.score_request = self.budgets.allocator.score_request
 
+    @property
+    def convention(self) -> str:
+        return (f"FastV at layer {self.fastv.layer} inside each segment: the thumbnail keeps floor(n x R), crop j "
+                "floor(n_j x r_j) (GlobalCom2's budgets), by last-prompt-token attention; newlines "
+                f"{self.budgets.newlines} (prune: floor(n x R)); original positions; R = 1 keeps all")
+
     def params(self) -> dict:
         return {"ratio": self.ratio, "layer": self.fastv.layer, **self.budgets.params(),
-                **crop_order_params(self.crop_order),
-                "convention": (f"FastV at layer {self.fastv.layer} inside each segment: the thumbnail keeps "
-                               "floor(n x R), crop j floor(n_j x r_j) (GlobalCom2's budgets), by last-prompt-token "
-                               f"attention; newlines {self.budgets.newlines} (prune: floor(n x R)); original "
-                               "positions; R = 1 keeps all")}
+                **crop_order_params(self.crop_order), "convention": self.convention}
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "convention")
@@ -187,6 +193,10 @@ class SparseVLMGlobalCom2:
 
     kind = "llm"
     positions = "compact"
+    decode = "static"
+    seed = 0
+    unpad = True
+    wants_query_attention = False
 
     def __init__(self, ratio: float = 0.25, name: str = "sparsevlm_globalcom2", layers="auto",
                  preset: int | None = None, tokens=None, recycle: bool = True, score: str = "cls_logit",
@@ -204,12 +214,14 @@ class SparseVLMGlobalCom2:
     def params(self) -> dict:
         inner = {k: v for k, v in self.sparsevlm.params().items() if k not in ("convention", "budget_of")}
         return {**inner, **self.budgets.params(), **crop_order_params(self.crop_order),
-                "convention": ("SparseVLM inside each segment: at stage s segment g keeps "
-                               "floor(n_g x min(1, r_g x kappa_s / R)) (r: GlobalCom2's budgets, thumbnail R; "
-                               "kappa: SparseVLM's stage fractions) by the raters' attention; earlier recycled "
-                               "tokens keep floor(n x kappa_s / kappa_{s-1}); newlines "
-                               f"{self.budgets.newlines} (prune: floor(n x kappa_s)); positions compacted; "
-                               "R = 1 keeps all")}
+                "convention": self.convention}
+
+    @property
+    def convention(self) -> str:
+        return ("SparseVLM inside each segment: at stage s segment g keeps floor(n_g x min(1, r_g x kappa_s / R)) "
+                "(r: GlobalCom2's budgets, thumbnail R; kappa: SparseVLM's stage fractions) by the raters' attention; "
+                "earlier recycled tokens keep floor(n x kappa_s / kappa_{s-1}); newlines "
+                f"{self.budgets.newlines} (prune: floor(n x kappa_s)); positions compacted; R = 1 keeps all")
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "convention")

@@ -112,7 +112,11 @@ class PDrop:
 
     kind = "llm"
     positions = "compact"
+    decode = "static"
     score_request = ScoreRequest("none")
+    seed = 0
+    unpad = True
+    wants_query_attention = False
 
     def __init__(self, ratio: float = 0.5, name: str = "pdrop", layers="auto", lam: float | None = None,
                  budget_of: str | int = "block", num_layers: int | None = None, crop_order: str = "packed"):
@@ -223,16 +227,20 @@ class PDrop:
 
     # -- protocol ---------------------------------------------------------------------------------
 
-    def params(self) -> dict:
+    @property
+    def convention(self) -> str:
+        """In words; names the stage layers in use (``auto`` ones are placed on the LLM by ``stages``)."""
         base = "the image tokens in the prompt" if self.budget_of == "block" else f"{self.budget_of} tokens"
+        return ("R is the layer-averaged share of image tokens over all decoder layers; stage s "
+                f"(layers {self.layers}) keeps floor(N x lam^s) of N = {base}, lam solved from R "
+                "unless lam is set; positions compacted")
+
+    def params(self) -> dict:
         by_ratio = {} if self.layers_by_ratio is None else {"layers_by_ratio": self.layers_by_ratio[0]}
+        solved_lam = None if self.num_layers is None else self.lam_for(self.num_layers)
         return {"ratio": self.ratio, "layers": "auto" if self.auto_layers else list(self.layers), **by_ratio,
                 "lam": self.lam, "budget_of": self.budget_of, "num_layers": self.num_layers,
-                "solved_lam": None if self.num_layers is None else self.lam_for(self.num_layers),
-                **crop_order_params(self.crop_order),
-                "convention": ("R is the layer-averaged share of image tokens over all decoder layers; stage s "
-                               f"(layers {self.layers}) keeps floor(N x lam^s) of N = {base}, lam solved from R "
-                               "unless lam is set; positions compacted")}
+                "solved_lam": solved_lam, **crop_order_params(self.crop_order), "convention": self.convention}
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "convention")

@@ -33,9 +33,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gc2bench.compressors.base import NEWLINE, PAD, VIEW_SUMMARY, MergeInputs, ScoreRequest, Selection
+from gc2bench.compressors.base import MergeInputs, ScoreRequest, Selection
 from gc2bench.compressors.fastervlm import all_view_tokens
 from gc2bench.config import check_choice, validate_ratio
+from gc2bench.layout import NEWLINE, PAD, VIEW_SUMMARY, OneVisionLayout
 
 SCORES = ("cls_softmax_fullwidth", "cls_softmax", "cosine")
 IQR_SCOPES = ("view", "image")
@@ -82,6 +83,9 @@ def iqr_upper_fence(values: torch.Tensor, group: torch.Tensor, num_groups: int) 
 class PruMerge:
     """PruMerge / PruMerge+ as a vision-stage compressor (see the module docstring)."""
 
+    kind = "vision"
+    seed = 0
+
     def __init__(self, ratio: float = 0.25, name: str = "prumerge", adaptive: bool = False, iqr_scope: str = "view",
                  plus: bool = False, score: str = "cls_softmax_fullwidth", layer: int = -1, neighbors: int = 32,
                  neighbor_pool: str = "all", include_center: bool = True, extra_token: bool = True,
@@ -116,8 +120,9 @@ class PruMerge:
                 "score": self.score, "layer": self.layer, "neighbors": self.neighbors,
                 "neighbor_pool": self.neighbor_pool, "include_center": self.include_center,
                 "extra_token": self.extra_token, "unpad": self.unpad, "order": self.order,
-                "convention": self.convention()}
+                "convention": self.convention}
 
+    @property
     def convention(self) -> str:
         tokens = "unpadded tokens" if self.unpad else "N patches"
         keep = (f"IQR outliers of CLS attention (k_v = floor(n_v·c/n), n over the {self.iqr_scope}); R unused"
@@ -140,7 +145,7 @@ class PruMerge:
         """[P] token sources PruMerge chooses from, in spatial order (NEWLINE entries when ``unpad``)."""
         if self.unpad:
             return layout.packed_sources
-        if hasattr(layout, "source_rows"):
+        if isinstance(layout, OneVisionLayout):
             raise ValueError("prumerge: unpad=false (all padded-grid patches) does not apply to LLaVA-OneVision's "
                              "packed grid; use unpad=true")
         return all_view_tokens(layout)

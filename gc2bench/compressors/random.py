@@ -15,6 +15,7 @@ from gc2bench.config import validate_ratio
 
 
 class RandomKeep:
+    kind = "vision"
     score_request = ScoreRequest("none")
 
     def __init__(self, ratio: float = 0.25, name: str = "random", seed: int = 0, unpad: bool = True):
@@ -24,10 +25,13 @@ class RandomKeep:
         self.unpad = bool(unpad)
         self.generator = torch.Generator().manual_seed(self.seed)
 
+    @property
+    def convention(self) -> str:
+        return ("R of each view's unpadded tokens (round), newlines kept" if self.unpad else
+                "R of all patches of every view (round), no unpadding, no newlines")
+
     def params(self) -> dict:
-        return {"ratio": self.ratio, "seed": self.seed, "unpad": self.unpad,
-                "convention": "R of each view's unpadded tokens (round), newlines kept" if self.unpad else
-                              "R of all patches of every view (round), no unpadding, no newlines"}
+        return {"ratio": self.ratio, "seed": self.seed, "unpad": self.unpad, "convention": self.convention}
 
     def select(self, scores: list, layouts: list) -> Selection:
         """``scores`` is ignored (entries may be None); layouts: B layouts → kept sources."""

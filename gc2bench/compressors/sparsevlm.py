@@ -168,7 +168,10 @@ class SparseVLM:
 
     kind = "llm"
     positions = "compact"
+    decode = "static"
     score_request = ScoreRequest("none")
+    seed = 0
+    unpad = True
 
     def __init__(self, ratio: float = 0.25, name: str = "sparsevlm", layers="auto", preset: int | None = None,
                  tokens=None, budget_of: str | int = "block", recycle: bool = True, num_layers: int | None = None,
@@ -350,7 +353,8 @@ class SparseVLM:
 
     # -- protocol ---------------------------------------------------------------------------------
 
-    def params(self) -> dict:
+    @property
+    def convention(self) -> str:
         base = "the image tokens in the prompt" if self.budget_of == "block" else f"{self.budget_of} tokens"
         counted = ("layer l of a stage counted after its drop, as the authors' Equal Tokens" if self.counting == "authors"
                    else "each layer counted with the tokens entering it")
@@ -367,6 +371,9 @@ class SparseVLM:
         else:
             rule = ("R is the layer-averaged share of image tokens (recycled included) over all decoder layers "
                     f"({counted}); stage s keeps floor(kappa_s x N), kappa on the authors' preset path solved from R")
+        return f"{rule}; N = {base}; text raters; recycled cluster means; positions compacted"
+
+    def params(self) -> dict:
         return {"ratio": self.ratio, "layers": "auto" if self.auto_layers else list(self.layers), "preset": self.preset, "tokens": self.tokens,
                 "budget_of": self.budget_of, "recycle": self.recycle, "num_layers": self.num_layers,
                 "counting": self.counting, "version": self.version,
@@ -374,7 +381,7 @@ class SparseVLM:
                 "solved_fractions": (None if self.num_layers is None or self.scale is not None
                                      else self.stage_fractions(self.num_layers)),
                 **crop_order_params(self.crop_order),
-                "convention": f"{rule}; N = {base}; text raters; recycled cluster means; positions compacted"}
+                "convention": self.convention}
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "convention")

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from gc2bench.compressors.base import NEWLINE, PAD, ScoreRequest, Selection
+from gc2bench.compressors.base import ScoreRequest, Selection
 from gc2bench.config import check_choice
+from gc2bench.layout import NEWLINE, PAD
 
 VIEWS = ("thumbnail_only", "crops_only")
 NEWLINE_MODES = ("keep", "drop")
@@ -31,23 +32,29 @@ class ViewsOnly:
     views: ``thumbnail_only`` | ``crops_only``; newlines (crops_only): ``keep`` | ``drop``.
     """
 
+    kind = "vision"
     score_request = ScoreRequest("none")
     ratio = 1.0
+    seed = 0
+    unpad = True
 
     def __init__(self, views: str = "thumbnail_only", newlines: str = "keep", name: str = "views"):
         self.views = check_choice(views, VIEWS, "views", "views")
         self.newlines = check_choice(newlines, NEWLINE_MODES, "newlines", "views")
         self.name = str(name)
 
+    @property
+    def convention(self) -> str:
+        if self.views == "thumbnail_only":
+            return "thumbnail only: its N tokens in spatial order, no crop tokens, no newlines (ratio not applied)"
+        kept = "with one newline per packed row" if self.newlines == "keep" else "without newlines"
+        return (f"crops only: transformers' packed crop tokens (unpadded grid), {kept}; "
+                "no thumbnail tokens (ratio not applied)")
+
     def params(self) -> dict:
         if self.views == "thumbnail_only":
-            return {"ratio": 1.0, "variant": self.views,
-                    "convention": "thumbnail only: its N tokens in spatial order, no crop tokens, no newlines "
-                                  "(ratio not applied)"}
-        kept = "with one newline per packed row" if self.newlines == "keep" else "without newlines"
-        return {"ratio": 1.0, "variant": self.views, "newlines": self.newlines,
-                "convention": f"crops only: transformers' packed crop tokens (unpadded grid), {kept}; "
-                              "no thumbnail tokens (ratio not applied)"}
+            return {"ratio": 1.0, "variant": self.views, "convention": self.convention}
+        return {"ratio": 1.0, "variant": self.views, "newlines": self.newlines, "convention": self.convention}
 
     def __repr__(self) -> str:
         return f"ViewsOnly(views={self.views!r}, newlines={self.newlines!r})"

@@ -24,7 +24,6 @@ class PrefillTimer:
 
     def __init__(self, device: torch.device | str):
         self.device = device
-        self._handles = []
         self.reset()
 
     def reset(self) -> None:
@@ -34,14 +33,10 @@ class PrefillTimer:
         self._start = 0.0
 
     def attach(self, module: torch.nn.Module) -> "PrefillTimer":
-        self._handles.append(module.register_forward_pre_hook(self._before))
-        self._handles.append(module.register_forward_hook(self._after))
+        """Hook ``module`` for as long as it lives (the adapter's LLM decoder)."""
+        module.register_forward_pre_hook(self._before)
+        module.register_forward_hook(self._after)
         return self
-
-    def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
     def _before(self, module, args):
         self._start = now(self.device)

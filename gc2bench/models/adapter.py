@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gc2bench.compressors.base import NEWLINE, MergeInputs, ScoreRequest, gather_tokens, source_views
+from gc2bench.compressors.base import MergeInputs, ScoreKind, ScoreRequest, gather_tokens
 from gc2bench.config import ConfigError, check_model_path
 from gc2bench.efficiency.flops import sample_tflops
-from gc2bench.errors import ModelLoadError
 from gc2bench.efficiency.timing import PrefillTimer, collector_paused, now, peak_memory_mb, reset_peak_memory
+from gc2bench.errors import ModelLoadError
+from gc2bench.layout import NEWLINE, source_views
 from gc2bench.models.hub import check_hub_checkpoint
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -80,6 +81,17 @@ class Generation:
     prompt: str | None = None            # the rendered prompt the model was given
 
 
+def feature_scores(kind: ScoreKind, features: torch.Tensor) -> torch.Tensor:
+    """Per-view scores [V, N] float32 of a kind that needs only the projector inputs ``features`` [V, N, C]
+    (``FEATURE_SCORES``): ``cosine`` = −cos(x_i, mean_j x_j), computed in the dtype of ``features``;
+    ``norm`` = ‖x_i‖₂, computed in float32."""
+    if kind == ScoreKind.COSINE:
+        return -torch.nn.functional.cosine_similarity(features, features.mean(1, keepdim=True), dim=-1).float()
+    if kind == ScoreKind.NORM:
+        return torch.linalg.vector_norm(features.float(), dim=-1)
+    raise ValueError(f"score kind {kind} needs more than the projector inputs")
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -128,6 +140,8 @@ class VisionStageAdapter:
     model_class: type = None  # set by subclasses, e.g. LlavaNextForConditionalGeneration
 
     pipelines: tuple = ("transformers",)  # model.pipeline values this adapter serves (gc2bench.layout.PIPELINES)
+    score_kinds: frozenset = frozenset(ScoreKind)  # the ScoreRequest kinds this adapter computes
+    missing_scores: str = ""  # why the other kinds are not served and what to use instead (for the error line)
 
     def __init__(self, path: str, compressor, name: str | None = None, revision: str | None = None,
                  dtype: str = "float16", device: str | None = "auto", attn_implementation: str = "sdpa",
@@ -141,7 +155,7 @@ class VisionStageAdapter:
         check_model_path(path)
         check_hub_checkpoint(path, revision)
         if dtype not in DTYPES:
-            raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+            raise ConfigError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
         self.name = name or path
         self.path = path
         self.revision = revision
@@ -163,14 +177,10 @@ class VisionStageAdapter:
         self._prefill_timer = PrefillTimer(self.device).attach(self.model.model.language_model)
         self.batches_answered = 0
         self.pruner = None
-        if getattr(compressor, "kind", "vision") == "llm":
-            from gc2bench.models.decoder_pruning import DecoderPruner, UnsupportedDecoderError
+        if compressor.kind == "llm":
+            from gc2bench.models.decoder_pruning import DecoderPruner
 
-            try:
-                self.pruner = DecoderPruner(self.model.model.language_model, compressor,
-                                            seed=getattr(compressor, "seed", 0))
-            except UnsupportedDecoderError as error:
-                raise ModelLoadError(str(error)) from None
+            self.pruner = DecoderPruner(self.model.model.language_model, compressor, seed=compressor.seed)
 
     def describe(self) -> dict:
         return {"name": self.name, "path": self.path, "revision": self.revision,
@@ -193,7 +203,14 @@ class VisionStageAdapter:
                               f"{layers} layers (use -{layers}..{layers - 1}; -1 is the last)")
 
     def check_compressor(self, compressor, model_name: str) -> None:
-        """Raise a ConfigError if this model cannot serve the compressor's score request."""
+        """A ConfigError if this model cannot serve the compressor's score request (``score_kinds``); checked when
+        the adapter is built and before each batch is compressed (a compressor may be swapped in)."""
+        kind = compressor.score_request.kind
+        if kind not in self.score_kinds:
+            served = ", ".join(k for k in ScoreKind if k in self.score_kinds)
+            reason = self.missing_scores or f"serves only {served} scores"
+            raise ConfigError(f"compressor {compressor.name!r} asks for a {kind} score, but model {model_name!r} "
+                              f"{reason}")
 
     def load_processor(self, path: str, revision: str | None):
         from transformers import AutoProcessor
@@ -356,6 +373,7 @@ class VisionStageAdapter:
 
     def _compress(self, inputs, images: list[list], stats: list[SampleStats]):
         """Kept features per image and the prompts with each image's token run shrunk to match."""
+        self.check_compressor(self.compressor, self.name)
         layouts = self.layouts(inputs)
         pixel_values = inputs["pixel_values"]
         flat_pixels = torch.cat([pv[: layout.num_views] for pv, layout in zip(pixel_values, layouts)])
@@ -389,7 +407,7 @@ class VisionStageAdapter:
 
         image_owner = [row for row, imgs in enumerate(images) for _ in imgs]
         budgets = selection.crop_budgets.tolist() if selection.crop_budgets is not None else None
-        convention = self.compressor.params().get("convention", "")
+        convention = self.compressor.convention
         for index, (layout, sources) in enumerate(zip(layouts, kept_sources)):
             stat = stats[image_owner[index]]
             stat.ratio_convention = convention
@@ -428,7 +446,7 @@ class VisionStageAdapter:
         if self.last_crop_budgets is not None:
             crops = self.last_crop_budgets.to(self.device, torch.float64)
             first_image = [sum(len(g) for g in images[:row]) if images[row] else -1 for row in range(len(images))]
-            ratio = float(self.compressor.params().get("ratio", 1.0))
+            ratio = float(self.compressor.ratio)
             budgets = torch.full((len(images), 1 + crops.shape[1]), float("nan"), dtype=torch.float64,
                                  device=self.device)
             for row, index in enumerate(first_image):

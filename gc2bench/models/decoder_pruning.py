@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gc2bench.compressors.base import SEGMENT_RECYCLED, SEGMENT_TEXT, LLMContext
+from gc2bench.errors import ModelLoadError
 
 
 # transformers releases the hooks were tested on (the lock's and the newest 5.x: `bash .ci/latest`).
@@ -38,8 +39,9 @@ LAYER_ARGUMENTS = ("hidden_states", "attention_mask", "position_ids", "position_
 CACHE_ARGUMENTS = ("cache", "past_key_values")
 
 
-class UnsupportedDecoderError(RuntimeError):
-    """The installed transformers' decoder layers lack an argument or module the pruning hooks read."""
+class UnsupportedDecoderError(ModelLoadError, RuntimeError):
+    """The installed transformers' decoder layers lack an argument or module the pruning hooks read (a model
+    gc2bench cannot hook: reported in one line, exit status 2, when the adapter is built)."""
 
 
 def cache_argument(language_model) -> str:
@@ -144,7 +146,7 @@ class DecoderPruner:
         self.cache_argument = cache_argument(language_model)
         self.stages = compressor.stages(len(self.layers))
         self.first_prune = min(stage.prune_layer for stage in self.stages)
-        self.reselect = getattr(compressor, "decode", "static") == "reselect"
+        self.reselect = compressor.decode == "reselect"
         if self.reselect and (len(self.stages) != 1 or compressor.positions != "keep"):
             raise ValueError(f"{compressor.name}: decode=reselect needs one stage with positions='keep' (FastV)")
         self._decode_visible: torch.Tensor | None = None   # reselect: [B, T] keys visible to layers >= K
@@ -152,6 +154,7 @@ class DecoderPruner:
         self.state: RowState | None = None        # current sequence during a prefill
         self.stage_states: dict[int, RowState] = {}  # layer index → state after its pruning (for decode)
         self._pending: dict[int, tuple] = {}
+        self._embeds: torch.Tensor | None = None      # the last prefill's input embeddings (LLMContext.input_embeds)
         self._handles = [layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
                          for index, layer in enumerate(self.layers)]
         self._handles.append(language_model.register_forward_pre_hook(self._new_forward, with_kwargs=True))
@@ -311,7 +314,7 @@ class DecoderPruner:
         generator = torch.Generator(device="cpu").manual_seed(self.seed + number)
         return LLMContext(
             stage_index=number, stage=self.stages[number], hidden=hidden,
-            input_embeds=getattr(self, "_embeds", None), original_index=self.state.original_index,
+            input_embeds=self._embeds, original_index=self.state.original_index,
             image=self.state.image, valid=self.state.valid, segment=self.state.segment,
             image_tokens_at_start=self.plan.image.sum(1), segment_budgets=self.plan.segment_budgets,
             attention=attention[0], query_attention=attention[1], generator=generator)
@@ -360,7 +363,7 @@ class DecoderPruner:
         logits = logits.masked_fill(~allowed[:, None], -torch.inf)
         rows = logits.softmax(-1).mean(1)                                             # [B, Q, L]
         rows = rows.masked_fill(~present[..., None], 0.0)
-        per_query = rows if getattr(self.compressor, "wants_query_attention", False) else None
+        per_query = rows if self.compressor.wants_query_attention else None
         return rows.sum(1) / count.clamp(min=1)[:, None], per_query
 
     def _prune(self, number: int, hidden: torch.Tensor) -> torch.Tensor:

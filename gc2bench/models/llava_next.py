@@ -15,9 +15,9 @@ from contextlib import contextmanager
 
 import torch
 
-from gc2bench.compressors.base import ScoreRequest
+from gc2bench.compressors.base import FEATURE_SCORES, ScoreKind, ScoreRequest
 from gc2bench.layout import PIPELINES, layout_for, pipeline_pinpoints_hw
-from gc2bench.models.adapter import VisionStageAdapter
+from gc2bench.models.adapter import VisionStageAdapter, feature_scores
 
 
 def clip_encoder_layers(tower) -> torch.nn.ModuleList:
@@ -112,7 +112,6 @@ class LlavaNextAdapter(VisionStageAdapter):
         return self._encode(pixel_values, request, with_merge_inputs=True)
 
     def _encode(self, pixel_values: torch.Tensor, request: ScoreRequest, with_merge_inputs: bool):
-        uses_cls = request.kind in ("cls_logit", "cls_softmax")
         layer = self._vision_layer(request.layer)
         with captured_attention_input(layer) as captured:
             outputs = self.model.model.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
@@ -120,15 +119,16 @@ class LlavaNextAdapter(VisionStageAdapter):
         if self.config.vision_feature_select_strategy == "default":
             selected = selected[:, 1:]
         features = None if with_merge_inputs else self.model.model.multi_modal_projector(selected)
-        scores = None
-        needs_keys = with_merge_inputs or request.kind == "cls_softmax_fullwidth"
+        needs_keys = with_merge_inputs or request.kind == ScoreKind.CLS_SOFTMAX_FULLWIDTH
         keys = layer.self_attn.k_proj(captured["x"]) if needs_keys else None
-        if uses_cls:
+        if request.kind in (ScoreKind.CLS_LOGIT, ScoreKind.CLS_SOFTMAX):
             scores = cls_attention_scores(layer.self_attn, captured["x"], request.kind)
-        elif request.kind == "cls_softmax_fullwidth":
+        elif request.kind == ScoreKind.CLS_SOFTMAX_FULLWIDTH:
             scores = cls_attention_fullwidth(layer.self_attn, captured["x"], keys)
-        elif request.kind == "cosine":
-            scores = -torch.nn.functional.cosine_similarity(selected, selected.mean(1, keepdim=True), dim=-1).float()
+        elif request.kind in FEATURE_SCORES:
+            scores = feature_scores(request.kind, selected)   # cosine in the model dtype (OneVision: float32)
+        else:
+            scores = None  # ScoreKind.NONE
         if not with_merge_inputs:
             return features, scores, None, None
         return features, scores, keys[:, 1:], selected

@@ -8,8 +8,9 @@ LLaVA-NeXT. ``pack`` builds the packed grid with the same operations as transfor
 ``pack_image_features`` (so ``compressor=none`` feeds the LLM exactly transformers' features) and
 gathers the emitted tokens from it.
 
-Scores: SigLIP has no CLS token, so only ``ScoreRequest("cosine")`` is served:
-−cos(x_i, mean_j x_j) over each view's N patch features, where x = the vision tower's
+Scores: SigLIP has no CLS token, so only the scores that need the features alone are served
+(``FEATURE_SCORES``, ``gc2bench.models.adapter.feature_scores``): ``cosine`` = −cos(x_i, mean_j x_j) over
+each view's N patch features and ``norm`` = ‖x_i‖₂, where x = the vision tower's
 ``hidden_states[vision_feature_layer]`` (the projector's input, i.e. the vision tokens "after
 vision encoding" of the AAAI paper §4.3), in float32. Scores are per vision-tower patch;
 slot p of a virtual crop view is scored by the patch it sits on (GlobalCom² resamples crop
@@ -28,11 +29,10 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from gc2bench.compressors.base import NEWLINE, ScoreRequest, gather_tokens
+from gc2bench.compressors.base import CLS_SCORES, FEATURE_SCORES, ScoreKind, ScoreRequest, gather_tokens
 from gc2bench.config import ConfigError
-from gc2bench.models.adapter import VisionStageAdapter
-
-CLS_SCORES = ("cls_logit", "cls_softmax", "cls_softmax_fullwidth")
+from gc2bench.layout import NEWLINE
+from gc2bench.models.adapter import VisionStageAdapter, feature_scores
 
 
 @lru_cache(maxsize=None)
@@ -67,25 +67,19 @@ def image_only_processor_class():
     return LlavaOnevisionProcessorWithoutVideo
 
 
-def _check_score_request(compressor, model_name: str) -> None:
-    request = getattr(compressor, "score_request", None)
-    if request is not None and request.kind in CLS_SCORES:
-        name = getattr(compressor, "name", type(compressor).__name__)
-        raise ConfigError(
-            f"compressor {name!r} asks for a {request.kind} score, but model {model_name!r} (LLaVA-OneVision, "
-            "SigLIP vision tower) has no CLS token; add compressor.score=cosine (the AAAI GlobalCom² paper's "
-            "§4.3 score, accepted by globalcom2, fastervlm and prumerge)")
-    if getattr(compressor, "unpad", True) is False:  # fastervlm, random, prumerge: the padded-grid conventions
-        raise ConfigError(f"compressor {getattr(compressor, 'name', type(compressor).__name__)!r}: unpad=false (all "
-                          f"padded-grid patches) does not apply to model {model_name!r} (LLaVA-OneVision packs a "
-                          "downsampled grid); use compressor.unpad=true")
-
-
 class LlavaOneVisionAdapter(VisionStageAdapter):
     """A LLaVA-OneVision checkpoint (hub id or local path) plus a vision-stage compressor."""
 
+    score_kinds = frozenset(ScoreKind).difference(CLS_SCORES)
+    missing_scores = ("(LLaVA-OneVision, SigLIP vision tower) has no CLS token; add compressor.score=cosine (the AAAI "
+                      "GlobalCom² paper's §4.3 score, accepted by globalcom2, fastervlm and prumerge)")
+
     def check_compressor(self, compressor, model_name: str) -> None:
-        _check_score_request(compressor, model_name)
+        super().check_compressor(compressor, model_name)
+        if compressor.unpad is False:  # fastervlm, random, prumerge: the padded-grid conventions
+            raise ConfigError(f"compressor {compressor.name!r}: unpad=false (all padded-grid patches) does not apply "
+                              f"to model {model_name!r} (LLaVA-OneVision packs a downsampled grid); use "
+                              "compressor.unpad=true")
 
     def load_processor(self, path: str, revision: str | None):
         """The checkpoint's image + text processor (transformers' OneVision processing, no video processor)."""
@@ -125,7 +119,6 @@ class LlavaOneVisionAdapter(VisionStageAdapter):
     def _encode(self, pixel_values: torch.Tensor, request: ScoreRequest, project: bool = True):
         """(projected features [V, N, D], or None without ``project``; scores [V, N] or None; projector
         inputs [V, N, C])."""
-        self.check_compressor(self.compressor, self.name)
         outputs = self.model.model.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
         layer = self.config.vision_feature_layer
         if isinstance(layer, int):
@@ -135,12 +128,12 @@ class LlavaOneVisionAdapter(VisionStageAdapter):
         if self.config.vision_feature_select_strategy == "default":
             selected = selected[:, 1:]
         features = self.model.model.multi_modal_projector(selected) if project else None
-        scores = None
-        if request.kind == "cosine":
-            x = selected.float()
-            scores = -F.cosine_similarity(x, x.mean(1, keepdim=True), dim=-1)
-        elif request.kind != "none":
-            raise ValueError(f"{self.name}: unknown score kind {request.kind!r}")
+        if request.kind in FEATURE_SCORES:
+            scores = feature_scores(request.kind, selected.float())
+        elif request.kind == ScoreKind.NONE:
+            scores = None
+        else:
+            raise ConfigError(f"model {self.name!r} {self.missing_scores} (asked for a {request.kind} score)")
         return features, scores, selected
 
     def encode_views_for_merging(self, pixel_values: torch.Tensor, request: ScoreRequest, layouts: list):

@@ -63,7 +63,8 @@ def tiny_spec(text_layers: int | None = None) -> dict:
     return {**TINY_SPEC, "text": {**TINY_SPEC["text"], "num_hidden_layers": int(text_layers)}}
 
 
-def _spec_digest(spec: dict = TINY_SPEC) -> str:
+def spec_digest(spec: dict) -> str:
+    """The first 10 hex digits of the spec's SHA-256 (part of the checkpoint's directory name)."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -94,6 +95,11 @@ def _build_tokenizer():
     return tokenizer
 
 
+def padded_vocab_size(tokenizer) -> int:
+    """The tokenizer's size rounded up to a multiple of 64 (the embedding rows of a tiny model)."""
+    return 64 * ((len(tokenizer) + 63) // 64)
+
+
 def _make_answers_short(model, tokenizer) -> None:
     import torch
 
@@ -112,14 +118,13 @@ def _make_answers_short(model, tokenizer) -> None:
 def build_tiny_llava_next(path: str | Path, seed: int = 0, text_layers: int | None = None) -> Path:
     """Build the tiny LLaVA-NeXT with weights drawn from ``seed`` (and ``text_layers`` decoder layers,
     default TINY_SPEC's 4) and save it to ``path``."""
-    import torch
     from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
                               LlavaNextProcessor)
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     spec = tiny_spec(text_layers)
     tokenizer = _build_tokenizer()
-    vocab_size = 64 * ((len(tokenizer) + 63) // 64)
+    vocab_size = padded_vocab_size(tokenizer)
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(image_size=spec["crop_size"], patch_size=spec["patch_size"],
                                        projection_dim=spec["vision"]["hidden_size"], **spec["vision"]),
@@ -131,14 +136,6 @@ def build_tiny_llava_next(path: str | Path, seed: int = 0, text_layers: int | No
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
-    config.pad_token_id = 3
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaNextForConditionalGeneration(config).eval()
-        _make_answers_short(model, tokenizer)
-    model.generation_config.pad_token_id = 3
-    model.generation_config.eos_token_id = 2
-    model.generation_config.bos_token_id = 1
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": spec["crop_size"]},
         crop_size={"height": spec["crop_size"], "width": spec["crop_size"]},
@@ -148,6 +145,22 @@ def build_tiny_llava_next(path: str | Path, seed: int = 0, text_layers: int | No
                                    patch_size=spec["patch_size"], vision_feature_select_strategy="default",
                                    num_additional_image_tokens=1,
                                    chat_template=CHAT_TEMPLATE)
+    return save_tiny_checkpoint(path, LlavaNextForConditionalGeneration, config, processor, seed)
+
+
+def save_tiny_checkpoint(path: str | Path, model_class, config, processor, seed: int) -> Path:
+    """A tiny model of ``model_class`` with weights drawn from ``seed`` (answers kept short, see ANSWER_WORDS)
+    and the tokenizer's ids (bos 1, eos 2, pad 3), saved with its ``processor`` into ``path``."""
+    import torch
+
+    config.pad_token_id = 3
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config).eval()
+        _make_answers_short(model, processor.tokenizer)
+    model.generation_config.pad_token_id = 3
+    model.generation_config.eos_token_id = 2
+    model.generation_config.bos_token_id = 1
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
@@ -196,15 +209,23 @@ def _wait_for_build(target: Path, timeout_s: float = 900.0) -> Path:
     return target
 
 
+def tiny_checkpoint_path(prefix: str, spec: dict, seed: int, builder, cache_dir: str | Path | None = None,
+                         build: bool = True) -> Path:
+    """``<cache>/<prefix>-<spec digest>-seed<seed>``, made by ``builder(directory, seed)`` on first use
+    (``cached_build``: atomically); ``build=False``: only where it is."""
+    name = f"{prefix}-{spec_digest(spec)}-seed{seed}"
+    if not build:
+        return (Path(cache_dir) if cache_dir else default_cache_dir()) / name
+    return cached_build(name, lambda directory: builder(directory, seed), cache_dir)
+
+
 def tiny_llava_next_path(seed: int = 0, cache_dir: str | Path | None = None, text_layers: int | None = None,
                          build: bool = True) -> Path:
     """Directory of the tiny model for ``seed`` (and ``text_layers``), building it on first use (``build=False``:
     only where it is)."""
-    name = f"tiny-llava-next-{_spec_digest(tiny_spec(text_layers))}-seed{seed}"
-    if not build:
-        return (Path(cache_dir) if cache_dir else default_cache_dir()) / name
-    return cached_build(name, lambda directory: build_tiny_llava_next(directory, seed=seed, text_layers=text_layers),
-                        cache_dir)
+    return tiny_checkpoint_path("tiny-llava-next", tiny_spec(text_layers), seed,
+                                lambda directory, seed: build_tiny_llava_next(directory, seed, text_layers),
+                                cache_dir, build)
 
 
 def load_tiny_llava_next(compressor, seed: int = 0, name: str = "tiny", text_layers: int | None = None,

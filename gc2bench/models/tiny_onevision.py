@@ -12,12 +12,10 @@ under a Qwen2-style chat template. Saved with ``save_pretrained``, loaded with
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from gc2bench.models.onevision import image_only_processor_class
-from gc2bench.models.tiny import _build_tokenizer, _make_answers_short, cached_build, default_cache_dir
+from gc2bench.models.tiny import _build_tokenizer, padded_vocab_size, save_tiny_checkpoint, tiny_checkpoint_path
 
 CROP = 56
 TINY_ONEVISION_SPEC = {
@@ -46,10 +44,6 @@ CHAT_TEMPLATE = (
 )
 
 
-def _spec_digest() -> str:
-    return hashlib.sha256(json.dumps(TINY_ONEVISION_SPEC, sort_keys=True).encode()).hexdigest()[:10]
-
-
 def _build_tokenizer_onevision():
     tokenizer = _build_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": CHAT_TOKENS})
@@ -58,7 +52,6 @@ def _build_tokenizer_onevision():
 
 def build_tiny_onevision(path: str | Path, seed: int = 0) -> Path:
     """Build the tiny LLaVA-OneVision with weights drawn from ``seed`` and save it to ``path``."""
-    import torch
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
                               SiglipVisionConfig)
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
@@ -67,7 +60,7 @@ def build_tiny_onevision(path: str | Path, seed: int = 0) -> Path:
 
     spec = TINY_ONEVISION_SPEC
     tokenizer = _build_tokenizer_onevision()
-    vocab_size = 64 * ((len(tokenizer) + 63) // 64)
+    vocab_size = padded_vocab_size(tokenizer)
     image_id, video_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
     config = LlavaOnevisionConfig(
         vision_config=SiglipVisionConfig(image_size=spec["crop_size"], patch_size=spec["patch_size"],
@@ -81,14 +74,6 @@ def build_tiny_onevision(path: str | Path, seed: int = 0) -> Path:
         vision_feature_select_strategy="full",
         vision_aspect_ratio=spec["vision_aspect_ratio"],
     )
-    config.pad_token_id = 3
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaOnevisionForConditionalGeneration(config).eval()
-        _make_answers_short(model, tokenizer)
-    model.generation_config.pad_token_id = 3
-    model.generation_config.eos_token_id = 2
-    model.generation_config.bos_token_id = 1
     image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": spec["crop_size"], "width": spec["crop_size"]},
         image_grid_pinpoints=spec["grid_pinpoints"],
@@ -98,19 +83,13 @@ def build_tiny_onevision(path: str | Path, seed: int = 0) -> Path:
         num_image_tokens=(spec["crop_size"] // spec["patch_size"]) ** 2,
         vision_feature_select_strategy="full", vision_aspect_ratio=spec["vision_aspect_ratio"],
         chat_template=CHAT_TEMPLATE)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny_checkpoint(path, LlavaOnevisionForConditionalGeneration, config, processor, seed)
 
 
 def tiny_onevision_path(seed: int = 0, cache_dir: str | Path | None = None, build: bool = True) -> Path:
     """Directory of the tiny OneVision for ``seed``, building it on first use (``build=False``: only where it is)."""
-    name = f"tiny-llava-onevision-{_spec_digest()}-seed{seed}"
-    if not build:
-        return (Path(cache_dir) if cache_dir else default_cache_dir()) / name
-    return cached_build(name, lambda directory: build_tiny_onevision(directory, seed=seed), cache_dir)
+    return tiny_checkpoint_path("tiny-llava-onevision", TINY_ONEVISION_SPEC, seed, build_tiny_onevision, cache_dir,
+                                build)
 
 
 def load_tiny_onevision(compressor, seed: int = 0, name: str = "tiny_onevision", **adapter_kwargs):
