@@ -15,7 +15,6 @@ confidence intervals from a paired bootstrap against the uncompressed run
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import sys
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from gc2bench.results.comparable import comparable_groups, paper_warnings
 from gc2bench.results.published import PAPER_METHOD, ocr_note, protocol_differences
@@ -368,7 +368,6 @@ def _scale(record: dict) -> float:
 def _mmbench_hits(values: list) -> dict:
     """Per MMBench question (index mod 10^6): 1 if every circular variant is right under lmms-eval's
     static option matching, as ``MMBench_Evaluator.eval_result(..., "static")`` counts it."""
-    import pandas as pd
     from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
 
     data = pd.DataFrame(values).sort_values(by="index")
@@ -640,55 +639,74 @@ def protocol_notes(table: Table, paper: PaperTable) -> list:
     return notes
 
 
+def _csv_frame(model: str, table: Table, groups: list, extra: bool, tokens: bool) -> pd.DataFrame:
+    """One line per row and value kind (``ours``, ``paper``, ``ci_low``, ...), numbers as written to CSV."""
+    header = ["model", "Method", "R", *(["Value"] if extra else []), *table.tasks, "Average (%)",
+              *(TOKEN_COLUMNS if tokens else [])]
+    body = []
+    for lines in groups:
+        for position, (row, _, _, _, numeric) in enumerate(lines):
+            token_cells = _token_cells(row, position, csv_numbers=True) if tokens else []
+            for name, (values, average) in numeric.items():
+                body.append([model, row.label, f"{row.ratio:g}", *([name] if extra else []),
+                             *[_csv(v, name) for v in values], _csv(average, name),
+                             *(token_cells if name == "ours" else [""] * len(token_cells))])
+    return pd.DataFrame(body, columns=header)
+
+
+def _text_frame(table: Table, groups: list, extra: bool, tokens: bool) -> tuple[pd.DataFrame, list]:
+    """The md / LaTeX table: a row's first line carries its label and R; returns (frame, index of each
+    row's first line)."""
+    header = ["Method", "R", *([""] if extra else []), *[display_name(t) for t in table.tasks], "Average (%)",
+              *(TOKEN_COLUMNS if tokens else [])]
+    body, starts = [], []
+    for lines in groups:
+        starts.append(len(body))
+        for position, (row, label, cells, average, _) in enumerate(lines):
+            lead = [row.label, f"{row.ratio:g}"] if position == 0 else ["", ""]
+            token_cells = _token_cells(row, position) if tokens else []
+            body.append([*lead, *([label] if extra else []), *cells, average, *token_cells])
+    return pd.DataFrame(body, columns=header), starts
+
+
+def _markdown(frame: pd.DataFrame, fixed: int) -> str:
+    cells = frame.map(lambda cell: cell.replace("|", "\\|"))
+    align = ["left"] * fixed + ["right"] * (len(frame.columns) - fixed)
+    return cells.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def _latex_tabular(frame: pd.DataFrame, fixed: int, rules_before: list) -> str:
+    cells = frame.map(_latex)
+    cells.columns = [_latex(column) for column in frame.columns]
+    for line in rules_before:  # a rule between a row's lines and the next row's
+        cells.iloc[line, 0] = "\\midrule\n" + cells.iloc[line, 0]
+    return cells.style.hide(axis="index").to_latex(column_format="l" * fixed + "r" * (len(frame.columns) - fixed),
+                                                   hrules=True)
+
+
 def render(tables: dict, fmt: str = "md", paper: PaperTable | None = None, ci: dict | None = None,
            tokens: bool = False) -> str:
     """``tables`` as md, csv or latex; ``paper`` adds published numbers and differences, ``ci`` (model →
-    :class:`TableCI`) adds confidence intervals, ``tokens`` each row's mean equivalent image tokens and share."""
-    out = io.StringIO()
+    :class:`TableCI`) adds confidence intervals, ``tokens`` each row's mean equivalent image tokens and share.
+    One DataFrame per table, rendered by pandas (md: ``to_markdown``, csv: ``to_csv``, latex: ``Styler.to_latex``)."""
+    out = []
     for model, table in tables.items():
         table_ci = (ci or {}).get(model)
         extra = paper is not None or table_ci is not None
         groups = _lines(table, paper, table_ci)
-        token_header = list(TOKEN_COLUMNS) if tokens else []
         if fmt == "csv":
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(["model", "Method", "R", *(["Value"] if extra else []), *table.tasks, "Average (%)",
-                             *token_header])
-            for lines in groups:
-                for position, (row, _, _, _, numeric) in enumerate(lines):
-                    token_cells = _token_cells(row, position, csv_numbers=True) if tokens else []
-                    for name, (values, average) in numeric.items():
-                        writer.writerow([model, row.label, f"{row.ratio:g}", *([name] if extra else []),
-                                         *[_csv(v, name) for v in values], _csv(average, name),
-                                         *(token_cells if name in ("ours",) else [""] * len(token_cells))])
+            out.append(_csv_frame(model, table, groups, extra, tokens).to_csv(index=False, lineterminator="\n"))
             continue
-        header = ["Method", "R", *([""] if extra else []), *[display_name(t) for t in table.tasks], "Average (%)",
-                  *token_header]
-        body = []
-        for lines in groups:
-            for position, (row, label, cells, average, _) in enumerate(lines):
-                lead = [row.label, f"{row.ratio:g}"] if position == 0 else ["", ""]
-                token_cells = _token_cells(row, position) if tokens else []
-                body.append((position, [*lead, *([label] if extra else []), *cells, average, *token_cells]))
+        frame, starts = _text_frame(table, groups, extra, tokens)
+        fixed = 3 if extra else 2
         legend = _legend(table, paper, table_ci) + (token_legend(table) if tokens else [])
         if fmt == "latex":
-            fixed = 3 if extra else 2
-            out.write(f"% {model}\n\\begin{{tabular}}{{{'l' * fixed}{'r' * (len(header) - fixed)}}}\n\\toprule\n")
-            out.write(" & ".join(_latex(h) for h in header) + " \\\\\n\\midrule\n")
-            for number, (position, cells) in enumerate(body):
-                if extra and position == 0 and number:
-                    out.write("\\midrule\n")
-                out.write(" & ".join(_latex(cell) for cell in cells) + " \\\\\n")
-            out.write("\\bottomrule\n\\end{tabular}\n")
-            out.writelines(f"% {_latex(note)}\n" for note in legend)
+            out.append(f"% {model}\n" + _latex_tabular(frame, fixed, starts[1:] if extra else [])
+                       + "".join(f"% {_latex(note)}\n" for note in legend))
         else:
-            out.write(f"### {model}\n\n| " + " | ".join(header) + " |\n")
-            out.write("|" + "|".join(["---"] * (3 if extra else 2) + ["---:"] * (len(header) - (3 if extra else 2)))
-                      + "|\n")
-            for _, cells in body:
-                out.write("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |\n")
-            out.write("\n" + "".join(f"{note}  \n" for note in legend) + ("\n" if legend else ""))
-    return out.getvalue()
+            out.append(f"### {model}\n\n" + _markdown(frame, fixed) + "\n\n"
+                       + "".join(f"{note}  \n" for note in legend) + ("\n" if legend else ""))
+    return "".join(out)
 
 
 # -- equal R, equal tokens: each row's layer-averaged ("equivalent") image tokens --------------------------
