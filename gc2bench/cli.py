@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gc2bench.errors import Gc2benchError, report
+
 
 def _table(args: argparse.Namespace) -> int:
     from gc2bench.results.table import print_table
@@ -92,15 +94,10 @@ def _paragraphs(*texts: str) -> str:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from gc2bench.analysis.positional_bias import AnalysisError, Options, main, parse_grid
+    from gc2bench.analysis.positional_bias import Options, main, parse_grid
 
-    try:
-        grid = parse_grid(args.grid)
-    except AnalysisError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     return main(Options(model=args.model, compressor=args.compressor, ratio=args.ratio, orders=args.orders,
-                        images=args.images, num_images=args.num_images, grid=grid, prompt=args.prompt,
+                        images=args.images, num_images=args.num_images, grid=parse_grid(args.grid), prompt=args.prompt,
                         out=args.out, json_path=args.json, seed=args.seed, overrides=args.overrides))
 
 
@@ -284,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["run"]:   # everything after `run` is Hydra's (overrides, -m, --help, --cfg job)
         return _run(argparse.Namespace(overrides=argv[1:]))
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Gc2benchError as error:
+        return report(error)
 
 
 if __name__ == "__main__":

@@ -296,12 +296,12 @@ def test_cli_synthetic_images_on_tiny_onevision(capsys, cache_dir, tmp_path):
     (["compressor.crop_order=bogus"], "error: fastv: crop_order='bogus' is not one of"),
 ])
 def test_bad_arguments_exit_2_with_one_line_before_loading_the_model(capsys, monkeypatch, arguments, message):
-    import gc2bench.run
+    import gc2bench.config
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded on bad input")
 
-    monkeypatch.setattr(gc2bench.run, "build_model", no_model)
+    monkeypatch.setattr(gc2bench.config, "build_model", no_model)
     code = main(["analyze", "positional-bias", *arguments])
     out, err = capsys.readouterr()
     assert code == 2

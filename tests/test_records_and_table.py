@@ -6,7 +6,13 @@ import pytest
 from conftest import compact_markdown
 from gc2bench.results.records import (REQUIRED_KEYS, is_done, iter_records, read_record, record_path, run_dir,
                                       write_record)
-from gc2bench.results.table import MISSING, collect, render, rows_with_average
+from gc2bench.results.table import MISSING, collect, render
+
+
+def rows_with_average(table) -> list:
+    """``(label, ratio, [score per task], Average %)`` per row, in table order."""
+    return [(row.label, row.ratio, [row.score(task) for task in table.tasks], table.average(row))
+            for row in table.rows]
 
 
 def record(method, ratio, task, score, model="m", status="done"):

@@ -10,8 +10,9 @@ import pytest
 
 from conftest import compact_markdown, paper_table
 from gc2bench.results.records import record_path, run_dir, write_record
-from gc2bench.results.table import (MISSING, TableError, _latex, collect, confidence_intervals, print_table,
-                                    read_paper, render, sample_set)
+from gc2bench.cli import main
+from gc2bench.errors import ConfigError
+from gc2bench.results.table import MISSING, _latex, collect, confidence_intervals, read_paper, render, sample_set
 
 TASK_OF = {"vqav2": "vqav2_val", "gqa": "gqa", "vizwiz": "vizwiz_vqa_val", "sqa": "scienceqa_img",
            "textvqa": "textvqa_val", "pope": "pope", "mme": "mme", "mmbench": "mmbench_en_dev",
@@ -119,10 +120,10 @@ def test_bad_paper_files_are_one_line_errors(tmp_path, capsys, content, message)
     paper = tmp_path / "paper.csv"
     if content is not None:
         paper.write_text(content)
-    assert print_table(str(tmp_path / "r"), paper=str(paper)) == 2
+    assert main(["table", str(tmp_path / "r"), "--paper", str(paper)]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"gc2bench table: --paper {paper}") and message in error and len(error.splitlines()) == 1
-    with pytest.raises(TableError, match=message):
+    assert error.startswith(f"error: --paper {paper}") and message in error and len(error.splitlines()) == 1
+    with pytest.raises(ConfigError, match=message):
         read_paper(paper)
 
 
@@ -135,6 +136,16 @@ def test_cli_table_with_paper_and_model(tmp_path):
     assert ["m", "fastv", "0.5", "paper", "61.8", f"{100 * 61.8 / 64.2:.1f}"] in rows  # GQA only: recomputed
     unknown = subprocess.run(command[:-1] + ["other"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "no finished records for model 'other'" in unknown.stderr
+
+
+def test_nothing_to_show_exits_1_and_bad_options_exit_2(tmp_path, capsys):
+    write_record(tmp_path / "r" / "pope.json", record("none", 1.0, "pope", 80.0, status="failed"))
+    assert main(["table", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err == f"error: no finished run records under {tmp_path / 'r'}\n"
+    write_record(tmp_path / "r" / "pope.json", record("none", 1.0, "pope", 80.0))
+    assert main(["table", str(tmp_path / "r"), "--ci", "--ci-iterations", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert err == "error: --ci-iterations 0: must be at least 1\n" and not out
 
 
 # -- formats ---------------------------------------------------------------------------------------------

@@ -25,22 +25,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gc2bench.errors import ConfigError, Gc2benchError
+from gc2bench.results.benchmarks import PAPER_BENCHMARKS, benchmark_of, display_name
 from gc2bench.results.comparable import comparable_groups, paper_warnings
 from gc2bench.results.published import PAPER_METHOD, ocr_note, protocol_differences
 from gc2bench.results.records import usable_records
 
 MISSING = "–"
 BASELINE = "none"
-# The papers' benchmark keys (the column names of ../shared/paper_tables) in TCSVT Table I's order.
-PAPER_BENCHMARKS = {"vqav2": "VQAv2", "gqa": "GQA", "vizwiz": "VizWiz", "sqa": "SQA", "textvqa": "TextVQA",
-                    "pope": "POPE", "mme": "MME", "mmbench": "MMB", "mmbench_cn": "MMB-CN", "mmvet": "MM-Vet"}
-TASK_BENCHMARK = {
-    "vqav2_val": "vqav2", "vqav2_val_lite": "vqav2", "gqa": "gqa", "gqa_lite": "gqa",
-    "vizwiz_vqa_val": "vizwiz", "vizwiz_vqa_val_lite": "vizwiz", "scienceqa_img": "sqa",
-    "textvqa_val": "textvqa", "textvqa_val_lite": "textvqa", "pope": "pope", "mme": "mme",
-    "mmbench_en_dev": "mmbench", "mmbench_en_dev_lite": "mmbench", "mmbench_en_dev_static": "mmbench",
-    "mmbench_cn_dev": "mmbench_cn", "mmbench_cn_dev_lite": "mmbench_cn", "mmvet": "mmvet",
-}
 METHOD_ORDER = ("none", "fastv", "pdrop", "sparsevlm", "prumerge", "fastervlm", "fastervlm_gc2", "random",
                 "fastv_globalcom2", "sparsevlm_globalcom2", "globalcom2")
 NOT_VARIANT_PARAMS = {"name", "ratio", "convention", "variant"}
@@ -52,26 +44,10 @@ CI_SEED = 0
 CI_LEVEL = 95
 
 
-class TableError(ValueError):
-    """Bad input to a table or plot (a missing file, a CSV without the expected columns), as one line;
-    ``status``: the command's exit status (2: bad arguments, 1: nothing to show)."""
+class NoRecords(Gc2benchError):
+    """Nothing to show: no finished run records under the results directory."""
 
-    def __init__(self, message: str, status: int = 2):
-        super().__init__(message)
-        self.status = status
-
-
-def benchmark_of(task: str) -> str | None:
-    """The papers' benchmark key of an lmms-eval task name (``vqav2_val`` → ``vqav2``), or None."""
-    return TASK_BENCHMARK.get(task)
-
-
-def display_name(task: str) -> str:
-    benchmark = benchmark_of(task)
-    if benchmark is None:
-        return task
-    suffix = next((f" {s}" for s in ("lite", "static") if task.endswith("_" + s)), "")
-    return PAPER_BENCHMARKS[benchmark] + suffix
+    exit_status = 1
 
 
 def frozen(value) -> str:
@@ -205,12 +181,6 @@ def collect(records: list) -> dict:
     return tables
 
 
-def rows_with_average(table: Table) -> list:
-    """``(label, ratio, [score per task], Average %)`` per row, in table order."""
-    return [(row.label, row.ratio, [row.score(task) for task in table.tasks], table.average(row))
-            for row in table.rows]
-
-
 # -- published numbers ------------------------------------------------------------------------------
 
 @dataclass
@@ -262,21 +232,21 @@ def _number(text: str, where: str) -> float | None:
     try:
         return float(text)
     except ValueError:
-        raise TableError(f"{where}: {text!r} is not a number") from None
+        raise ConfigError(f"{where}: {text!r} is not a number") from None
 
 
 def read_paper(path: str | Path) -> PaperTable:
-    """Read a published table; one-line :class:`TableError` for a missing file or unexpected columns."""
+    """Read a published table; one-line ``ConfigError`` for a missing file or unexpected columns."""
     path = Path(path)
     if not path.is_file():
-        raise TableError(f"--paper {path}: no such file")
+        raise ConfigError(f"--paper {path}: no such file")
     with path.open(newline="") as file:
         reader = csv.DictReader(file)
         columns = [c.strip() for c in reader.fieldnames or []]
         lines = list(reader)
     benchmarks = [c for c in columns if c in PAPER_BENCHMARKS]
     if "ratio" not in columns or not benchmarks:
-        raise TableError(f"--paper {path}: expected columns ratio, method and some of "
+        raise ConfigError(f"--paper {path}: expected columns ratio, method and some of "
                          f"{', '.join(PAPER_BENCHMARKS)} (found: {', '.join(columns) or 'none'})")
     keys = [c for c in columns if c not in PAPER_BENCHMARKS and c not in ("ratio", "average_pct")]
     if "method" in columns:
@@ -284,14 +254,14 @@ def read_paper(path: str | Path) -> PaperTable:
     elif len(keys) == 1:
         key_column = keys[0]
     else:
-        raise TableError(f"--paper {path}: no 'method' column (found: {', '.join(columns)})")
+        raise ConfigError(f"--paper {path}: no 'method' column (found: {', '.join(columns)})")
     rows = {}
     for number, line in enumerate(lines, start=2):
         line = {(k or "").strip(): v for k, v in line.items()}
         ratio = _number(line.get("ratio"), f"--paper {path}: line {number}, column ratio")
         name = (line.get(key_column) or "").strip()
         if ratio is None or not name:
-            raise TableError(f"--paper {path}: line {number} lacks ratio or {key_column}")
+            raise ConfigError(f"--paper {path}: line {number} lacks ratio or {key_column}")
         rows[(name, round(ratio, 4))] = {
             column: _number(line.get(column), f"--paper {path}: line {number}, column {column}")
             for column in [*benchmarks, "average_pct"] if column in columns}
@@ -765,20 +735,20 @@ def _latex(text: str) -> str:
 
 
 def load_tables(results_dir: str | Path, model: str | None = None) -> dict:
-    """:func:`collect` over the records under ``results_dir``, optionally one model; :class:`TableError`
-    when the directory, its records or the model are missing."""
+    """:func:`collect` over the records under ``results_dir``, optionally one model; ``ConfigError``
+    when the directory or the model is missing, :class:`NoRecords` when no record is finished."""
     if not Path(results_dir).is_dir():
-        raise TableError(f"{results_dir}: no such directory")
+        raise ConfigError(f"{results_dir}: no such directory")
     records, skipped = usable_records(results_dir)
     for line in skipped:
         print(f"gc2bench table: skipped {line}", file=sys.stderr)
     tables = collect(records)
     if not tables:
-        raise TableError(f"no finished run records under {results_dir}", status=1)
+        raise NoRecords(f"no finished run records under {results_dir}")
     if model is not None:
         chosen = {label: table for label, table in tables.items() if label == model or label.startswith(f"{model} · ")}
         if not chosen:
-            raise TableError(f"no finished records for model {model!r} under {results_dir} "
+            raise ConfigError(f"no finished records for model {model!r} under {results_dir} "
                              f"(models: {', '.join(sorted(tables))})")
         tables = chosen
     return tables
@@ -786,16 +756,12 @@ def load_tables(results_dir: str | Path, model: str | None = None) -> dict:
 
 def print_table(results_dir: str, fmt: str = "md", paper: str | None = None, ci: bool = False,
                 model: str | None = None, iterations: int = CI_ITERATIONS, tokens: bool = False) -> int:
-    """The ``gc2bench table`` command: print the tables, notes on stderr; exit status."""
-    try:
-        published = read_paper(paper) if paper else None
-        tables = load_tables(results_dir, model)
-    except TableError as error:
-        print(f"gc2bench table: {error}", file=sys.stderr)
-        return error.status
+    """The ``gc2bench table`` command: print the tables, notes on stderr; exit status. Bad input raises a
+    ``Gc2benchError`` (``cli.main`` reports it)."""
+    published = read_paper(paper) if paper else None
+    tables = load_tables(results_dir, model)
     if iterations < 1:
-        print(f"gc2bench table: --ci-iterations {iterations}: must be at least 1", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--ci-iterations {iterations}: must be at least 1")
     if published is not None:
         for table in tables.values():
             for warning in paper_warnings(table, published):
