@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from conftest import REPO
-from gc2bench.analysis.positional_bias import (Options, bucket_counts, crops_at_positions, measure_image,
-                                               summarize)
+from gc2bench.analysis.positional_bias import (Options, bucket_counts, crop_order_methods, crops_at_positions,
+                                               measure_image, summarize)
 from gc2bench.cli import main
 from gc2bench.compressors.base import NEWLINE, crop_block_sources, crop_order_selection
 from gc2bench.compressors.fastv import FastV
@@ -332,3 +332,13 @@ def test_crop_order_is_a_run_option():
             assert default.crop_order == "packed" and reversed_.crop_order == "reversed"
             assert run_dir("r", "tiny", name, default.params()) != run_dir("r", "tiny", name, reversed_.params())
     assert Options().orders == ("sequential", "reversed")
+
+
+def test_the_methods_with_a_crop_order_are_read_from_conf():
+    from gc2bench.config import build_compressor, compose_run_config, config_names
+
+    listed = crop_order_methods()
+    assert listed[:3] == ["fastv", "pdrop", "sparsevlm"]  # the table's (the papers') order
+    for name in config_names("compressor"):
+        compressor = build_compressor(compose_run_config([f"compressor={name}", "ratio=0.5"]))
+        assert (name in listed) == hasattr(compressor, "crop_order"), name

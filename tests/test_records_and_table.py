@@ -114,3 +114,23 @@ def test_a_duplicate_record_is_noted_not_summed():
         assert rows_with_average(table) == [("none", 1.0, [80.0], 100.0)]
         assert table.notes == ["m: several finished records for none R=1 pope made alike; the latest finished "
                                "(2026-01-02) is used"]
+
+
+def test_rows_follow_the_papers_order_then_every_other_compressor_config(tmp_path, monkeypatch):
+    import shutil
+
+    import gc2bench.config
+    from gc2bench.config import CONF_DIR, config_names
+    from gc2bench.results.table import PAPER_METHOD_ORDER, method_order
+
+    assert set(config_names("compressor")) <= set(method_order(config_names("compressor")))
+    methods = ["views", "zz_unknown", "aa_new", "globalcom2", "drop_crop", "fastv", "none"]
+    records = [record(method, 1.0 if method == "none" else 0.5, "pope", 50.0) for method in methods]
+    assert [row.method for row in collect(records)["m"].rows] == [
+        "none", "fastv", "globalcom2", "drop_crop", "views", "aa_new", "zz_unknown"]  # aa_new: no config
+    shutil.copytree(CONF_DIR / "compressor", tmp_path / "conf" / "compressor")
+    (tmp_path / "conf" / "compressor" / "aa_new.yaml").write_text("name: aa_new\n")
+    monkeypatch.setattr(gc2bench.config, "CONF_DIR", tmp_path / "conf")
+    assert method_order(config_names("compressor"))[:len(PAPER_METHOD_ORDER)] == PAPER_METHOD_ORDER
+    assert [row.method for row in collect(records)["m"].rows] == [
+        "none", "fastv", "globalcom2", "aa_new", "drop_crop", "views", "zz_unknown"]  # a new config: by itself

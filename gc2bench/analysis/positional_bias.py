@@ -37,7 +37,6 @@ from gc2bench.errors import ConfigError
 
 DEFAULT_ORDERS = ("sequential", "reversed")
 DEFAULT_PROMPT = "What is in the image?"
-CROP_ORDER_METHODS = ("fastv", "pdrop", "sparsevlm", "fastv_globalcom2", "sparsevlm_globalcom2")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 ORDER_COLOURS = {"sequential": "C0", "reversed": "C1", "packed": "0.6"}
 
@@ -394,6 +393,18 @@ class Options:
     overrides: list = field(default_factory=list)   # Hydra overrides, as for run.py
 
 
+def crop_order_methods() -> list[str]:
+    """The conf/compressor configs with a ``crop_order`` option, in the table's method order."""
+    from omegaconf import OmegaConf
+
+    from gc2bench.config import CONF_DIR, config_names
+    from gc2bench.results.table import method_order
+
+    names = config_names("compressor")
+    return [name for name in method_order(names) if name in names
+            and "crop_order" in OmegaConf.load(CONF_DIR / "compressor" / f"{name}.yaml")]
+
+
 def parse_orders(text: str) -> tuple:
     orders = tuple(dict.fromkeys(item.strip() for item in str(text).split(",") if item.strip()))
     bad = [order for order in orders if order not in CROP_ORDERS]
@@ -434,7 +445,7 @@ def prepare(options: Options):
     compressor = build_compressor(cfg)
     if getattr(compressor, "kind", "vision") != "llm" or not hasattr(compressor, "crop_order"):
         raise ConfigError(f"--compressor {options.compressor}: not an LLM-stage method with a crop_order option; "
-                            f"positional bias is measured for {', '.join(CROP_ORDER_METHODS)}")
+                            f"positional bias is measured for {', '.join(crop_order_methods())}")
     return cfg, compressor, files
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gc2bench.config import config_names
 from gc2bench.errors import ConfigError, Gc2benchError
 from gc2bench.results.benchmarks import PAPER_BENCHMARKS, benchmark_of, display_name
 from gc2bench.results.comparable import comparable_groups, paper_warnings
@@ -33,8 +34,9 @@ from gc2bench.results.records import usable_records
 
 MISSING = "–"
 BASELINE = "none"
-METHOD_ORDER = ("none", "fastv", "pdrop", "sparsevlm", "prumerge", "fastervlm", "fastervlm_gc2", "random",
-                "fastv_globalcom2", "sparsevlm_globalcom2", "globalcom2")
+# Rows in the papers' method order; the other conf/compressor configs follow by name (method_order).
+PAPER_METHOD_ORDER = ("none", "fastv", "pdrop", "sparsevlm", "prumerge", "fastervlm", "fastervlm_gc2", "random",
+                      "fastv_globalcom2", "sparsevlm_globalcom2", "globalcom2")
 NOT_VARIANT_PARAMS = {"name", "ratio", "convention", "variant"}
 # A compressor's own variant name (views: thumbnail_only | crops_only; drop_crop: most | least): always in
 # its row's key and label, e.g. "drop_crop (most)", even when the table has one variant only.
@@ -132,8 +134,14 @@ def _sort_value(value):
     return (0, float(value), "") if number else (1, 0.0, str(value))
 
 
-def _row_order(row: Row):
-    rank = METHOD_ORDER.index(row.method) if row.method in METHOD_ORDER else len(METHOD_ORDER)
+def method_order(compressors: list) -> tuple:
+    """The table's method order: PAPER_METHOD_ORDER, then the other ``compressors`` (conf/compressor
+    names) by name; a method in neither comes last."""
+    return PAPER_METHOD_ORDER + tuple(sorted(set(compressors) - set(PAPER_METHOD_ORDER)))
+
+
+def _row_order(row: Row, order: tuple):
+    rank = order.index(row.method) if row.method in order else len(order)
     return (row.method != BASELINE, -row.ratio, rank, row.method, [_sort_value(v) for _, v in row.variant])
 
 
@@ -154,6 +162,7 @@ def collect(records: list) -> dict:
     finished = [record for record in records
                 if record.get("status") == "done" and (record.get("metrics") or {}).get("score") is not None]
     by_model = comparable_groups(finished)
+    order = method_order(config_names("compressor"))
     tables = {}
     for model, model_records in by_model.items():
         varying = _varying_params(model_records)
@@ -177,7 +186,8 @@ def collect(records: list) -> dict:
             row.records[record["task"]] = record
             if record["task"] not in tasks:
                 tasks.append(record["task"])
-        tables[model] = Table(model, _task_order(tasks), sorted(rows.values(), key=_row_order), notes)
+        ordered = sorted(rows.values(), key=lambda row: _row_order(row, order))
+        tables[model] = Table(model, _task_order(tasks), ordered, notes)
     return tables
 
 
