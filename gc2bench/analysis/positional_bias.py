@@ -377,11 +377,13 @@ def synthetic_images(adapter, count: int, grid: tuple[int, int] | None = None, s
 # -- the command ------------------------------------------------------------------------------------
 
 
+# The model, compressor and ratio measured unless the Hydra overrides choose others.
+DEFAULT_OVERRIDES = ("model=tiny", "compressor=fastv", "ratio=0.25")
+
+
 @dataclass
 class Options:
-    model: str = "tiny"
-    compressor: str = "fastv"
-    ratio: float = 0.25
+    overrides: list = field(default_factory=list)   # Hydra overrides as for run.py, after DEFAULT_OVERRIDES
     orders: tuple = DEFAULT_ORDERS
     images: list | None = None          # files or folders; None: synthetic
     num_images: int | None = None       # synthetic count (default 8) or the first N files
@@ -390,7 +392,6 @@ class Options:
     out: str = "positional_bias.png"
     json_path: str | None = None
     seed: int = 0
-    overrides: list = field(default_factory=list)   # Hydra overrides, as for run.py
 
 
 def crop_order_methods() -> list[str]:
@@ -424,28 +425,20 @@ def parse_grid(text: str | None) -> tuple | None:
 
 def prepare(options: Options):
     """Validate everything that can be checked without a model; returns (cfg, compressor, image files)."""
-    from gc2bench.config import compose_run_config, config_names, validate_ratio
-    from gc2bench.config import build_compressor
+    from gc2bench.config import build_compressor, compose_run_config
 
     options.orders = parse_orders(",".join(options.orders) if isinstance(options.orders, (list, tuple))
                                   else options.orders)
-    validate_ratio(options.ratio)
     if options.num_images is not None and options.num_images < 1:
         raise ConfigError(f"--num-images {options.num_images}: must be >= 1")
     if not str(options.out).lower().endswith(".png"):
         raise ConfigError(f"--out {options.out}: must be a .png file")
-    for option, group, value in (("--model", "model", options.model), ("--compressor", "compressor", options.compressor)):
-        if value not in config_names(group):
-            raise ConfigError(f"{option} {value}: not a conf/{group} config (available: "
-                                f"{', '.join(config_names(group))})")
     files = image_files(options.images, options.num_images) if options.images else None
-    overrides = [f"model={options.model}", f"compressor={options.compressor}", f"ratio={options.ratio}",
-                 *options.overrides]
-    cfg = compose_run_config(overrides)
+    cfg = compose_run_config([*DEFAULT_OVERRIDES, *options.overrides])
     compressor = build_compressor(cfg)
     if getattr(compressor, "kind", "vision") != "llm" or not hasattr(compressor, "crop_order"):
-        raise ConfigError(f"--compressor {options.compressor}: not an LLM-stage method with a crop_order option; "
-                            f"positional bias is measured for {', '.join(crop_order_methods())}")
+        raise ConfigError(f"compressor={compressor.name}: not an LLM-stage method with a crop_order option; "
+                          f"positional bias is measured for {', '.join(crop_order_methods())}")
     return cfg, compressor, files
 
 
