@@ -658,7 +658,7 @@ def _markdown(frame: pd.DataFrame, fixed: int) -> str:
 def _latex_tabular(frame: pd.DataFrame, fixed: int, rules_before: list) -> str:
     cells = frame.map(_latex)
     cells.columns = [_latex(column) for column in frame.columns]
-    for line in rules_before:  # a rule between a row's lines and the next row's
+    for line in rules_before:  # the Styler draws no rule between body rows: this one opens the line
         cells.iloc[line, 0] = "\\midrule\n" + cells.iloc[line, 0]
     return cells.style.hide(axis="index").to_latex(column_format="l" * fixed + "r" * (len(frame.columns) - fixed),
                                                    hrules=True)
