@@ -93,16 +93,11 @@ def _paragraphs(*texts: str) -> str:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from gc2bench.analysis.positional_bias import AnalysisError, Options, main, parse_grid
+    from gc2bench.analysis.positional_bias import Options, main, parse_grid
 
-    try:
-        grid = parse_grid(args.grid)
-    except AnalysisError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return main(Options(model=args.model, compressor=args.compressor, ratio=args.ratio, orders=args.orders,
-                        images=args.images, num_images=args.num_images, grid=grid, prompt=args.prompt,
-                        out=args.out, json_path=args.json, seed=args.seed, overrides=args.overrides))
+    return main(Options(overrides=args.overrides, orders=args.orders, images=args.images, num_images=args.num_images,
+                        grid=parse_grid(args.grid), prompt=args.prompt, out=args.out, json_path=args.json,
+                        seed=args.seed))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,16 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
             "later positions keep more in both orders and the two orders agree by position, not by crop."),
         epilog="examples:\n"
                "  gc2bench analyze positional-bias                                   # tiny model, FastV, R=0.25\n"
-               "  gc2bench analyze positional-bias --model llava_next_7b --ratio 0.1 --images textvqa_imgs/ "
+               "  gc2bench analyze positional-bias model=llava_next_7b ratio=0.1 --images textvqa_imgs/ "
                "--num-images 200 --out fig4.png --json fig4.json\n"
-               "  gc2bench analyze positional-bias --compressor pdrop --ratio 0.5 compressor.layers=[2,3]\n"
+               "  gc2bench analyze positional-bias compressor=pdrop ratio=0.5 compressor.layers=[2,3]\n"
                "as a run option: python run.py -m compressor=fastv compressor.crop_order=sequential,reversed ...")
-    p.add_argument("--model", default="tiny",
-                   help="a conf/model config: tiny, tiny_onevision, llava_next_7b, ... (default tiny)")
-    p.add_argument("--compressor", default="fastv",
-                   help="a conf/compressor config with crop_order: fastv, pdrop, sparsevlm, fastv_globalcom2, "
-                        "sparsevlm_globalcom2 (default fastv)")
-    p.add_argument("--ratio", default="0.25", help="retention ratio R, 0 < R <= 1 (default 0.25)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="Hydra overrides as for run.py (all before or all after the options): model=NAME "
+                        "(default tiny), compressor=NAME (a conf/compressor config with crop_order; default fastv), "
+                        "ratio=R (default 0.25), and any other key, e.g. model.path=/ckpt compressor.layer=3")
     p.add_argument("--orders", default="sequential,reversed",
                    help="comma-separated crop orders: sequential, reversed, packed (default sequential,reversed)")
     p.add_argument("--images", action="append", metavar="PATH",
@@ -276,8 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write setup, rows, summaries and per-image counts as JSON "
                                                   "(- for stdout; the table then goes to stderr)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="Hydra overrides as for run.py, e.g. model.path=/ckpt compressor.layer=3")
     p.set_defaults(func=_analyze)
     return parser
 

@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,18 @@ def paper_table(name: str) -> Path:
     if len(copies) != 1:
         raise FileNotFoundError(f"expected one copy of {name} under experiments/*/ or tests/data/, found {copies}")
     return copies[0]
+
+
+def compact_markdown(text: str) -> str:
+    """``text`` with each markdown table line's cell padding removed (``| a |  | b |``), so a test names
+    the cells, not the column widths pandas / tabulate chose."""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("|") and line.endswith("|"):
+            cells = re.split(r"(?<!\\)\|", line[1:-1])
+            line = "| " + " | ".join(cell.strip() for cell in cells) + " |"
+        lines.append(line)
+    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
 
 
 @pytest.fixture(scope="session")

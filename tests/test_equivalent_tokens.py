@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import compact_markdown
 from gc2bench.compressors.base import SEGMENT_NEWLINE
 from gc2bench.compressors.fastv import FastV
 from gc2bench.compressors.globalcom2 import GlobalCom2
@@ -93,7 +94,7 @@ def test_table_tokens_adds_each_rows_mean_equivalent_tokens(tmp_path):
 
     records = [_record("none", 1.0, "pope", 80.0, 2000.0, 1.0), _record("none", 1.0, "gqa", 60.0, 1000.0, 1.0),
                _record("fastv", 0.1, "pope", 70.0, 310.0, 0.155), _record("fastv", 0.1, "gqa", 50.0, 150.0, 0.157)]
-    text = render(collect(records), "md", tokens=True)
+    text = compact_markdown(render(collect(records), "md", tokens=True))
     header = next(line for line in text.splitlines() if line.startswith("| Method"))
     assert header.endswith("| Eq. tokens | Eq. share (%) |")
     fastv = next(line for line in text.splitlines() if line.startswith("| fastv"))
@@ -112,4 +113,4 @@ def test_table_cli_tokens_flag(tmp_path, capsys):
                                _record("fastv", 0.1, "pope", 70.0, 310.0, 0.155)]):
         write_record(tmp_path / f"run{index}" / "pope.json", r)
     assert print_table(str(tmp_path), tokens=True) == 0
-    assert "| fastv | 0.1 | 70.0 | 87.5 | 310.0 | 15.5 |" in capsys.readouterr().out
+    assert "| fastv | 0.1 | 70.0 | 87.5 | 310.0 | 15.5 |" in compact_markdown(capsys.readouterr().out)

@@ -5,7 +5,7 @@ import csv
 
 import pytest
 
-from conftest import REPO, SHARED, paper_table
+from conftest import REPO, SHARED, compact_markdown, paper_table
 from gc2bench.config import ConfigError, compose_run_config
 from gc2bench.results.table import collect, read_paper, render
 from gc2bench.run import suite_entries
@@ -112,7 +112,7 @@ def test_paper_marks_rows_whose_protocol_differs():
                record("globalcom2", 0.25, "textvqa_val", 59.0, pipeline="transformers", entry=ocr_off),
                record("fastv", 0.25, "textvqa_val", 58.0, {"budget_of": 2880, "share": "kept", "decode": "static"},
                       entry={"task": "textvqa_val", "ocr_tokens": True})]
-    text = render(collect(records), "md", read_paper(paper_table("tcsvt_table1_llava_next_7b.csv")))
+    text = compact_markdown(render(collect(records), "md", read_paper(paper_table("tcsvt_table1_llava_next_7b.csv"))))
     assert paper_line(text, "fastervlm_gc2").startswith("|  |  | paper | 58.8 |")
     assert paper_line(text, "fastervlm").startswith("|  |  | paper † | 58.8 |")
     assert paper_line(text, "globalcom2").startswith("|  |  | paper † | 59.2 |")
@@ -131,7 +131,7 @@ def test_aaai_table_expects_ocr_per_row():
                record("fastv", 0.5, "textvqa_val", 59.0, {"budget_of": 2880, "share": "kept", "decode": "static"},
                       entry={"task": "textvqa_val", "ocr_tokens": False}),
                record("globalcom2", 0.5, "textvqa_val", 60.0, entry={"task": "textvqa_val", "ocr_tokens": False})]
-    text = render(collect(records), "md", read_paper(paper_table("aaai_table1_llava_next_7b.csv")))
+    text = compact_markdown(render(collect(records), "md", read_paper(paper_table("aaai_table1_llava_next_7b.csv"))))
     assert paper_line(text, "fastv").startswith("|  |  | paper | 59.6 |")
     assert paper_line(text, "globalcom2").startswith("|  |  | paper † | 62.3 |")
     assert paper_line(text, "none").startswith("|  |  | paper | 64.9 |")

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from conftest import REPO
-from gc2bench.analysis.positional_bias import (Options, bucket_counts, crops_at_positions, measure_image,
-                                               summarize)
+from gc2bench.analysis.positional_bias import (Options, bucket_counts, crop_order_methods, crops_at_positions,
+                                               measure_image, summarize)
 from gc2bench.cli import main
 from gc2bench.compressors.base import NEWLINE, crop_block_sources, crop_order_selection
 from gc2bench.compressors.fastv import FastV
@@ -255,7 +255,7 @@ def test_cli_prints_the_table_and_writes_the_png_and_the_json(capsys, cache_dir,
     picture(130, 120, 1).save(folder / "a.png")
     picture(70, 150, 2).save(folder / "b.jpg")
     chart, data = tmp_path / "out" / "fig4.png", tmp_path / "out" / "fig4.json"
-    code = main(["analyze", "positional-bias", "--images", str(folder), "--ratio", "0.5", "--out", str(chart),
+    code = main(["analyze", "positional-bias", "ratio=0.5", "--images", str(folder), "--out", str(chart),
                  "--json", str(data)])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -273,8 +273,8 @@ def test_cli_prints_the_table_and_writes_the_png_and_the_json(capsys, cache_dir,
 
 def test_cli_synthetic_images_on_tiny_onevision(capsys, cache_dir, tmp_path):
     chart = tmp_path / "ov.png"
-    code = main(["analyze", "positional-bias", "--model", "tiny_onevision", "--compressor", "sparsevlm",
-                 "--ratio", "0.5", "--num-images", "2", "--grid", "3x4", "--orders", "reversed,packed",
+    code = main(["analyze", "positional-bias", "model=tiny_onevision", "compressor=sparsevlm", "ratio=0.5",
+                 "--num-images", "2", "--grid", "3x4", "--orders", "reversed,packed",
                  "--out", str(chart), "--json", "-"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -284,10 +284,10 @@ def test_cli_synthetic_images_on_tiny_onevision(capsys, cache_dir, tmp_path):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--ratio", "1.5"], "error: ratio=1.5 is out of range"),
-    (["--compressor", "globalcom2"], "error: --compressor globalcom2: not an LLM-stage method with a crop_order"),
-    (["--compressor", "nope"], "error: --compressor nope: not a conf/compressor config"),
-    (["--model", "nope"], "error: --model nope: not a conf/model config"),
+    (["ratio=1.5"], "error: ratio=1.5 is out of range"),
+    (["compressor=globalcom2"], "error: compressor=globalcom2: not an LLM-stage method with a crop_order"),
+    (["compressor=nope"], "error: In 'config': Could not find 'compressor/nope'"),
+    (["model=nope"], "error: In 'config': Could not find 'model/nope'"),
     (["--images", "/does/not/exist"], "error: --images /does/not/exist: no such file or folder"),
     (["--out", "chart.jpg"], "error: --out chart.jpg: must be a .png file"),
     (["--orders", "sequential,upside-down"], "error: --orders 'sequential,upside-down': give a comma-separated list"),
@@ -296,16 +296,31 @@ def test_cli_synthetic_images_on_tiny_onevision(capsys, cache_dir, tmp_path):
     (["compressor.crop_order=bogus"], "error: fastv: crop_order='bogus' is not one of"),
 ])
 def test_bad_arguments_exit_2_with_one_line_before_loading_the_model(capsys, monkeypatch, arguments, message):
-    import gc2bench.run
+    import gc2bench.config
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded on bad input")
 
-    monkeypatch.setattr(gc2bench.run, "build_model", no_model)
+    monkeypatch.setattr(gc2bench.config, "build_model", no_model)
     code = main(["analyze", "positional-bias", *arguments])
     out, err = capsys.readouterr()
     assert code == 2
     assert err.startswith(message) and err.count("\n") == 1 and not out
+
+
+def test_model_compressor_and_ratio_are_hydra_overrides():
+    from gc2bench.analysis.positional_bias import prepare
+    from gc2bench.cli import build_parser
+
+    cfg, compressor, files = prepare(Options())
+    assert (cfg.model.name, compressor.name, cfg.ratio, files) == ("tiny", "fastv", 0.25, None)
+    args = build_parser().parse_args(["analyze", "positional-bias", "compressor=pdrop", "ratio=0.5",
+                                      "compressor.layers=[2,3]", "--num-images", "3"])
+    cfg, compressor, _ = prepare(Options(overrides=args.overrides))
+    assert (cfg.model.name, compressor.name, cfg.ratio, list(cfg.compressor.layers)) == ("tiny", "pdrop", 0.5, [2, 3])
+    for flag in ("--model", "--compressor", "--ratio"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["analyze", "positional-bias", flag, "tiny"])
 
 
 def test_bad_input_from_the_console_script(tmp_path):
@@ -332,3 +347,34 @@ def test_crop_order_is_a_run_option():
             assert default.crop_order == "packed" and reversed_.crop_order == "reversed"
             assert run_dir("r", "tiny", name, default.params()) != run_dir("r", "tiny", name, reversed_.params())
     assert Options().orders == ("sequential", "reversed")
+
+
+def test_the_methods_with_a_crop_order_are_read_from_conf():
+    from gc2bench.config import build_compressor, compose_run_config, config_names
+
+    listed = crop_order_methods()
+    assert listed[:3] == ["fastv", "pdrop", "sparsevlm"]  # the table's (the papers') order
+    for name in config_names("compressor"):
+        compressor = build_compressor(compose_run_config([f"compressor={name}", "ratio=0.5"]))
+        assert (name in listed) == hasattr(compressor, "crop_order"), name
+
+
+def test_documented_commands_parse_and_compose():
+    """Every `gc2bench analyze positional-bias` command in the README, docs/ and experiments/ parses and its
+    overrides compose, as today's CLI takes them."""
+    import re
+    import shlex
+
+    from gc2bench.analysis.positional_bias import DEFAULT_OVERRIDES
+    from gc2bench.cli import build_parser
+    from gc2bench.config import compose_run_config
+
+    commands = []
+    for path in [REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("experiments/**/README.md")]:
+        text = path.read_text().replace("\\\n", " ")
+        commands += re.findall(r"(gc2bench analyze positional-bias[^`#\n]*)", text)
+    assert len(commands) >= 8
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command.replace("...", ""))[1:])
+        assert not any(o.startswith("-") for o in args.overrides), command
+        compose_run_config([*DEFAULT_OVERRIDES, *args.overrides])

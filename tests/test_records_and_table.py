@@ -3,9 +3,16 @@ import os
 
 import pytest
 
+from conftest import compact_markdown
 from gc2bench.results.records import (REQUIRED_KEYS, iter_records, read_record, record_path, run_dir,
                                       write_record)
-from gc2bench.results.table import MISSING, collect, render, rows_with_average
+from gc2bench.results.table import MISSING, collect, render
+
+
+def rows_with_average(table) -> list:
+    """``(label, ratio, [score per task], Average %)`` per row, in table order."""
+    return [(row.label, row.ratio, [row.score(task) for task in table.tasks], table.average(row))
+            for row in table.rows]
 
 
 def record(method, ratio, task, score, model="m", status="done"):
@@ -62,7 +69,7 @@ def test_missing_baseline_or_cell_is_missing_not_zero():
     rows = {r[0]: r for r in rows_with_average(collect(records)["m"])}
     assert rows["globalcom2"][3] is None  # no baseline for vqav2_val
     assert rows["fastv"][2] == [None, 70.0] and rows["fastv"][3] is None
-    text = render(collect(records), "md")
+    text = compact_markdown(render(collect(records), "md"))
     assert "| Method | R | VQAv2 | POPE | Average (%) |" in text
     assert f"| fastv | 0.1 | {MISSING} | 70.0 | {MISSING} |" in text
     assert "| 0.0 |" not in text and "| 0 |" not in text
@@ -107,3 +114,23 @@ def test_a_duplicate_record_is_noted_not_summed():
         assert rows_with_average(table) == [("none", 1.0, [80.0], 100.0)]
         assert table.notes == ["m: several finished records for none R=1 pope made alike; the latest finished "
                                "(2026-01-02) is used"]
+
+
+def test_rows_follow_the_papers_order_then_every_other_compressor_config(tmp_path, monkeypatch):
+    import shutil
+
+    import gc2bench.config
+    from gc2bench.config import CONF_DIR, config_names
+    from gc2bench.results.table import PAPER_METHOD_ORDER, method_order
+
+    assert set(config_names("compressor")) <= set(method_order(config_names("compressor")))
+    methods = ["views", "zz_unknown", "aa_new", "globalcom2", "drop_crop", "fastv", "none"]
+    records = [record(method, 1.0 if method == "none" else 0.5, "pope", 50.0) for method in methods]
+    assert [row.method for row in collect(records)["m"].rows] == [
+        "none", "fastv", "globalcom2", "drop_crop", "views", "aa_new", "zz_unknown"]  # aa_new: no config
+    shutil.copytree(CONF_DIR / "compressor", tmp_path / "conf" / "compressor")
+    (tmp_path / "conf" / "compressor" / "aa_new.yaml").write_text("name: aa_new\n")
+    monkeypatch.setattr(gc2bench.config, "CONF_DIR", tmp_path / "conf")
+    assert method_order(config_names("compressor"))[:len(PAPER_METHOD_ORDER)] == PAPER_METHOD_ORDER
+    assert [row.method for row in collect(records)["m"].rows] == [
+        "none", "fastv", "globalcom2", "aa_new", "drop_crop", "views", "zz_unknown"]  # a new config: by itself

@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import paper_table
+from conftest import compact_markdown, paper_table
 from gc2bench.results.records import record_path, run_dir, write_record
-from gc2bench.results.table import (MISSING, TableError, _latex, collect, confidence_intervals, print_table,
-                                    read_paper, render, sample_set)
+from gc2bench.cli import main
+from gc2bench.errors import ConfigError
+from gc2bench.results.table import MISSING, _latex, collect, confidence_intervals, read_paper, render, sample_set
 
 TASK_OF = {"vqav2": "vqav2_val", "gqa": "gqa", "vizwiz": "vizwiz_vqa_val", "sqa": "scienceqa_img",
            "textvqa": "textvqa_val", "pope": "pope", "mme": "mme", "mmbench": "mmbench_en_dev",
@@ -58,7 +59,7 @@ def test_paper_numbers_and_exact_differences(tmp_path):
                record("none", 1.0, "vqav2_val", 81.0),
                record("globalcom2", 0.1, "gqa", 57.0), record("globalcom2", 0.1, "vqav2_val", 76.0),
                record("globalcom2", 0.1, "pope", 84.0)]
-    text = render(collect(records), "md", paper)
+    text = compact_markdown(render(collect(records), "md", paper))
     ours = (76 / 81 + 57 / 64 + 84 / 86.5) / 3 * 100
     assert "| Method | R |  | VQAv2 | GQA | POPE | Average (%) |" in text  # the papers' column order
     assert line(text, "globalcom2", "0.1", "ours", "76.0", "57.0", "84.0", f"{ours:.1f}")
@@ -76,7 +77,7 @@ def test_records_reproducing_a_published_table_differ_by_zero(tmp_path):
     published = list(csv.DictReader(path.open()))
     records = [record(row["method"], float(row["ratio"]), task, float(row[benchmark]))
                for row in published for benchmark, task in TASK_OF.items()]
-    text = render(collect(records), "md", read_paper(path))
+    text = compact_markdown(render(collect(records), "md", read_paper(path)))
     deltas = [[c.strip() for c in x.strip("|").split("|")][3:] for x in text.splitlines() if "| Δ paper |" in x]
     assert len(deltas) == len(published) and all(len(row) == 11 for row in deltas)
     assert all(cell == "0.0" for row in deltas for cell in row[:-1])
@@ -88,7 +89,7 @@ def test_records_reproducing_a_published_table_differ_by_zero(tmp_path):
 def test_paper_average_over_a_subset_is_recomputed_and_marked(tmp_path):
     records = [record("none", 1.0, "gqa", 64.0), record("none", 1.0, "mme", 1500.0),
                record("fastv", 0.1, "gqa", 56.0), record("fastv", 0.1, "mme", 1300.0)]
-    text = render(collect(records), "md", read_paper(paper_table("tcsvt_table1_llava_next_7b.csv")))
+    text = compact_markdown(render(collect(records), "md", read_paper(paper_table("tcsvt_table1_llava_next_7b.csv"))))
     paper_average = (55.9 / 64.2 + 1282.9 / 1519.0) / 2 * 100
     assert line(text, "", "", "paper", "55.9", "1282.9", f"{paper_average:.1f}*")
     assert "* Average over the 2 benchmarks both tables have (GQA, MME); the paper's recomputed" in text
@@ -98,7 +99,8 @@ def test_ablation_table_rows_match_by_parameter():
     records = [record("none", 1.0, "textvqa_val", 61.3),
                record("globalcom2", 0.25, "textvqa_val", 58.0, {"allocation": "uniform", "token_score": "local"}),
                record("globalcom2", 0.25, "textvqa_val", 59.5, {"allocation": "softmax_sum", "token_score": "local"})]
-    text = render(collect(records), "md", read_paper(paper_table("tcsvt_table3_allocation_ablation.csv")))
+    paper = read_paper(paper_table("tcsvt_table3_allocation_ablation.csv"))
+    text = compact_markdown(render(collect(records), "md", paper))
     lines = text.splitlines()
     uniform = lines.index(next(x for x in lines if x.startswith("| globalcom2 (allocation=uniform)")))
     assert lines[uniform + 1].startswith("|  |  | paper | 58.8 |")
@@ -118,10 +120,10 @@ def test_bad_paper_files_are_one_line_errors(tmp_path, capsys, content, message)
     paper = tmp_path / "paper.csv"
     if content is not None:
         paper.write_text(content)
-    assert print_table(str(tmp_path / "r"), paper=str(paper)) == 2
+    assert main(["table", str(tmp_path / "r"), "--paper", str(paper)]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"gc2bench table: --paper {paper}") and message in error and len(error.splitlines()) == 1
-    with pytest.raises(TableError, match=message):
+    assert error.startswith(f"error: --paper {paper}") and message in error and len(error.splitlines()) == 1
+    with pytest.raises(ConfigError, match=message):
         read_paper(paper)
 
 
@@ -134,6 +136,16 @@ def test_cli_table_with_paper_and_model(tmp_path):
     assert ["m", "fastv", "0.5", "paper", "61.8", f"{100 * 61.8 / 64.2:.1f}"] in rows  # GQA only: recomputed
     unknown = subprocess.run(command[:-1] + ["other"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "no finished records for model 'other'" in unknown.stderr
+
+
+def test_nothing_to_show_exits_1_and_bad_options_exit_2(tmp_path, capsys):
+    write_record(tmp_path / "r" / "pope.json", record("none", 1.0, "pope", 80.0, status="failed"))
+    assert main(["table", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err == f"error: no finished run records under {tmp_path / 'r'}\n"
+    write_record(tmp_path / "r" / "pope.json", record("none", 1.0, "pope", 80.0))
+    assert main(["table", str(tmp_path / "r"), "--ci", "--ci-iterations", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert err == "error: --ci-iterations 0: must be at least 1\n" and not out
 
 
 # -- formats ---------------------------------------------------------------------------------------------
@@ -184,7 +196,7 @@ def test_ci_rows_in_the_table_and_missing_evidence_is_missing(tmp_path):
                record("fastv", 0.5, "vqav2_val", 50.0)]  # no per-sample values
     tables = collect(records)
     intervals = {"m": confidence_intervals(tables["m"], iterations=300)}
-    text = render(tables, "md", ci=intervals)
+    text = compact_markdown(render(tables, "md", ci=intervals))
     lines = text.splitlines()
     fastv = lines.index(next(x for x in lines if x.startswith("| fastv |")))
     assert lines[fastv].startswith("| fastv | 0.5 | ours | 50.0 | 50.0 |")

@@ -33,16 +33,12 @@ from pathlib import Path
 import torch
 
 from gc2bench.compressors.base import CROP_ORDERS, SEGMENT_NEWLINE, SEGMENT_RECYCLED
+from gc2bench.errors import ConfigError
 
 DEFAULT_ORDERS = ("sequential", "reversed")
 DEFAULT_PROMPT = "What is in the image?"
-CROP_ORDER_METHODS = ("fastv", "pdrop", "sparsevlm", "fastv_globalcom2", "sparsevlm_globalcom2")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 ORDER_COLOURS = {"sequential": "C0", "reversed": "C1", "packed": "0.6"}
-
-
-class AnalysisError(ValueError):
-    """Bad input; the message names the option and the value."""
 
 
 # -- counting ---------------------------------------------------------------------------------------
@@ -308,12 +304,12 @@ def image_files(paths: list[str], limit: int | None) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
-                raise AnalysisError(f"--images {text}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+                raise ConfigError(f"--images {text}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise AnalysisError(f"--images {text}: no such file or folder")
+            raise ConfigError(f"--images {text}: no such file or folder")
     files = files[:limit] if limit else files
     for path in files:
         try:
@@ -321,7 +317,7 @@ def image_files(paths: list[str], limit: int | None) -> list[Path]:
                 if min(image.size) < 1:
                     raise OSError(f"size {image.size}")
         except (UnidentifiedImageError, OSError) as error:
-            raise AnalysisError(f"--images {path}: cannot read image ({error})") from None
+            raise ConfigError(f"--images {path}: cannot read image ({error})") from None
     return files
 
 
@@ -352,7 +348,7 @@ def synthetic_images(adapter, count: int, grid: tuple[int, int] | None = None, s
     if grid is None:
         grid = (2, 2) if (2, 2) in grids else max(grids, key=lambda g: (g[0] * g[1], -abs(g[0] - g[1])))
     elif tuple(grid) not in grids:
-        raise AnalysisError(f"--grid {grid[0]}x{grid[1]}: not one of the model's crop grids "
+        raise ConfigError(f"--grid {grid[0]}x{grid[1]}: not one of the model's crop grids "
                             f"({', '.join(f'{r}x{c}' for r, c in sorted(set(grids)))})")
     crop = int(adapter.config.vision_config.image_size)
     generator = torch.Generator().manual_seed(seed)
@@ -381,11 +377,13 @@ def synthetic_images(adapter, count: int, grid: tuple[int, int] | None = None, s
 # -- the command ------------------------------------------------------------------------------------
 
 
+# The model, compressor and ratio measured unless the Hydra overrides choose others.
+DEFAULT_OVERRIDES = ("model=tiny", "compressor=fastv", "ratio=0.25")
+
+
 @dataclass
 class Options:
-    model: str = "tiny"
-    compressor: str = "fastv"
-    ratio: float = 0.25
+    overrides: list = field(default_factory=list)   # Hydra overrides as for run.py, after DEFAULT_OVERRIDES
     orders: tuple = DEFAULT_ORDERS
     images: list | None = None          # files or folders; None: synthetic
     num_images: int | None = None       # synthetic count (default 8) or the first N files
@@ -394,14 +392,25 @@ class Options:
     out: str = "positional_bias.png"
     json_path: str | None = None
     seed: int = 0
-    overrides: list = field(default_factory=list)   # Hydra overrides, as for run.py
+
+
+def crop_order_methods() -> list[str]:
+    """The conf/compressor configs with a ``crop_order`` option, in the table's method order."""
+    from omegaconf import OmegaConf
+
+    from gc2bench.config import CONF_DIR, config_names
+    from gc2bench.results.table import method_order
+
+    names = config_names("compressor")
+    return [name for name in method_order(names) if name in names
+            and "crop_order" in OmegaConf.load(CONF_DIR / "compressor" / f"{name}.yaml")]
 
 
 def parse_orders(text: str) -> tuple:
     orders = tuple(dict.fromkeys(item.strip() for item in str(text).split(",") if item.strip()))
     bad = [order for order in orders if order not in CROP_ORDERS]
     if not orders or bad:
-        raise AnalysisError(f"--orders {text!r}: give a comma-separated list of {', '.join(CROP_ORDERS)}")
+        raise ConfigError(f"--orders {text!r}: give a comma-separated list of {', '.join(CROP_ORDERS)}")
     return orders
 
 
@@ -410,34 +419,26 @@ def parse_grid(text: str | None) -> tuple | None:
         return None
     rows, sep, cols = str(text).lower().partition("x")
     if not (sep and rows.isdigit() and cols.isdigit() and int(rows) >= 1 and int(cols) >= 1):
-        raise AnalysisError(f"--grid {text!r}: give ROWSxCOLS, e.g. 2x2")
+        raise ConfigError(f"--grid {text!r}: give ROWSxCOLS, e.g. 2x2")
     return int(rows), int(cols)
 
 
 def prepare(options: Options):
     """Validate everything that can be checked without a model; returns (cfg, compressor, image files)."""
-    from gc2bench.config import compose_run_config, config_names, validate_ratio
-    from gc2bench.config import build_compressor
+    from gc2bench.config import build_compressor, compose_run_config
 
     options.orders = parse_orders(",".join(options.orders) if isinstance(options.orders, (list, tuple))
                                   else options.orders)
-    validate_ratio(options.ratio)
     if options.num_images is not None and options.num_images < 1:
-        raise AnalysisError(f"--num-images {options.num_images}: must be >= 1")
+        raise ConfigError(f"--num-images {options.num_images}: must be >= 1")
     if not str(options.out).lower().endswith(".png"):
-        raise AnalysisError(f"--out {options.out}: must be a .png file")
-    for option, group, value in (("--model", "model", options.model), ("--compressor", "compressor", options.compressor)):
-        if value not in config_names(group):
-            raise AnalysisError(f"{option} {value}: not a conf/{group} config (available: "
-                                f"{', '.join(config_names(group))})")
+        raise ConfigError(f"--out {options.out}: must be a .png file")
     files = image_files(options.images, options.num_images) if options.images else None
-    overrides = [f"model={options.model}", f"compressor={options.compressor}", f"ratio={options.ratio}",
-                 *options.overrides]
-    cfg = compose_run_config(overrides)
+    cfg = compose_run_config([*DEFAULT_OVERRIDES, *options.overrides])
     compressor = build_compressor(cfg)
     if getattr(compressor, "kind", "vision") != "llm" or not hasattr(compressor, "crop_order"):
-        raise AnalysisError(f"--compressor {options.compressor}: not an LLM-stage method with a crop_order option; "
-                            f"positional bias is measured for {', '.join(CROP_ORDER_METHODS)}")
+        raise ConfigError(f"compressor={compressor.name}: not an LLM-stage method with a crop_order option; "
+                          f"positional bias is measured for {', '.join(crop_order_methods())}")
     return cfg, compressor, files
 
 
@@ -476,15 +477,9 @@ def analyze_positional_bias(options: Options, log=None) -> dict:
 
 
 def main(options: Options) -> int:
-    """The CLI command: table on stdout, the chart (and JSON), progress on stderr; 2 on bad input."""
-    from gc2bench.config import ConfigError
-    from gc2bench.models.adapter import ModelLoadError
-
-    try:
-        result = analyze_positional_bias(options)
-    except (AnalysisError, ConfigError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """The CLI command: table on stdout, the chart (and JSON), progress on stderr; exit status. Bad input
+    raises a ``Gc2benchError`` (``cli.main`` reports it) before the model is loaded."""
+    result = analyze_positional_bias(options)
     summaries = result.pop("_summaries")
     to_stdout = options.json_path == "-"
     print(format_table(result["setup"], result["rows"], summaries), file=sys.stderr if to_stdout else sys.stdout)

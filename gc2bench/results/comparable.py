@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from gc2bench.results.benchmarks import benchmark_of, display_name
+
 LEGACY = "identity=unknown (older gc2bench)"
 
 
@@ -99,7 +101,6 @@ def _paper_metrics() -> dict:
     from omegaconf import OmegaConf
 
     from gc2bench.config import CONF_DIR
-    from gc2bench.results.table import benchmark_of
 
     suite = OmegaConf.load(CONF_DIR / "suite" / f"{PAPER_SUITE}.yaml")
     return {benchmark_of(entry.task): (entry.metric, entry.get("average_over")) for entry in suite.tasks
@@ -110,7 +111,6 @@ def paper_warnings(table, paper) -> list:
     """Why comparing ``table`` with the published ``paper`` table may mislead: another model (the
     paper file names one of conf/model), or a benchmark scored with another metric than the paper's."""
     from gc2bench.config import config_names
-    from gc2bench.results.table import benchmark_of, display_name
 
     warnings = []
     name = table.model.split(" · ")[0]

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from gc2bench.results.table import (BASELINE, NOT_VARIANT_PARAMS, TableError, display_name, frozen,
-                                    load_tables)
+from gc2bench.errors import ConfigError
+from gc2bench.results.benchmarks import display_name
+from gc2bench.results.table import BASELINE, NOT_VARIANT_PARAMS, frozen, load_tables
 
 if TYPE_CHECKING:
     import torch
@@ -181,14 +182,14 @@ def _new_figure(width: float, height: float):
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise TableError(f"matplotlib is not installed (pip install {MATPLOTLIB_PIN})") from None
+        raise ConfigError(f"matplotlib is not installed (pip install {MATPLOTLIB_PIN})") from None
     return Figure(figsize=(width, height), dpi=120, layout="constrained")
 
 
 def _benchmarks_used(table, rows: list, notes: list) -> list:
     """Tasks shared by the baseline and all ``rows``; a note names each task left out and why."""
     if table.baseline is None:
-        raise TableError(f"{table.model}: no uncompressed (compressor=none) records, which Average % needs")
+        raise ConfigError(f"{table.model}: no uncompressed (compressor=none) records, which Average % needs")
     tasks = table.shared_tasks(rows)
     for task in table.tasks:
         if task not in tasks:
@@ -197,7 +198,7 @@ def _benchmarks_used(table, rows: list, notes: list) -> list:
             notes.append(f"{table.model}: {display_name(task)} left out of the Average: no score for "
                          f"{', '.join(lacking)}")
     if not tasks:
-        raise TableError(f"{table.model}: no benchmark has records for the uncompressed run and every plotted run")
+        raise ConfigError(f"{table.model}: no benchmark has records for the uncompressed run and every plotted run")
     return tasks
 
 
@@ -241,7 +242,7 @@ def plot_ratio(tables: dict, path: str | Path, notes: list | None = None) -> Pat
     for axis, (model, table) in zip(figure.subplots(1, len(tables), squeeze=False)[0], tables.items()):
         lines = _plotted_lines(table, [row for row in table.rows if row.method != BASELINE], notes)
         if not lines:
-            raise TableError(f"{model}: no compressed runs to plot, only the uncompressed one")
+            raise ConfigError(f"{model}: no compressed runs to plot, only the uncompressed one")
         rows = [row for points in lines.values() for _, row in points]
         tasks = _benchmarks_used(table, rows, notes)
         highlighted = max((label for label, points in lines.items() if points[0][1].method == HIGHLIGHT),
@@ -309,7 +310,7 @@ def plot_sensitivity(tables: dict, path: str | Path, method: str = "globalcom2",
         axes.extend(panel_row)
         rows = [row for row in table.rows if row.method == method]
         if not rows:
-            raise TableError(f"{model}: no finished {method} records (--method names the compressor)")
+            raise ConfigError(f"{model}: no finished {method} records (--method names the compressor)")
         sweeps = {param: _sweeps(rows, param) for param, _, _ in SENSITIVITY_PARAMS}
         plotted = [row for by_ratio in sweeps.values() for points in by_ratio.values() for _, row in points]
         tasks = _benchmarks_used(table, plotted or rows, notes)
@@ -364,22 +365,15 @@ def _save(figure, path: str | Path) -> Path:
 
 
 def plot_results(results_dir: str, kind: str, out: str, model: str | None = None, method: str = "globalcom2") -> int:
-    """The ``gc2bench plot`` command: write the figure, notes on stderr; exit status."""
+    """The ``gc2bench plot`` command: write the figure, notes on stderr; exit status. Bad input raises a
+    ``Gc2benchError`` (``cli.main`` reports it)."""
     if not str(out).lower().endswith(".png"):
-        print(f"gc2bench plot: --out {out}: must be a .png file", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--out {out}: must be a .png file")
+    if kind not in ("ratio", "sensitivity"):
+        raise ConfigError(f"--kind {kind!r}: not one of ratio, sensitivity")
     notes: list = []
-    try:
-        tables = load_tables(results_dir, model)
-        if kind == "ratio":
-            path = plot_ratio(tables, out, notes)
-        elif kind == "sensitivity":
-            path = plot_sensitivity(tables, out, method, notes)
-        else:
-            raise TableError(f"--kind {kind!r}: not one of ratio, sensitivity")
-    except TableError as error:
-        print(f"gc2bench plot: {error}", file=sys.stderr)
-        return error.status
+    tables = load_tables(results_dir, model)
+    path = plot_ratio(tables, out, notes) if kind == "ratio" else plot_sensitivity(tables, out, method, notes)
     for note in dict.fromkeys(notes):
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {path}", file=sys.stderr)

@@ -15,7 +15,6 @@ confidence intervals from a paired bootstrap against the uncompressed run
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import sys
@@ -24,25 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from gc2bench.config import config_names
+from gc2bench.errors import ConfigError, Gc2benchError
+from gc2bench.results.benchmarks import PAPER_BENCHMARKS, benchmark_of, display_name
 from gc2bench.results.comparable import comparable_groups, paper_warnings
 from gc2bench.results.published import PAPER_METHOD, ocr_note, protocol_differences
 from gc2bench.results.records import usable_records
 
 MISSING = "–"
 BASELINE = "none"
-# The papers' benchmark keys (the column names of ../shared/paper_tables) in TCSVT Table I's order.
-PAPER_BENCHMARKS = {"vqav2": "VQAv2", "gqa": "GQA", "vizwiz": "VizWiz", "sqa": "SQA", "textvqa": "TextVQA",
-                    "pope": "POPE", "mme": "MME", "mmbench": "MMB", "mmbench_cn": "MMB-CN", "mmvet": "MM-Vet"}
-TASK_BENCHMARK = {
-    "vqav2_val": "vqav2", "vqav2_val_lite": "vqav2", "gqa": "gqa", "gqa_lite": "gqa",
-    "vizwiz_vqa_val": "vizwiz", "vizwiz_vqa_val_lite": "vizwiz", "scienceqa_img": "sqa",
-    "textvqa_val": "textvqa", "textvqa_val_lite": "textvqa", "pope": "pope", "mme": "mme",
-    "mmbench_en_dev": "mmbench", "mmbench_en_dev_lite": "mmbench", "mmbench_en_dev_static": "mmbench",
-    "mmbench_cn_dev": "mmbench_cn", "mmbench_cn_dev_lite": "mmbench_cn", "mmvet": "mmvet",
-}
-METHOD_ORDER = ("none", "fastv", "pdrop", "sparsevlm", "prumerge", "fastervlm", "fastervlm_gc2", "random",
-                "fastv_globalcom2", "sparsevlm_globalcom2", "globalcom2")
+# Rows in the papers' method order; the other conf/compressor configs follow by name (method_order).
+PAPER_METHOD_ORDER = ("none", "fastv", "pdrop", "sparsevlm", "prumerge", "fastervlm", "fastervlm_gc2", "random",
+                      "fastv_globalcom2", "sparsevlm_globalcom2", "globalcom2")
 NOT_VARIANT_PARAMS = {"name", "ratio", "convention", "variant"}
 # A compressor's own variant name (views: thumbnail_only | crops_only; drop_crop: most | least): always in
 # its row's key and label, e.g. "drop_crop (most)", even when the table has one variant only.
@@ -52,26 +46,10 @@ CI_SEED = 0
 CI_LEVEL = 95
 
 
-class TableError(ValueError):
-    """Bad input to a table or plot (a missing file, a CSV without the expected columns), as one line;
-    ``status``: the command's exit status (2: bad arguments, 1: nothing to show)."""
+class NoRecords(Gc2benchError):
+    """Nothing to show: no finished run records under the results directory."""
 
-    def __init__(self, message: str, status: int = 2):
-        super().__init__(message)
-        self.status = status
-
-
-def benchmark_of(task: str) -> str | None:
-    """The papers' benchmark key of an lmms-eval task name (``vqav2_val`` → ``vqav2``), or None."""
-    return TASK_BENCHMARK.get(task)
-
-
-def display_name(task: str) -> str:
-    benchmark = benchmark_of(task)
-    if benchmark is None:
-        return task
-    suffix = next((f" {s}" for s in ("lite", "static") if task.endswith("_" + s)), "")
-    return PAPER_BENCHMARKS[benchmark] + suffix
+    exit_status = 1
 
 
 def frozen(value) -> str:
@@ -156,8 +134,14 @@ def _sort_value(value):
     return (0, float(value), "") if number else (1, 0.0, str(value))
 
 
-def _row_order(row: Row):
-    rank = METHOD_ORDER.index(row.method) if row.method in METHOD_ORDER else len(METHOD_ORDER)
+def method_order(compressors: list) -> tuple:
+    """The table's method order: PAPER_METHOD_ORDER, then the other ``compressors`` (conf/compressor
+    names) by name; a method in neither comes last."""
+    return PAPER_METHOD_ORDER + tuple(sorted(set(compressors) - set(PAPER_METHOD_ORDER)))
+
+
+def _row_order(row: Row, order: tuple):
+    rank = order.index(row.method) if row.method in order else len(order)
     return (row.method != BASELINE, -row.ratio, rank, row.method, [_sort_value(v) for _, v in row.variant])
 
 
@@ -178,6 +162,7 @@ def collect(records: list) -> dict:
     finished = [record for record in records
                 if record.get("status") == "done" and (record.get("metrics") or {}).get("score") is not None]
     by_model = comparable_groups(finished)
+    order = method_order(config_names("compressor"))
     tables = {}
     for model, model_records in by_model.items():
         varying = _varying_params(model_records)
@@ -201,14 +186,9 @@ def collect(records: list) -> dict:
             row.records[record["task"]] = record
             if record["task"] not in tasks:
                 tasks.append(record["task"])
-        tables[model] = Table(model, _task_order(tasks), sorted(rows.values(), key=_row_order), notes)
+        ordered = sorted(rows.values(), key=lambda row: _row_order(row, order))
+        tables[model] = Table(model, _task_order(tasks), ordered, notes)
     return tables
-
-
-def rows_with_average(table: Table) -> list:
-    """``(label, ratio, [score per task], Average %)`` per row, in table order."""
-    return [(row.label, row.ratio, [row.score(task) for task in table.tasks], table.average(row))
-            for row in table.rows]
 
 
 # -- published numbers ------------------------------------------------------------------------------
@@ -262,21 +242,21 @@ def _number(text: str, where: str) -> float | None:
     try:
         return float(text)
     except ValueError:
-        raise TableError(f"{where}: {text!r} is not a number") from None
+        raise ConfigError(f"{where}: {text!r} is not a number") from None
 
 
 def read_paper(path: str | Path) -> PaperTable:
-    """Read a published table; one-line :class:`TableError` for a missing file or unexpected columns."""
+    """Read a published table; one-line ``ConfigError`` for a missing file or unexpected columns."""
     path = Path(path)
     if not path.is_file():
-        raise TableError(f"--paper {path}: no such file")
+        raise ConfigError(f"--paper {path}: no such file")
     with path.open(newline="") as file:
         reader = csv.DictReader(file)
         columns = [c.strip() for c in reader.fieldnames or []]
         lines = list(reader)
     benchmarks = [c for c in columns if c in PAPER_BENCHMARKS]
     if "ratio" not in columns or not benchmarks:
-        raise TableError(f"--paper {path}: expected columns ratio, method and some of "
+        raise ConfigError(f"--paper {path}: expected columns ratio, method and some of "
                          f"{', '.join(PAPER_BENCHMARKS)} (found: {', '.join(columns) or 'none'})")
     keys = [c for c in columns if c not in PAPER_BENCHMARKS and c not in ("ratio", "average_pct")]
     if "method" in columns:
@@ -284,14 +264,14 @@ def read_paper(path: str | Path) -> PaperTable:
     elif len(keys) == 1:
         key_column = keys[0]
     else:
-        raise TableError(f"--paper {path}: no 'method' column (found: {', '.join(columns)})")
+        raise ConfigError(f"--paper {path}: no 'method' column (found: {', '.join(columns)})")
     rows = {}
     for number, line in enumerate(lines, start=2):
         line = {(k or "").strip(): v for k, v in line.items()}
         ratio = _number(line.get("ratio"), f"--paper {path}: line {number}, column ratio")
         name = (line.get(key_column) or "").strip()
         if ratio is None or not name:
-            raise TableError(f"--paper {path}: line {number} lacks ratio or {key_column}")
+            raise ConfigError(f"--paper {path}: line {number} lacks ratio or {key_column}")
         rows[(name, round(ratio, 4))] = {
             column: _number(line.get(column), f"--paper {path}: line {number}, column {column}")
             for column in [*benchmarks, "average_pct"] if column in columns}
@@ -368,7 +348,6 @@ def _scale(record: dict) -> float:
 def _mmbench_hits(values: list) -> dict:
     """Per MMBench question (index mod 10^6): 1 if every circular variant is right under lmms-eval's
     static option matching, as ``MMBench_Evaluator.eval_result(..., "static")`` counts it."""
-    import pandas as pd
     from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
 
     data = pd.DataFrame(values).sort_values(by="index")
@@ -640,55 +619,74 @@ def protocol_notes(table: Table, paper: PaperTable) -> list:
     return notes
 
 
+def _csv_frame(model: str, table: Table, groups: list, extra: bool, tokens: bool) -> pd.DataFrame:
+    """One line per row and value kind (``ours``, ``paper``, ``ci_low``, ...), numbers as written to CSV."""
+    header = ["model", "Method", "R", *(["Value"] if extra else []), *table.tasks, "Average (%)",
+              *(TOKEN_COLUMNS if tokens else [])]
+    body = []
+    for lines in groups:
+        for position, (row, _, _, _, numeric) in enumerate(lines):
+            token_cells = _token_cells(row, position, csv_numbers=True) if tokens else []
+            for name, (values, average) in numeric.items():
+                body.append([model, row.label, f"{row.ratio:g}", *([name] if extra else []),
+                             *[_csv(v, name) for v in values], _csv(average, name),
+                             *(token_cells if name == "ours" else [""] * len(token_cells))])
+    return pd.DataFrame(body, columns=header)
+
+
+def _text_frame(table: Table, groups: list, extra: bool, tokens: bool) -> tuple[pd.DataFrame, list]:
+    """The md / LaTeX table: a row's first line carries its label and R; returns (frame, index of each
+    row's first line)."""
+    header = ["Method", "R", *([""] if extra else []), *[display_name(t) for t in table.tasks], "Average (%)",
+              *(TOKEN_COLUMNS if tokens else [])]
+    body, starts = [], []
+    for lines in groups:
+        starts.append(len(body))
+        for position, (row, label, cells, average, _) in enumerate(lines):
+            lead = [row.label, f"{row.ratio:g}"] if position == 0 else ["", ""]
+            token_cells = _token_cells(row, position) if tokens else []
+            body.append([*lead, *([label] if extra else []), *cells, average, *token_cells])
+    return pd.DataFrame(body, columns=header), starts
+
+
+def _markdown(frame: pd.DataFrame, fixed: int) -> str:
+    cells = frame.map(lambda cell: cell.replace("|", "\\|"))
+    align = ["left"] * fixed + ["right"] * (len(frame.columns) - fixed)
+    return cells.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def _latex_tabular(frame: pd.DataFrame, fixed: int, rules_before: list) -> str:
+    cells = frame.map(_latex)
+    cells.columns = [_latex(column) for column in frame.columns]
+    for line in rules_before:  # the Styler draws no rule between body rows: this one opens the line
+        cells.iloc[line, 0] = "\\midrule\n" + cells.iloc[line, 0]
+    return cells.style.hide(axis="index").to_latex(column_format="l" * fixed + "r" * (len(frame.columns) - fixed),
+                                                   hrules=True)
+
+
 def render(tables: dict, fmt: str = "md", paper: PaperTable | None = None, ci: dict | None = None,
            tokens: bool = False) -> str:
     """``tables`` as md, csv or latex; ``paper`` adds published numbers and differences, ``ci`` (model →
-    :class:`TableCI`) adds confidence intervals, ``tokens`` each row's mean equivalent image tokens and share."""
-    out = io.StringIO()
+    :class:`TableCI`) adds confidence intervals, ``tokens`` each row's mean equivalent image tokens and share.
+    One DataFrame per table, rendered by pandas (md: ``to_markdown``, csv: ``to_csv``, latex: ``Styler.to_latex``)."""
+    out = []
     for model, table in tables.items():
         table_ci = (ci or {}).get(model)
         extra = paper is not None or table_ci is not None
         groups = _lines(table, paper, table_ci)
-        token_header = list(TOKEN_COLUMNS) if tokens else []
         if fmt == "csv":
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(["model", "Method", "R", *(["Value"] if extra else []), *table.tasks, "Average (%)",
-                             *token_header])
-            for lines in groups:
-                for position, (row, _, _, _, numeric) in enumerate(lines):
-                    token_cells = _token_cells(row, position, csv_numbers=True) if tokens else []
-                    for name, (values, average) in numeric.items():
-                        writer.writerow([model, row.label, f"{row.ratio:g}", *([name] if extra else []),
-                                         *[_csv(v, name) for v in values], _csv(average, name),
-                                         *(token_cells if name in ("ours",) else [""] * len(token_cells))])
+            out.append(_csv_frame(model, table, groups, extra, tokens).to_csv(index=False, lineterminator="\n"))
             continue
-        header = ["Method", "R", *([""] if extra else []), *[display_name(t) for t in table.tasks], "Average (%)",
-                  *token_header]
-        body = []
-        for lines in groups:
-            for position, (row, label, cells, average, _) in enumerate(lines):
-                lead = [row.label, f"{row.ratio:g}"] if position == 0 else ["", ""]
-                token_cells = _token_cells(row, position) if tokens else []
-                body.append((position, [*lead, *([label] if extra else []), *cells, average, *token_cells]))
+        frame, starts = _text_frame(table, groups, extra, tokens)
+        fixed = 3 if extra else 2
         legend = _legend(table, paper, table_ci) + (token_legend(table) if tokens else [])
         if fmt == "latex":
-            fixed = 3 if extra else 2
-            out.write(f"% {model}\n\\begin{{tabular}}{{{'l' * fixed}{'r' * (len(header) - fixed)}}}\n\\toprule\n")
-            out.write(" & ".join(_latex(h) for h in header) + " \\\\\n\\midrule\n")
-            for number, (position, cells) in enumerate(body):
-                if extra and position == 0 and number:
-                    out.write("\\midrule\n")
-                out.write(" & ".join(_latex(cell) for cell in cells) + " \\\\\n")
-            out.write("\\bottomrule\n\\end{tabular}\n")
-            out.writelines(f"% {_latex(note)}\n" for note in legend)
+            out.append(f"% {model}\n" + _latex_tabular(frame, fixed, starts[1:] if extra else [])
+                       + "".join(f"% {_latex(note)}\n" for note in legend))
         else:
-            out.write(f"### {model}\n\n| " + " | ".join(header) + " |\n")
-            out.write("|" + "|".join(["---"] * (3 if extra else 2) + ["---:"] * (len(header) - (3 if extra else 2)))
-                      + "|\n")
-            for _, cells in body:
-                out.write("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |\n")
-            out.write("\n" + "".join(f"{note}  \n" for note in legend) + ("\n" if legend else ""))
-    return out.getvalue()
+            out.append(f"### {model}\n\n" + _markdown(frame, fixed) + "\n\n"
+                       + "".join(f"{note}  \n" for note in legend) + ("\n" if legend else ""))
+    return "".join(out)
 
 
 # -- equal R, equal tokens: each row's layer-averaged ("equivalent") image tokens --------------------------
@@ -747,20 +745,20 @@ def _latex(text: str) -> str:
 
 
 def load_tables(results_dir: str | Path, model: str | None = None) -> dict:
-    """:func:`collect` over the records under ``results_dir``, optionally one model; :class:`TableError`
-    when the directory, its records or the model are missing."""
+    """:func:`collect` over the records under ``results_dir``, optionally one model; ``ConfigError``
+    when the directory or the model is missing, :class:`NoRecords` when no record is finished."""
     if not Path(results_dir).is_dir():
-        raise TableError(f"{results_dir}: no such directory")
+        raise ConfigError(f"{results_dir}: no such directory")
     records, skipped = usable_records(results_dir)
     for line in skipped:
         print(f"gc2bench table: skipped {line}", file=sys.stderr)
     tables = collect(records)
     if not tables:
-        raise TableError(f"no finished run records under {results_dir}", status=1)
+        raise NoRecords(f"no finished run records under {results_dir}")
     if model is not None:
         chosen = {label: table for label, table in tables.items() if label == model or label.startswith(f"{model} · ")}
         if not chosen:
-            raise TableError(f"no finished records for model {model!r} under {results_dir} "
+            raise ConfigError(f"no finished records for model {model!r} under {results_dir} "
                              f"(models: {', '.join(sorted(tables))})")
         tables = chosen
     return tables
@@ -768,16 +766,12 @@ def load_tables(results_dir: str | Path, model: str | None = None) -> dict:
 
 def print_table(results_dir: str, fmt: str = "md", paper: str | None = None, ci: bool = False,
                 model: str | None = None, iterations: int = CI_ITERATIONS, tokens: bool = False) -> int:
-    """The ``gc2bench table`` command: print the tables, notes on stderr; exit status."""
-    try:
-        published = read_paper(paper) if paper else None
-        tables = load_tables(results_dir, model)
-    except TableError as error:
-        print(f"gc2bench table: {error}", file=sys.stderr)
-        return error.status
+    """The ``gc2bench table`` command: print the tables, notes on stderr; exit status. Bad input raises a
+    ``Gc2benchError`` (``cli.main`` reports it)."""
+    published = read_paper(paper) if paper else None
+    tables = load_tables(results_dir, model)
     if iterations < 1:
-        print(f"gc2bench table: --ci-iterations {iterations}: must be at least 1", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--ci-iterations {iterations}: must be at least 1")
     if published is not None:
         for table in tables.values():
             for warning in paper_warnings(table, published):
