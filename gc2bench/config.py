@@ -16,9 +16,10 @@ def config_names(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
 
 
-def compose_run_config(overrides: list[str], check: bool = True):
-    """conf/config.yaml composed with Hydra ``overrides`` (a ConfigError names a bad override) and, with
-    ``check``, validated; what ``run.py`` gets, for tools that build a run's compressor and model."""
+def compose_run_config(overrides: list[str], check: bool = True, return_hydra_config: bool = False):
+    """conf/config.yaml composed with Hydra ``overrides`` (a ConfigError names a bad override), its
+    ``compressor_options`` applied and, with ``check``, validated; what ``run.py`` gets, for tools that build
+    a run's compressor and model (``return_hydra_config``: with the ``hydra`` node, e.g. a sweep's params)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
@@ -26,9 +27,10 @@ def compose_run_config(overrides: list[str], check: bool = True):
         raise ConfigError(f"gc2bench config directory {CONF_DIR} not found (a broken install: reinstall gc2bench)")
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=list(overrides))
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
     except HydraException as error:
         raise ConfigError(" ".join(str(error).split("Config search path")[0].split())) from None
+    apply_compressor_options(cfg)
     if check:
         validate(cfg)
     return cfg
@@ -159,9 +161,29 @@ def _instantiate(node, **kwargs):
 
 def build_compressor(cfg):
     """The compressor of ``cfg.compressor`` (its ``_target_`` class with the config's options)."""
+    apply_compressor_options(cfg)
     return _instantiate(cfg.compressor)
 
 
 def build_model(cfg, compressor):
     """The model adapter of ``cfg.model`` around ``compressor``."""
     return _instantiate(cfg.model, compressor=compressor, _convert_="all")
+
+
+def apply_compressor_options(cfg):
+    """``cfg`` with ``compressor_options[<compressor name>]`` merged into ``cfg.compressor``, in place (so the
+    compressor, its record's config and its run directory all see them): how an experiment sweeping several
+    methods sets one method's option, e.g. ``{pdrop: {layers: [2, 8, 16]}}``. Idempotent; a ConfigError
+    names an unknown compressor or option."""
+    options = cfg.get("compressor_options") or {}
+    unknown = [name for name in options if name not in config_names("compressor")]
+    if unknown:
+        raise ConfigError(f"compressor_options.{unknown[0]}: no such compressor (conf/compressor: "
+                          f"{', '.join(config_names('compressor'))})")
+    name = cfg.compressor.get("name")
+    for option, value in (options.get(name) or {}).items():
+        if option not in cfg.compressor or option in ("_target_", "name"):
+            raise ConfigError(f"compressor_options.{name}.{option}: {name} has no option {option} (its options: "
+                              f"{', '.join(k for k in cfg.compressor if k not in ('_target_', 'name'))})")
+        cfg.compressor[option] = value
+    return cfg

@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_method, instantiate
 
 from conftest import REPO
+from gc2bench.config import ConfigError, build_compressor, compose_run_config
 
 CONF = REPO / "conf"
 
@@ -43,3 +44,29 @@ def test_suite_configs_name_tasks_and_metrics(name):
     assert suite.name == name and suite.tasks
     for entry in suite.tasks:
         assert entry.task and entry.metric
+
+
+@pytest.mark.parametrize("override", ["views=crops_only", "drop_crop.which=least", "fastv.decode=static",
+                                      "pdrop.layers=[1,2,3]", "sparsevlm.version=v1", "sparsevlm.counting=entering"])
+def test_compressor_options_are_not_top_level_keys(override):
+    with pytest.raises(ConfigError, match=f"Could not override '{override.split('=')[0]}'"):
+        compose_run_config(["compressor=none", override], check=False)
+
+
+def test_compressor_options_merge_into_the_named_compressor_only():
+    options = ["+compressor_options.pdrop.layers=[1,2,3]", "+compressor_options.fastv.decode=static"]
+    pdrop = compose_run_config(["compressor=pdrop", *options])
+    assert list(pdrop.compressor.layers) == [1, 2, 3] and "decode" not in pdrop.compressor
+    assert build_compressor(pdrop).params()["layers"] == [1, 2, 3]
+    fastv = compose_run_config(["compressor=fastv", *options])
+    assert fastv.compressor.decode == "static" and build_compressor(fastv).params()["decode"] == "static"
+    assert compose_run_config(["compressor=fastv"]).compressor.decode == "reselect"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+compressor_options.pdropp.layers=[1]", "compressor_options.pdropp: no such compressor"),
+    ("+compressor_options.pdrop.layer=[1]", "compressor_options.pdrop.layer: pdrop has no option layer"),
+])
+def test_compressor_options_name_a_compressor_and_its_options(override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_run_config(["compressor=pdrop", override])

@@ -12,10 +12,10 @@ import time
 from collections import Counter
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from conftest import REPO
+from gc2bench.config import compose_run_config
 from gc2bench.results.records import iter_records, read_record, record_path
 from gc2bench.run import RunFailed, run, run_job, sweep_size
 
@@ -23,8 +23,7 @@ TASKS = ("pope", "vqav2_val")
 
 
 def compose_config(*overrides, hydra=False):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    return compose_run_config(list(overrides), check=False, return_hydra_config=hydra)
 
 
 def run_py(*args, env=None, timeout=300, **kwargs):
