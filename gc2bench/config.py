@@ -129,18 +129,18 @@ def validate(cfg) -> None:
     if pipeline not in ("transformers", "llava"):  # gc2bench.layout.PIPELINES
         raise ConfigError(f"model.pipeline={pipeline}: expected transformers (llava-hf's processor and packing) or "
                           "llava (the original LLaVA code's AnyRes rules)")
-    if not cfg.suite.get("tasks"):
+    entries = suite_tasks(cfg.suite)
+    if not entries:
         raise ConfigError(f"suite={cfg.suite.get('name')} has no tasks")
-    for entry in cfg.suite.tasks:
-        for key in ("task", "metric"):
-            if not entry.get(key):
-                raise ConfigError(f"suite={cfg.suite.get('name')}: every task needs `{key}` (got {dict(entry)})")
+    for entry in entries:
+        if not entry.get("metric"):
+            raise ConfigError(f"suite={cfg.suite.get('name')}: every task needs `metric` (got {entry})")
         check_local_data(entry, cfg.suite.get("name"))
     from gc2bench.prompting import get_protocol
 
     protocol = get_protocol(cfg.suite.get("protocol"))
-    for entry in cfg.suite.tasks:
-        protocol.check_task(entry.task)
+    for entry in entries:
+        protocol.check_task(entry["task"])
 
 
 def _instantiate(node, **kwargs):
@@ -187,3 +187,27 @@ def apply_compressor_options(cfg):
                               f"{', '.join(k for k in cfg.compressor if k not in ('_target_', 'name'))})")
         cfg.compressor[option] = value
     return cfg
+
+
+def suite_tasks(suite) -> list[dict]:
+    """A suite's task entries in its order, resolved, each with its ``task``: ``suite.tasks`` maps an
+    lmms-eval task name to its entry (``{textvqa_val: {metric: exact_match, ocr_tokens: false}}``), so an
+    override names the task it sets (``suite.tasks.textvqa_val.ocr_tokens=true``). ``suite``: a suite config."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    name, tasks = suite.get("name"), suite.get("tasks")
+    if isinstance(tasks, (DictConfig, ListConfig)):
+        tasks = OmegaConf.to_container(tasks, resolve=True)
+    if not tasks:
+        return []
+    if not isinstance(tasks, dict):
+        raise ConfigError(f"suite={name}: tasks must map each task name to its entry, e.g. "
+                          f"{{pope: {{metric: pope_f1_score}}}} (got {tasks!r})")
+    entries = []
+    for task, entry in tasks.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"suite={name} task {task}: its entry must be a mapping of keys (got {entry!r})")
+        if entry.get("task", task) != task:
+            raise ConfigError(f"suite={name} task {task}: its entry names another task ({entry['task']!r})")
+        entries.append({"task": task, **{key: value for key, value in entry.items() if key != "task"}})
+    return entries

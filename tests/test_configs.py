@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_method, instantiate
 
 from conftest import REPO
-from gc2bench.config import ConfigError, build_compressor, compose_run_config
+from gc2bench.config import ConfigError, build_compressor, compose_run_config, suite_tasks
 
 CONF = REPO / "conf"
 
@@ -41,9 +41,10 @@ def test_compressor_configs_instantiate(name):
 @pytest.mark.parametrize("name", choices("suite"))
 def test_suite_configs_name_tasks_and_metrics(name):
     suite = composed(f"suite={name}").suite
-    assert suite.name == name and suite.tasks
-    for entry in suite.tasks:
-        assert entry.task and entry.metric
+    entries = suite_tasks(suite)
+    assert suite.name == name and entries and [entry["task"] for entry in entries] == list(suite.tasks)
+    for entry in entries:
+        assert entry["task"] and entry["metric"]
 
 
 @pytest.mark.parametrize("override", ["views=crops_only", "drop_crop.which=least", "fastv.decode=static",
@@ -70,3 +71,27 @@ def test_compressor_options_merge_into_the_named_compressor_only():
 def test_compressor_options_name_a_compressor_and_its_options(override, message):
     with pytest.raises(ConfigError, match=message):
         compose_run_config(["compressor=pdrop", override])
+
+
+def test_suite_tasks_are_keyed_by_task_name_in_the_suites_order():
+    cfg = compose_run_config(["suite=paper10_fixtures", "suite.tasks.textvqa_val.ocr_tokens=true"])
+    entries = suite_tasks(cfg.suite)
+    assert [entry["task"] for entry in entries][:5] == ["vqav2_val", "gqa", "vizwiz_vqa_val", "scienceqa_img",
+                                                         "textvqa_val"]
+    assert entries[4] == {"task": "textvqa_val", "fixture": "textvqa", "metric": "exact_match", "scale": 100,
+                          "ocr_tokens": True}
+    assert [entry for entry in entries if entry.get("ocr_tokens")] == [entries[4]]
+    with pytest.raises(ConfigError, match="Could not override 'suite.tasks.textvqa.ocr_tokens'"):
+        compose_run_config(["suite=paper10_fixtures", "suite.tasks.textvqa.ocr_tokens=true"])
+
+
+@pytest.mark.parametrize("tasks, message", [
+    ([{"task": "pope", "metric": "pope_accuracy"}], "suite=s: tasks must map each task name to its entry"),
+    ({"pope": {"task": "mme", "metric": "pope_accuracy"}}, "suite=s task pope: its entry names another task ('mme')"),
+    ({"pope": "pope_accuracy"}, "suite=s task pope: its entry must be a mapping"),
+])
+def test_suite_tasks_refuse_a_malformed_entry(tasks, message):
+    from omegaconf import OmegaConf
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        suite_tasks(OmegaConf.create({"name": "s", "tasks": tasks}))

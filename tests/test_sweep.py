@@ -92,7 +92,7 @@ def test_another_limit_runs_apart_and_another_entry_is_redone(tmp_path, cache_di
     assert other["efficiency"]["samples"] == 2 and other["limit"] == 2
     assert len(list(tmp_path.rglob("pope.json"))) == 2
     assert run(compose_config(*overrides, "suite.limit=1")) == []
-    assert len(run(compose_config(*overrides, "suite.limit=2", "suite.tasks.0.scale=1"))) == 1
+    assert len(run(compose_config(*overrides, "suite.limit=2", "suite.tasks.pope.scale=1"))) == 1
     assert "redo pope: its record was made with the suite entry" in capsys.readouterr().out
 
 
