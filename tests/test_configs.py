@@ -3,7 +3,6 @@
 import inspect
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import get_method, instantiate
 
 from conftest import REPO
@@ -17,8 +16,7 @@ def choices(group):
 
 
 def composed(*overrides):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_run_config(list(overrides), check=False)
 
 
 @pytest.mark.parametrize("name", choices("model"))

@@ -514,14 +514,12 @@ def test_sparsevlm_v1_r_mode_scales_by_the_first_stage_rank():
 
 
 def test_fastv_defaults_to_the_authors_reselecting_decode_and_records_it():
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["compressor=fastv", "ratio=0.25"])
-        static = compose("config", overrides=["compressor=fastv", "ratio=0.25", "compressor.decode=static"])
+    from gc2bench.config import compose_run_config
+
+    cfg = compose_run_config(["compressor=fastv", "ratio=0.25"], check=False)
+    static = compose_run_config(["compressor=fastv", "ratio=0.25", "compressor.decode=static"], check=False)
     assert instantiate(cfg.compressor).params()["decode"] == "reselect"
     assert instantiate(static.compressor).params()["decode"] == "static"
     assert "re-ranks" in instantiate(cfg.compressor).params()["convention"]

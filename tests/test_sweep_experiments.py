@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
 from conftest import REPO, SHARED
-from gc2bench.config import validate
+from gc2bench.config import compose_run_config, validate
 from gc2bench.results.records import iter_records
 from gc2bench.run import suite_entries
 
@@ -23,8 +22,7 @@ FOLDERS = sorted(path for path in (REPO / "experiments").iterdir() if path.is_di
 
 
 def compose_config(*overrides):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
+    return compose_run_config(list(overrides), check=False, return_hydra_config=True)
 
 
 def sweep_jobs(cfg) -> list[list[str]]:
