@@ -16,9 +16,10 @@ def config_names(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
 
 
-def compose_run_config(overrides: list[str], check: bool = True):
-    """conf/config.yaml composed with Hydra ``overrides`` (a ConfigError names a bad override) and, with
-    ``check``, validated; what ``run.py`` gets, for tools that build a run's compressor and model."""
+def compose_run_config(overrides: list[str], check: bool = True, return_hydra_config: bool = False):
+    """conf/config.yaml composed with Hydra ``overrides`` (a ConfigError names a bad override), its
+    ``compressor_options`` applied and, with ``check``, validated; what ``run.py`` gets, for tools that build
+    a run's compressor and model (``return_hydra_config``: with the ``hydra`` node, e.g. a sweep's params)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
@@ -26,9 +27,10 @@ def compose_run_config(overrides: list[str], check: bool = True):
         raise ConfigError(f"gc2bench config directory {CONF_DIR} not found (a broken install: reinstall gc2bench)")
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=list(overrides))
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
     except HydraException as error:
         raise ConfigError(" ".join(str(error).split("Config search path")[0].split())) from None
+    apply_compressor_options(cfg)
     if check:
         validate(cfg)
     return cfg
@@ -114,12 +116,12 @@ def validate(cfg) -> None:
     if pipeline not in ("transformers", "llava"):  # gc2bench.layout.PIPELINES
         raise ConfigError(f"model.pipeline={pipeline}: expected transformers (llava-hf's processor and packing) or "
                           "llava (the original LLaVA code's AnyRes rules)")
-    if not cfg.suite.get("tasks"):
+    entries = suite_tasks(cfg.suite)
+    if not entries:
         raise ConfigError(f"suite={cfg.suite.get('name')} has no tasks")
-    for entry in cfg.suite.tasks:
-        for key in ("task", "metric"):
-            if not entry.get(key):
-                raise ConfigError(f"suite={cfg.suite.get('name')}: every task needs `{key}` (got {dict(entry)})")
+    for entry in entries:
+        if not entry.get("metric"):
+            raise ConfigError(f"suite={cfg.suite.get('name')}: every task needs `metric` (got {entry})")
 
 
 def _instantiate(node, **kwargs):
@@ -140,9 +142,64 @@ def _instantiate(node, **kwargs):
 
 def build_compressor(cfg):
     """The compressor of ``cfg.compressor`` (its ``_target_`` class with the config's options)."""
+    apply_compressor_options(cfg)
     return _instantiate(cfg.compressor)
 
 
 def build_model(cfg, compressor):
     """The model adapter of ``cfg.model`` around ``compressor``."""
     return _instantiate(cfg.model, compressor=compressor, _convert_="all")
+
+
+def apply_compressor_options(cfg):
+    """``cfg`` with ``compressor_options[<compressor name>]`` merged into ``cfg.compressor``, in place (so the
+    compressor, its record's config and its run directory all see them): how an experiment sweeping several
+    methods sets one method's option, e.g. ``{pdrop: {layers: [2, 8, 16]}}``. Idempotent; a ConfigError
+    names an unknown compressor or option."""
+    options = cfg.get("compressor_options") or {}
+    unknown = [name for name in options if name not in config_names("compressor")]
+    if unknown:
+        raise ConfigError(f"compressor_options.{unknown[0]}: no such compressor (conf/compressor: "
+                          f"{', '.join(config_names('compressor'))})")
+    name = cfg.compressor.get("name")
+    mine = options.get(name) or {}
+    if not mine:
+        return cfg
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "compressor" / f"{name}.yaml"), resolve=False)
+    for option, value in mine.items():
+        if option not in cfg.compressor or option in ("_target_", "name"):
+            raise ConfigError(f"compressor_options.{name}.{option}: {name} has no option {option} (its options: "
+                              f"{', '.join(k for k in cfg.compressor if k not in ('_target_', 'name'))})")
+        current, default = cfg.compressor[option], defaults.get(option)
+        set_elsewhere = current != default and current != value and not str(default).startswith("${")
+        if set_elsewhere:  # e.g. compressor.layers=... on the command line: never silently replaced
+            raise ConfigError(f"compressor.{option}={current} and compressor_options.{name}.{option}={value} are both "
+                              f"set; set it once (on the command line: compressor_options.{name}.{option}=...)")
+        cfg.compressor[option] = value
+    return cfg
+
+
+def suite_tasks(suite) -> list[dict]:
+    """A suite's task entries in its order, resolved, each with its ``task``: ``suite.tasks`` maps an
+    lmms-eval task name to its entry (``{textvqa_val: {metric: exact_match, ocr_tokens: false}}``), so an
+    override names the task it sets (``suite.tasks.textvqa_val.ocr_tokens=true``). ``suite``: a suite config."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    name, tasks = suite.get("name"), suite.get("tasks")
+    if isinstance(tasks, (DictConfig, ListConfig)):
+        tasks = OmegaConf.to_container(tasks, resolve=True)
+    if not tasks:
+        return []
+    if not isinstance(tasks, dict):
+        raise ConfigError(f"suite={name}: tasks must map each task name to its entry, e.g. "
+                          f"{{pope: {{metric: pope_f1_score}}}} (got {tasks!r})")
+    entries = []
+    for task, entry in tasks.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"suite={name} task {task}: its entry must be a mapping of keys (got {entry!r})")
+        if entry.get("task", task) != task:
+            raise ConfigError(f"suite={name} task {task}: its entry names another task ({entry['task']!r})")
+        entries.append({"task": task, **{key: value for key, value in entry.items() if key != "task"}})
+    return entries

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from gc2bench.config import build_compressor, build_model, validate
+from gc2bench.config import build_compressor, build_model, suite_tasks, validate
 from gc2bench.errors import ConfigError, Gc2benchError, RunFailed, report
 from gc2bench.evaluation.answer_cache import AnswerCache, CacheWriteError, CachingAdapter
 from gc2bench.results.identity import (checkpoint, directory_protocol, incomplete, mismatch, record_identity,
@@ -381,7 +381,7 @@ def protocol_name(cfg: DictConfig) -> str:
 def suite_entries(cfg: DictConfig) -> list[dict]:
     """The suite's task entries, or the ones ``tasks`` names (in the suite's order), with this run's
     compressor's ``task_overrides`` applied (``row_task_overrides``)."""
-    entries = row_task_overrides(cfg, [OmegaConf.to_container(entry, resolve=True) for entry in cfg.suite.tasks])
+    entries = row_task_overrides(cfg, suite_tasks(cfg.suite))
     wanted = cfg.get("tasks")
     if not wanted:
         return entries

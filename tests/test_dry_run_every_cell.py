@@ -4,18 +4,18 @@ and the offline fixtures, two samples per task. Every cell must leave a done rec
 skipped, its judge has no key), made under the experiment's protocol for that row; no failure, no
 unreachable ratio.
 
-Cheap by construction: one process, every job composed in-process (Hydra ``compose``, the experiment's own
+Cheap by construction: one process, every job composed in-process (``compose_run_config``, the experiment's own
 sweep) and run by ``gc2bench.run.run``, all experiments writing to one results directory, so a cell that
 several experiments share (the baseline, TCSVT Table II's on the same tiny model) runs once.
     python -m pytest tests/test_dry_run_every_cell.py -m slow
 """
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import REPO
+from gc2bench.config import compose_run_config
 from gc2bench.results.records import read_record, record_path
 from gc2bench.run import RunFailed, run, run_directory, suite_entries
 
@@ -25,8 +25,7 @@ SKIPPED_WITHOUT_KEY = {"mmvet"}
 
 
 def compose_config(overrides, hydra: bool = False):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    return compose_run_config(list(overrides), check=False, return_hydra_config=hydra)
 
 
 def sweep_jobs(cfg) -> list[list[str]]:

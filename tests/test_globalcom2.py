@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from gc2bench.layout import NEWLINE, PAD, anyres_layout
 
 PINS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 TINY_PINS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def layout(h, w, tiny=False):
@@ -54,18 +52,19 @@ def oracle_budgets(thumb, grid, ratio, tau=10.0):
 
 
 def test_yaml_options_reach_the_constructor():
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
+
+    from gc2bench.config import compose_run_config
 
     overrides = {"score": "cosine", "tau": 3.0, "alpha": 0.25, "allocation": "n_topk", "token_score": "local",
                  "thumbnail_order": "spatial", "newlines": "unpadded", "unpad": "transformers",
                  "crop_layout": "spatial", "check_finite": False}
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        default = instantiate(compose(overrides=["+compressor=globalcom2", "+ratio=0.25"]).compressor)
-        changed = instantiate(compose(overrides=["+compressor=globalcom2", "+ratio=0.1"]
-                                      + [f"compressor.{k}={v}" for k, v in overrides.items()]).compressor)
-        with pytest.raises(Exception, match="ratio=1.5"):
-            instantiate(compose(overrides=["+compressor=globalcom2", "+ratio=1.5"]).compressor)
+    default = instantiate(compose_run_config(["compressor=globalcom2", "ratio=0.25"], check=False).compressor)
+    changed = instantiate(compose_run_config(["compressor=globalcom2", "ratio=0.1"]
+                                             + [f"compressor.{k}={v}" for k, v in overrides.items()],
+                                             check=False).compressor)
+    with pytest.raises(Exception, match="ratio=1.5"):
+        instantiate(compose_run_config(["compressor=globalcom2", "ratio=1.5"], check=False).compressor)
     assert isinstance(default, GlobalCom2) and default.ratio == 0.25 and default.name == "globalcom2"
     assert default.params() == {**GlobalCom2(ratio=0.25).params()}
     assert changed.ratio == 0.1 and all(getattr(changed, k) == v for k, v in overrides.items())

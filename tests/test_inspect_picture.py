@@ -81,7 +81,7 @@ def test_merged_view_summaries_are_counted_but_not_drawn(photo, tmp_path):
 
 @pytest.mark.parametrize("decode", ["reselect", "static"])
 def test_fastv_picture_shows_what_the_decoder_kept_titled_with_the_layer_average(photo, tmp_path, decode):
-    report, figure = picture(photo, tmp_path, "compressor=fastv", f"fastv.decode={decode}")
+    report, figure = picture(photo, tmp_path, "compressor=fastv", f"compressor.decode={decode}")
     assert report["image_tokens_per_layer"] == [52, 52, 13, 13]  # round(0.25 · 52) from layer K = 2
     [stage] = report["llm_stages"]
     assert stage == {"layers": [2, 3], "image_tokens": 11, "newline_tokens": 2, "recycled_tokens": 0}

@@ -425,15 +425,10 @@ def test_sparsevlm_authors_counting_reproduces_their_preset_names_and_counts_at_
 
 
 def experiment_compressor(experiment: str, method: str, ratio: float):
-    from pathlib import Path
+    from gc2bench.config import build_compressor, compose_run_config
 
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={experiment}", f"compressor={method}", f"ratio={ratio}"])
-    return instantiate(cfg.compressor)
+    return build_compressor(compose_run_config([f"experiment={experiment}", f"compressor={method}", f"ratio={ratio}"],
+                                               check=False))
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.25, 0.1])
@@ -519,14 +514,12 @@ def test_sparsevlm_v1_r_mode_scales_by_the_first_stage_rank():
 
 
 def test_fastv_defaults_to_the_authors_reselecting_decode_and_records_it():
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["compressor=fastv", "ratio=0.25"])
-        static = compose("config", overrides=["compressor=fastv", "ratio=0.25", "fastv.decode=static"])
+    from gc2bench.config import compose_run_config
+
+    cfg = compose_run_config(["compressor=fastv", "ratio=0.25"], check=False)
+    static = compose_run_config(["compressor=fastv", "ratio=0.25", "compressor.decode=static"], check=False)
     assert instantiate(cfg.compressor).params()["decode"] == "reselect"
     assert instantiate(static.compressor).params()["decode"] == "static"
     assert "re-ranks" in instantiate(cfg.compressor).params()["convention"]

@@ -5,10 +5,9 @@ import gc
 import statistics
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import REPO
+from gc2bench.config import compose_run_config
 from gc2bench.compressors.none import NoCompression
 from gc2bench.evaluation.suite import summarize
 from gc2bench.models.llava_next import LlavaNextAdapter
@@ -40,9 +39,8 @@ def test_summaries_leave_warmup_samples_out_of_measured_figures_only():
 
 
 def test_a_run_marks_only_its_first_batch_as_warmup(tmp_path, cache_dir):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["compressor=globalcom2", "ratio=0.5", f"results_dir={tmp_path}",
-                                           "suite.limit=3"])
+    cfg = compose_run_config(["compressor=globalcom2", "ratio=0.5", f"results_dir={tmp_path}", "suite.limit=3"],
+                             check=False)
     first_task, second_task = run(cfg)
     assert [s["warmup"] for s in first_task["samples"]].count(True) == cfg.suite.batch_size
     assert not any(s["warmup"] for s in second_task["samples"])

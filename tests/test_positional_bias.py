@@ -334,18 +334,17 @@ def test_bad_input_from_the_console_script(tmp_path):
 
 
 def test_crop_order_is_a_run_option():
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from gc2bench.config import compose_run_config
     from gc2bench.results.records import run_dir
 
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        for name in ("fastv", "pdrop", "sparsevlm"):
-            default = instantiate(compose("config", overrides=[f"compressor={name}", "ratio=0.5"]).compressor)
-            reversed_ = instantiate(compose("config", overrides=[f"compressor={name}", "ratio=0.5",
-                                                                 "compressor.crop_order=reversed"]).compressor)
-            assert default.crop_order == "packed" and reversed_.crop_order == "reversed"
-            assert run_dir("r", "tiny", name, default.params()) != run_dir("r", "tiny", name, reversed_.params())
+    for name in ("fastv", "pdrop", "sparsevlm"):
+        default = instantiate(compose_run_config([f"compressor={name}", "ratio=0.5"], check=False).compressor)
+        reversed_ = instantiate(compose_run_config([f"compressor={name}", "ratio=0.5",
+                                                    "compressor.crop_order=reversed"], check=False).compressor)
+        assert default.crop_order == "packed" and reversed_.crop_order == "reversed"
+        assert run_dir("r", "tiny", name, default.params()) != run_dir("r", "tiny", name, reversed_.params())
     assert Options().orders == ("sequential", "reversed")
 
 

@@ -246,8 +246,8 @@ def test_protocol_config_is_checked_before_loading(cache_dir):
     with pytest.raises(ConfigError, match="suite.protocol='nope' is not one of lmms_eval, llava_eval"):
         check_suite(compose_run_config(["suite.protocol=nope"]))
     with pytest.raises(ConfigError, match="task 'ok_vqa_val' has no LLaVA evaluation script"):
-        check_suite(compose_run_config(["suite.protocol=llava_eval",
-                                        "suite.tasks=[{task: ok_vqa_val, metric: exact_match}]"]))
+        check_suite(compose_run_config(["suite.protocol=llava_eval", "~suite.tasks",
+                                        "+suite.tasks={ok_vqa_val: {metric: exact_match}}"]))
     assert compose_run_config([]).suite.protocol == "lmms_eval"
 
 

@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import REPO
 from gc2bench.compressors.base import MergeInputs
 from gc2bench.compressors.none import NoCompression
 from gc2bench.compressors.prumerge import PruMerge, iqr_upper_fence
-from gc2bench.config import ConfigError
+from gc2bench.config import ConfigError, compose_run_config
 from gc2bench.layout import NEWLINE, VIEW_SUMMARY, AnyResLayout
 
 
@@ -281,8 +279,7 @@ def test_params_record_the_convention():
 
 
 def compose_run(tmp_path, *overrides):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"results_dir={tmp_path}", "suite.limit=1", "tasks=[pope]", *overrides])
+    return compose_run_config([f"results_dir={tmp_path}", "suite.limit=1", "tasks=[pope]", *overrides], check=False)
 
 
 def test_runs_through_run_py_and_records_done(tmp_path, cache_dir):

@@ -71,7 +71,7 @@ def test_any_model_key_is_another_run_directory(finished, change):
 
 @pytest.mark.parametrize("change, own_directory", [("suite.protocol=llava_eval", True), ("suite.limit=3", True),
                                                    ("seed=1", True), ("suite=paper10_fixtures", True),
-                                                   ("suite.tasks.0.scale=1", False)])
+                                                   ("suite.tasks.pope.scale=1", False)])
 def test_any_suite_key_that_scores_counts_in_the_task_key(finished, change, own_directory):
     """Suite-level keys and the seed give the run its own directory (a quick suite.limit check never writes over
     the full run's records); a task entry's key redoes that task's record."""
@@ -175,7 +175,7 @@ def bad_pope_parquet(directory: Path, cache_dir, doc_bytes: dict, questions: dic
 
 
 def local_pope(path: Path, task: str = "pope") -> str:
-    return f"{{task:{task},metric:pope_accuracy,scale:100,data_files:'{path}',split:test}}"
+    return f"{{{task}:{{metric:pope_accuracy,scale:100,data_files:'{path}',split:test}}}}"
 
 
 def test_bad_images_and_prompts_fail_their_own_document_only(tmp_path, cache_dir):
@@ -184,7 +184,8 @@ def test_bad_images_and_prompts_fail_their_own_document_only(tmp_path, cache_dir
     mixed = bad_pope_parquet(tmp_path, cache_dir, {0: lambda b: b"not an image", 1: lambda b: b[: len(b) // 2]},
                              {2: "is there a cat " * 1500})
     broken = bad_pope_parquet(tmp_path, cache_dir, {doc: (lambda b: b"\x89PNG garbage") for doc in range(5)})
-    result = run_py(f"results_dir={tmp_path / 'results'}", "compressor=none", f"suite.tasks=[{local_pope(mixed)}]")
+    result = run_py(f"results_dir={tmp_path / 'results'}", "compressor=none", "~suite.tasks",
+                    f"+suite.tasks={local_pope(mixed)}")
     assert result.returncode == 0, result.stderr[-3000:]
     pope = one_record(tmp_path / "results", "pope")
     assert pope["status"] == "done"
@@ -197,13 +198,14 @@ def test_bad_images_and_prompts_fail_their_own_document_only(tmp_path, cache_dir
     assert pope["efficiency"]["failed_samples"] == 3 and pope["efficiency"]["samples"] == 2
     for doc in (0, 1, 2):
         assert f"doc {doc} failed and is skipped" in result.stderr
-    result = run_py(f"results_dir={tmp_path / 'broken'}", "compressor=none", f"suite.tasks=[{local_pope(broken)}]")
+    result = run_py(f"results_dir={tmp_path / 'broken'}", "compressor=none", "~suite.tasks",
+                    f"+suite.tasks={local_pope(broken)}")
     assert result.returncode == 1 and "no sample was scored (5 failed; first: doc 0:" in result.stderr
     full = one_record(tmp_path / "broken", "pope")
     assert full["status"] == "failed" and full["error"].startswith("NoSampleScored: no sample was scored (5 failed")
     assert len(full["failures"]) == 5
     assert not run_is_finished(compose(f"results_dir={tmp_path / 'broken'}", "compressor=none",
-                                       f"suite.tasks=[{local_pope(broken)}]"))
+                                       "~suite.tasks", f"+suite.tasks={local_pope(broken)}"))
 
 
 # -- §4 every value checked before the model loads --------------------------------------------------
@@ -229,17 +231,17 @@ BAD_VALUES = [
     ("model.device=cuda", "model.device=cuda: CUDA is not available on this machine"),
     ("model.device=cuda:3", "model.device=cuda:3: CUDA is not available on this machine"),
     ("model.device=toaster", "model.device='toaster' is not a torch device"),
-    ("suite.tasks.0.fixture=popee", "fixture='popee' is not one of"),
-    ("~suite.tasks.0.fixture +suite.tasks.0.data_files=/no/such.parquet +suite.tasks.0.split=test",
+    ("suite.tasks.pope.fixture=popee", "fixture='popee' is not one of"),
+    ("~suite.tasks.pope.fixture +suite.tasks.pope.data_files=/no/such.parquet +suite.tasks.pope.split=test",
      "data_files=/no/such.parquet: no such file"),
-    ("+suite.tasks.0.images_files=/no/images.parquet", "images_files=/no/images.parquet: no such file"),
-    ("suite.tasks=[]", "suite=smoke has no tasks"),
-    ("suite.tasks.0.metric=''", "every task needs `metric`"),
+    ("+suite.tasks.pope.images_files=/no/images.parquet", "images_files=/no/images.parquet: no such file"),
+    ("suite.tasks=null", "suite=smoke has no tasks"),
+    ("suite.tasks.pope.metric=''", "every task needs `metric`"),
     ("model=llava_next_7b model.path=/no/such/ckpt", "model.path=/no/such/ckpt: no such directory"),
     ("model=llava_next_7b model.device=cuda", "model.device=cuda: CUDA is not available"),
     ("model.dtype=float8", "model.dtype='float8' is not one of"),
     ("compressor=globalcom2 compressor.allocation=bogus", "allocation='bogus' is not one of"),
-    ("+suite.tasks.0.bogus_key=1", "unknown key(s) ['bogus_key']"),
+    ("+suite.tasks.pope.bogus_key=1", "unknown key(s) ['bogus_key']"),
     ("tasks=[nope]", "tasks=['nope'] are not in suite=smoke"),
 ]
 
@@ -276,9 +278,9 @@ def test_a_bad_value_is_one_error_naming_it(override, message, tmp_path):
     ("suite.limit=0", "error: suite.limit=0 is out of range; suite.limit must be an integer >= 1 or null"),
     ("seed=abc", "error: seed='abc' is not an integer; seed must be an integer >= 0"),
     ("model.device=cuda", "error: model.device=cuda: CUDA is not available on this machine"),
-    ("~suite.tasks.0.fixture +suite.tasks.0.data_files=/no/such.parquet +suite.tasks.0.split=test",
+    ("~suite.tasks.pope.fixture +suite.tasks.pope.data_files=/no/such.parquet +suite.tasks.pope.split=test",
      "data_files=/no/such.parquet: no such file"),
-    ("+suite.tasks.0.images_files=/no/images.parquet", "images_files=/no/images.parquet: no such file"),
+    ("+suite.tasks.pope.images_files=/no/images.parquet", "images_files=/no/images.parquet: no such file"),
 ])
 def test_run_py_refuses_a_bad_value_in_one_line_before_the_model_loads(override, message, tmp_path):
     answers = tmp_path / "results" / "tiny"
@@ -297,11 +299,12 @@ def test_overwrite_no_keeps_the_answer_cache(finished):
 
 
 @pytest.mark.parametrize("change, message", [
-    ("suite.tasks.0.task=popee", "'popee' is not an lmms-eval task"),
-    ("suite.tasks.0.metric=pope_f2", "metric='pope_f2' is not one of its metrics (pope_accuracy"),
+    ("~suite.tasks.pope +suite.tasks.popee={fixture:pope,metric:pope_accuracy,scale:100}",
+     "'popee' is not an lmms-eval task"),
+    ("suite.tasks.pope.metric=pope_f2", "metric='pope_f2' is not one of its metrics (pope_accuracy"),
 ])
 def test_task_and_metric_names_are_checked_before_the_model_loads(change, message, tmp_path):
-    result = run_py(f"results_dir={tmp_path}", "tasks=null", change, "suite.tasks.1.task=vqav2_val",
+    result = run_py(f"results_dir={tmp_path}", "tasks=null", *change.split(), "suite.tasks.vqav2_val.metric=exact_match",
                     f"+x={tmp_path}", "model.seed=77", timeout=120)
     assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
     assert "Loading weights" not in result.stderr + result.stdout
@@ -494,7 +497,7 @@ def test_an_uncached_hub_model_offline_fails_in_seconds_and_later_runs_at_once(t
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_CACHE=str(tmp_path / "hub"))  # nothing answers there
     started = time.monotonic()
     result = subprocess.run([sys.executable, "run.py", "-m", "model=llava_next_7b", "compressor=none,globalcom2",
-                             "suite.limit=1", "suite.tasks=[{task:pope,metric:pope_accuracy}]",  # hub data: not offline
+                             "suite.limit=1", "~suite.tasks", "+suite.tasks={pope:{metric:pope_accuracy}}",  # hub data: not offline
                              f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/s"],
                             cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert time.monotonic() - started < 120

@@ -4,15 +4,12 @@ import json
 import subprocess
 import sys
 
-from hydra import compose, initialize_config_dir
-
-from conftest import REPO
+from gc2bench.config import compose_run_config
 from gc2bench.run import run
 
 
 def compose_config(*overrides):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_run_config(list(overrides), check=False)
 
 
 def test_defaults_are_tiny_smoke_and_the_authors_ratio():

@@ -12,10 +12,10 @@ import time
 from collections import Counter
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from conftest import REPO
+from gc2bench.config import compose_run_config
 from gc2bench.results.records import iter_records, read_record, record_path
 from gc2bench.run import RunFailed, run, run_job
 from gc2bench.sweep import sweep_size
@@ -24,8 +24,7 @@ TASKS = ("pope", "vqav2_val")
 
 
 def compose_config(*overrides, hydra=False):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    return compose_run_config(list(overrides), check=False, return_hydra_config=hydra)
 
 
 def run_py(*args, env=None, timeout=300, **kwargs):
@@ -94,7 +93,7 @@ def test_another_limit_runs_apart_and_another_entry_is_redone(tmp_path, cache_di
     assert other["efficiency"]["samples"] == 2 and other["limit"] == 2
     assert len(list(tmp_path.rglob("pope.json"))) == 2
     assert run(compose_config(*overrides, "suite.limit=1")) == []
-    assert len(run(compose_config(*overrides, "suite.limit=2", "suite.tasks.0.scale=1"))) == 1
+    assert len(run(compose_config(*overrides, "suite.limit=2", "suite.tasks.pope.scale=1"))) == 1
     assert "redo pope: its record was made with the suite entry" in capsys.readouterr().out
 
 

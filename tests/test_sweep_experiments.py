@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
 from conftest import REPO, SHARED
-from gc2bench.config import validate
+from gc2bench.config import compose_run_config, validate
 from gc2bench.results.records import iter_records
 from gc2bench.run import suite_entries
 
@@ -23,8 +22,7 @@ FOLDERS = sorted(path for path in (REPO / "experiments").iterdir() if path.is_di
 
 
 def compose_config(*overrides):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
+    return compose_run_config(list(overrides), check=False, return_hydra_config=True)
 
 
 def sweep_jobs(cfg) -> list[list[str]]:
@@ -46,7 +44,7 @@ def test_experiment_composes_and_each_job_validates_and_builds_its_compressor(na
         job_cfg = compose_config(f"experiment={name}", *job)
         validate(job_cfg)
         entries = suite_entries(job_cfg)
-        assert sorted(e["task"] for e in entries) == sorted(job_cfg.tasks or [e.task for e in job_cfg.suite.tasks])
+        assert sorted(e["task"] for e in entries) == sorted(job_cfg.tasks or list(job_cfg.suite.tasks))
         if name.startswith("aaai"):  # TextVQA per row as AAAI Table 1 ran it (FastV, FasterVLM: TCSVT's cells)
             expected = job_cfg.compressor.name not in ("fastv", "fastervlm", "fastervlm_gc2")
             assert next(e for e in entries if e["task"] == "textvqa_val")["ocr_tokens"] is expected

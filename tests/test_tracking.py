@@ -7,16 +7,14 @@ import sys
 import time
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from conftest import REPO
-from gc2bench.config import ConfigError
+from gc2bench.config import ConfigError, compose_run_config
 from gc2bench.run import run
 
 
 def compose_config(*overrides):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_run_config(list(overrides), check=False)
 
 
 def read_offline_run(path, timeout=60):
@@ -47,14 +45,14 @@ def read_offline_run(path, timeout=60):
 
 
 def test_off_by_default():
-    assert compose_config().tracking == "none"
+    assert compose_config().tracking.name == "none"
 
 
 @pytest.mark.slow
 def test_wandb_offline_logs_config_metrics_and_tables(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_config(f"results_dir={tmp_path / 'results'}", "compressor=globalcom2", "ratio=0.5",
-                         "tasks=[pope]", "suite.limit=2", "tracking=wandb", f"wandb.dir={tmp_path}")
+                         "tasks=[pope]", "suite.limit=2", "tracking=wandb", f"tracking.dir={tmp_path}")
     records = run(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -71,8 +69,10 @@ def test_wandb_offline_logs_config_metrics_and_tables(tmp_path, cache_dir, monke
 
 
 def test_unknown_tracker_is_refused_before_loading(tmp_path):
-    with pytest.raises(ConfigError, match="tracking=mlflow is not one of none, wandb"):
+    with pytest.raises(ConfigError, match="Could not find 'tracking/mlflow' Available options in 'tracking': none wandb"):
         run(compose_config(f"results_dir={tmp_path}", "tracking=mlflow"))
+    with pytest.raises(ConfigError, match="tracking=mlflow is not one of none, wandb"):
+        run(compose_config(f"results_dir={tmp_path}", "tracking.name=mlflow"))
 
 
 def test_wandb_online_without_key_is_one_line_before_loading(tmp_path):
@@ -83,10 +83,10 @@ def test_wandb_online_without_key_is_one_line_before_loading(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "no W&B API key" in lines[0] and "wandb.mode=offline" in lines[0]
+    assert len(lines) == 1 and "no W&B API key" in lines[0] and "tracking.mode=offline" in lines[0]
     assert not list(tmp_path.rglob("*.json"))
 
 
 def test_wandb_mode_is_checked(tmp_path):
-    with pytest.raises(ConfigError, match="wandb.mode=onlin is not one of"):
-        run(compose_config(f"results_dir={tmp_path}", "tracking=wandb", "wandb.mode=onlin"))
+    with pytest.raises(ConfigError, match="tracking.mode=onlin is not one of"):
+        run(compose_config(f"results_dir={tmp_path}", "tracking=wandb", "tracking.mode=onlin"))

@@ -238,10 +238,10 @@ def test_scores_and_params():
 
 @pytest.mark.parametrize("overrides, expected", [
     (["compressor=views"], ("views", "thumbnail_only")),
-    (["compressor=views", "views=crops_only"], ("views", "crops_only")),
+    (["compressor=views", "+compressor_options.views.views=crops_only"], ("views", "crops_only")),
     (["compressor=views", "compressor.views=crops_only"], ("views", "crops_only")),
     (["compressor=drop_crop"], ("which", "most")),
-    (["compressor=drop_crop", "drop_crop.which=least"], ("which", "least")),
+    (["compressor=drop_crop", "+compressor_options.drop_crop.which=least"], ("which", "least")),
     (["compressor=drop_crop", "compressor.which=least"], ("which", "least")),
 ])
 def test_the_literal_overrides_compose(overrides, expected):
@@ -251,11 +251,11 @@ def test_the_literal_overrides_compose(overrides, expected):
 
 
 def test_the_literal_command_lines():
-    for args, line in [(["compressor=views", "views=crops_only"], "views: crops_only"),
-                       (["compressor=drop_crop", "drop_crop.which=least"], "which: least")]:
+    for args, line in [(["compressor=views", "compressor.views=crops_only"], "views: crops_only"),
+                       (["compressor=drop_crop", "compressor.which=least"], "which: least")]:
         result = run_py(*args, "--cfg", "job", "--resolve", timeout=120)
         assert result.returncode == 0 and line in result.stdout, result.stderr[-2000:]
-    bad = run_py("compressor=views", "views=thumb", timeout=120)
+    bad = run_py("compressor=views", "compressor.views=thumb", timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == "error: views: views='thumb' is not one of thumbnail_only, crops_only"
 
@@ -263,12 +263,12 @@ def test_the_literal_command_lines():
 # -- through run.py's recipe ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("model, overrides", [
-    ("tiny", ["compressor=views", "views=thumbnail_only"]),
-    ("tiny", ["compressor=views", "views=crops_only"]),
-    ("tiny", ["compressor=drop_crop", "drop_crop.which=most"]),
-    ("tiny", ["compressor=drop_crop", "drop_crop.which=least"]),
-    ("tiny_onevision", ["compressor=views", "views=crops_only"]),
-    ("tiny_onevision", ["compressor=drop_crop", "drop_crop.which=least", "compressor.score=cosine"]),
+    ("tiny", ["compressor=views", "compressor.views=thumbnail_only"]),
+    ("tiny", ["compressor=views", "compressor.views=crops_only"]),
+    ("tiny", ["compressor=drop_crop", "compressor.which=most"]),
+    ("tiny", ["compressor=drop_crop", "compressor.which=least"]),
+    ("tiny_onevision", ["compressor=views", "compressor.views=crops_only"]),
+    ("tiny_onevision", ["compressor=drop_crop", "compressor.which=least", "compressor.score=cosine"]),
 ])
 def test_a_run_records_what_each_view_kept(tmp_path, cache_dir, model, overrides):
     records = run(compose_config(f"model={model}", *overrides, f"results_dir={tmp_path}", "ratio=0.5",
@@ -298,8 +298,8 @@ def test_a_run_records_what_each_view_kept(tmp_path, cache_dir, model, overrides
 @pytest.mark.slow
 def test_a_sweep_over_ratios_runs_each_variant_once(tmp_path, cache_dir):
     results = tmp_path / "results"
-    result = run_py("-m", "compressor=views,drop_crop", "views=thumbnail_only,crops_only",
-                    "drop_crop.which=most,least", "ratio=0.5,0.25", "tasks=[pope]", "suite.limit=1",
+    result = run_py("-m", "compressor=views,drop_crop", "+compressor_options.views.views=thumbnail_only,crops_only",
+                    "+compressor_options.drop_crop.which=most,least", "ratio=0.5,0.25", "tasks=[pope]", "suite.limit=1",
                     f"results_dir={results}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sweep: 16 runs: 4 ran, 12 already done, 0 failed" in result.stdout

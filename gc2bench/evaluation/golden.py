@@ -31,9 +31,9 @@ REGENERATE = "python -m gc2bench.evaluation.golden --write"
 def suite_entries() -> list[dict]:
     from omegaconf import OmegaConf
 
-    from gc2bench.config import CONF_DIR
+    from gc2bench.config import CONF_DIR, suite_tasks
 
-    return [dict(entry) for entry in OmegaConf.to_container(OmegaConf.load(CONF_DIR / "suite" / f"{SUITE}.yaml"))["tasks"]]
+    return suite_tasks(OmegaConf.load(CONF_DIR / "suite" / f"{SUITE}.yaml"))
 
 
 @contextlib.contextmanager

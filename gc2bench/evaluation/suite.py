@@ -132,13 +132,15 @@ def validate_entry(entry: dict) -> None:
 def check_suite(cfg) -> None:
     """What ``config.validate`` leaves to the evaluation layer, before any model loads: every task's local
     data (``check_local_data``) and that the run's protocol (``suite.protocol``) defines every task."""
+    from gc2bench.config import suite_tasks
     from gc2bench.prompting import get_protocol
 
-    for entry in cfg.suite.tasks:
+    entries = suite_tasks(cfg.suite)
+    for entry in entries:
         check_local_data(entry, cfg.suite.get("name"))
     protocol = get_protocol(cfg.suite.get("protocol"))
-    for entry in cfg.suite.tasks:
-        protocol.check_task(entry.task)
+    for entry in entries:
+        protocol.check_task(entry["task"])
 
 
 def check_local_data(entry, suite: str) -> None:

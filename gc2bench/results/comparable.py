@@ -100,11 +100,11 @@ def _paper_metrics() -> dict:
     """``{benchmark: (metric, average_over)}`` of the paper suite's entries."""
     from omegaconf import OmegaConf
 
-    from gc2bench.config import CONF_DIR
+    from gc2bench.config import CONF_DIR, suite_tasks
 
     suite = OmegaConf.load(CONF_DIR / "suite" / f"{PAPER_SUITE}.yaml")
-    return {benchmark_of(entry.task): (entry.metric, entry.get("average_over")) for entry in suite.tasks
-            if benchmark_of(entry.task)}
+    return {benchmark_of(entry["task"]): (entry["metric"], entry.get("average_over")) for entry in suite_tasks(suite)
+            if benchmark_of(entry["task"])}
 
 
 def paper_warnings(table, paper) -> list:

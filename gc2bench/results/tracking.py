@@ -3,8 +3,9 @@
 One W&B run per gc2bench run (model × compressor with its parameters), named like its run
 directory and grouped by sweep: the resolved config, per task the metrics, token accounting
 and efficiency figures, a table of per-sample rows, and at the end a table of all tasks.
-Off by default (``tracking: none``). Without network use ``WANDB_MODE=offline`` (or
-``wandb.mode=offline``): the run is written to disk and ``wandb sync DIR`` uploads it later.
+Off by default (``tracking=none``); ``tracking`` is a config group (conf/tracking/), its options under
+``tracking.`` (``tracking.project``, ``tracking.mode``, …). Without network use ``WANDB_MODE=offline`` (or
+``tracking.mode=offline``): the run is written to disk and ``wandb sync DIR`` uploads it later.
 """
 
 from __future__ import annotations
@@ -23,19 +24,24 @@ SAMPLE_COLUMNS = ("doc_id", "answer", "target", "visual_tokens_before", "visual_
 WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
 
 
+def tracker(cfg: DictConfig) -> str:
+    """The tracker the ``tracking`` group chose (``tracking.name``): none or wandb."""
+    return str((cfg.get("tracking") or {}).get("name") or "none")
+
+
 def check_tracking(cfg: DictConfig) -> None:
     """The tracker's settings, before anything loads: ``tracking=wandb`` online needs an API key."""
-    tracking = str(cfg.get("tracking") or "none")
+    tracking = tracker(cfg)
     if tracking not in TRACKERS:
         raise ConfigError(f"tracking={tracking} is not one of {', '.join(TRACKERS)}")
     if tracking != "wandb":
         return
-    mode = (cfg.get("wandb") or {}).get("mode") or os.environ.get("WANDB_MODE") or "online"
+    mode = cfg.tracking.get("mode") or os.environ.get("WANDB_MODE") or "online"
     if mode not in WANDB_MODES:
-        raise ConfigError(f"wandb.mode={mode} is not one of online, offline, disabled")
+        raise ConfigError(f"tracking.mode={mode} is not one of online, offline, disabled")
     if mode in ("online", "run") and not _wandb_api_key():
         raise ConfigError("tracking=wandb: no W&B API key (set WANDB_API_KEY or run `wandb login`), or log "
-                          "without network with wandb.mode=offline (`wandb sync DIR` uploads it later)")
+                          "without network with tracking.mode=offline (`wandb sync DIR` uploads it later)")
 
 
 def _wandb_api_key() -> str | None:
@@ -55,7 +61,7 @@ def _wandb_api_key() -> str | None:
 def start_tracking(cfg: DictConfig, name: str, group: str | None = None):
     """The tracker ``cfg.tracking`` names, started for one run (on data-parallel rank 0 only: it writes the records)."""
     check_tracking(cfg)
-    if str(cfg.get("tracking") or "none") == "wandb" and int(os.environ.get("RANK", 0)) == 0:
+    if tracker(cfg) == "wandb" and int(os.environ.get("RANK", 0)) == 0:
         return WandbTracker(cfg, name, group)
     return NoTracker()
 
@@ -75,7 +81,7 @@ class WandbTracker:
     def __init__(self, cfg: DictConfig, name: str, group: str | None):
         import wandb
 
-        options = cfg.get("wandb") or {}
+        options = cfg.tracking
         self.wandb = wandb
         self.rows: list[list] = []
         self.run = wandb.init(project=options.get("project") or "gc2bench", entity=options.get("entity"),
