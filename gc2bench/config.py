@@ -62,8 +62,10 @@ def check_model_path(path: str) -> None:
     path = str(path)
     looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
     if looks_local and not Path(path).expanduser().is_dir():
-        raise ConfigError(f"model.path={path}: no such directory (give a local checkpoint directory or a hub id "
-                          f"like llava-hf/llava-v1.6-vicuna-7b-hf)")
+        raise ConfigError(
+            f"model.path={path}: no such directory (give a local checkpoint directory or a hub id "
+            f"like llava-hf/llava-v1.6-vicuna-7b-hf)"
+        )
 
 
 def check_integer(value, key: str, minimum: int | None = None, allow_none: bool = False) -> None:
@@ -93,7 +95,9 @@ def check_device(device) -> None:
     except (RuntimeError, TypeError):
         raise ConfigError(f"model.device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"model.device={device}: CUDA is not available on this machine (use model.device=cpu or auto)")
+        raise ConfigError(
+            f"model.device={device}: CUDA is not available on this machine (use model.device=cpu or auto)"
+        )
     if kind == "cuda" and ":" in str(device) and int(str(device).split(":")[1]) >= torch.cuda.device_count():
         raise ConfigError(f"model.device={device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if kind == "mps" and not torch.backends.mps.is_available():
@@ -114,8 +118,10 @@ def validate(cfg) -> None:
     check_integer(cfg.suite.get("batch_size", 1), "suite.batch_size", minimum=1)
     pipeline = cfg.model.get("pipeline", "transformers")
     if pipeline not in ("transformers", "llava"):  # gc2bench.layout.PIPELINES
-        raise ConfigError(f"model.pipeline={pipeline}: expected transformers (llava-hf's processor and packing) or "
-                          "llava (the original LLaVA code's AnyRes rules)")
+        raise ConfigError(
+            f"model.pipeline={pipeline}: expected transformers (llava-hf's processor and packing) or "
+            "llava (the original LLaVA code's AnyRes rules)"
+        )
     entries = suite_tasks(cfg.suite)
     if not entries:
         raise ConfigError(f"suite={cfg.suite.get('name')} has no tasks")
@@ -159,8 +165,10 @@ def apply_compressor_options(cfg):
     options = cfg.get("compressor_options") or {}
     unknown = [name for name in options if name not in config_names("compressor")]
     if unknown:
-        raise ConfigError(f"compressor_options.{unknown[0]}: no such compressor (conf/compressor: "
-                          f"{', '.join(config_names('compressor'))})")
+        raise ConfigError(
+            f"compressor_options.{unknown[0]}: no such compressor (conf/compressor: "
+            f"{', '.join(config_names('compressor'))})"
+        )
     name = cfg.compressor.get("name")
     mine = options.get(name) or {}
     if not mine:
@@ -170,13 +178,17 @@ def apply_compressor_options(cfg):
     defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "compressor" / f"{name}.yaml"), resolve=False)
     for option, value in mine.items():
         if option not in cfg.compressor or option in ("_target_", "name"):
-            raise ConfigError(f"compressor_options.{name}.{option}: {name} has no option {option} (its options: "
-                              f"{', '.join(k for k in cfg.compressor if k not in ('_target_', 'name'))})")
+            raise ConfigError(
+                f"compressor_options.{name}.{option}: {name} has no option {option} (its options: "
+                f"{', '.join(k for k in cfg.compressor if k not in ('_target_', 'name'))})"
+            )
         current, default = cfg.compressor[option], defaults.get(option)
         set_elsewhere = current != default and current != value and not str(default).startswith("${")
         if set_elsewhere:  # e.g. compressor.layers=... on the command line: never silently replaced
-            raise ConfigError(f"compressor.{option}={current} and compressor_options.{name}.{option}={value} are both "
-                              f"set; set it once (on the command line: compressor_options.{name}.{option}=...)")
+            raise ConfigError(
+                f"compressor.{option}={current} and compressor_options.{name}.{option}={value} are both "
+                f"set; set it once (on the command line: compressor_options.{name}.{option}=...)"
+            )
         cfg.compressor[option] = value
     return cfg
 
@@ -193,8 +205,10 @@ def suite_tasks(suite) -> list[dict]:
     if not tasks:
         return []
     if not isinstance(tasks, dict):
-        raise ConfigError(f"suite={name}: tasks must map each task name to its entry, e.g. "
-                          f"{{pope: {{metric: pope_f1_score}}}} (got {tasks!r})")
+        raise ConfigError(
+            f"suite={name}: tasks must map each task name to its entry, e.g. "
+            f"{{pope: {{metric: pope_f1_score}}}} (got {tasks!r})"
+        )
     entries = []
     for task, entry in tasks.items():
         if not isinstance(entry, dict):

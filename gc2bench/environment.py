@@ -74,8 +74,13 @@ def lock_check() -> dict:
             continue
         if installed_public != locked:
             differs[name] = {"locked": locked, "installed": installed}
-    return {"lock": f"gc2bench/{LOCK_FILE}", "matches": not differs, "differs": differs, "torch_build": build,
-            "python": platform.python_version()}
+    return {
+        "lock": f"gc2bench/{LOCK_FILE}",
+        "matches": not differs,
+        "differs": differs,
+        "torch_build": build,
+        "python": platform.python_version(),
+    }
 
 
 def summary_line(check: dict | None = None) -> str:
@@ -83,8 +88,9 @@ def summary_line(check: dict | None = None) -> str:
     head = f"environment: Python {check['python']}, torch build {check['torch_build']}"
     if check["matches"]:
         return f"{head}; matches the lock ({check['lock']})"
-    listed = ", ".join(f"{name} {d['installed'] or 'missing'} (lock {d['locked']})"
-                       for name, d in check["differs"].items())
+    listed = ", ".join(
+        f"{name} {d['installed'] or 'missing'} (lock {d['locked']})" for name, d in check["differs"].items()
+    )
     return f"{head}; differs from the lock ({check['lock']}) in {len(check['differs'])}: {listed}"
 
 

@@ -33,7 +33,7 @@ def split_arguments(argv: list[str]) -> tuple[dict, list[str]]:
         else:
             overrides.append(argument)
     if not own["image"]:
-        raise ConfigError("image=PATH is required (e.g. gc2bench inspect image=photo.jpg prompt=\"What is this?\")")
+        raise ConfigError('image=PATH is required (e.g. gc2bench inspect image=photo.jpg prompt="What is this?")')
     try:
         own["max_new_tokens"] = int(own["max_new_tokens"])
     except ValueError:
@@ -68,8 +68,11 @@ def kept_title(compressor, counts: dict, stats, num_layers: int) -> str:
     """The picture's title: the method, R, and ``counts`` (``equivalent_counts``) in the records' words."""
     ratio = compressor.params().get("ratio", 1.0)
     before, newlines_before = stats.visual_tokens_before, stats.newline_tokens_before
-    what = (f"image tokens entering the LLM, averaged over its {num_layers} layers" if stats.image_tokens_per_layer
-            else "image tokens entering the LLM")
+    what = (
+        f"image tokens entering the LLM, averaged over its {num_layers} layers"
+        if stats.image_tokens_per_layer
+        else "image tokens entering the LLM"
+    )
     tokens, share = counts["equivalent_image_tokens"], counts["equivalent_share"]
     with_newlines = f"{round(tokens, 2):g} of {before} with newlines ({share:.1%})"
     without = counts.get("equivalent_image_tokens_without_newlines")
@@ -77,8 +80,10 @@ def kept_title(compressor, counts: dict, stats, num_layers: int) -> str:
         return f"{compressor.name} R={ratio:g}: {what}\n{with_newlines}"
     share_without = counts.get("equivalent_share_without_newlines")
     share_without = "" if share_without is None else f" ({share_without:.1%})"
-    return (f"{compressor.name} R={ratio:g}: {what}\n{round(without, 2):g} of {before - newlines_before} without "
-            f"newlines{share_without} · {with_newlines}")
+    return (
+        f"{compressor.name} R={ratio:g}: {what}\n{round(without, 2):g} of {before - newlines_before} without "
+        f"newlines{share_without} · {with_newlines}"
+    )
 
 
 def _count_line(sources, others: str = "") -> str:
@@ -87,8 +92,7 @@ def _count_line(sources, others: str = "") -> str:
 
     summaries, newlines = int((sources < NEWLINE).sum()), int((sources == NEWLINE).sum())
     merged = f" ({summaries} merged, not drawn)" if summaries else ""
-    return (f"{len(sources) - newlines} image tokens{merged} + {newlines} newline{'s' if newlines != 1 else ''}"
-            f"{others}")
+    return f"{len(sources) - newlines} image tokens{merged} + {newlines} newline{'s' if newlines != 1 else ''}{others}"
 
 
 def kept_stages(adapter, compressor, stats) -> tuple[list, list[dict]]:
@@ -117,9 +121,11 @@ def kept_stages(adapter, compressor, stats) -> tuple[list, list[dict]]:
     plan, pruner = adapter.last_plan, adapter.pruner
     positions = plan.image[0].nonzero().squeeze(1).cpu()
     if len(positions) != len(sources) or len(plan.kept_positions) != len(pruner.stages):
-        raise RuntimeError(f"inspect: {len(positions)} image positions in the prompt for {len(sources)} kept "
-                           f"sources, {len(plan.kept_positions)} recorded stages of {len(pruner.stages)}")
-    text = VIEW_SUMMARY - layout.num_views   # below every source and view summary: a text position
+        raise RuntimeError(
+            f"inspect: {len(positions)} image positions in the prompt for {len(sources)} kept "
+            f"sources, {len(plan.kept_positions)} recorded stages of {len(pruner.stages)}"
+        )
+    text = VIEW_SUMMARY - layout.num_views  # below every source and view summary: a text position
     source_at = torch.full((plan.image.shape[1],), text, dtype=torch.long)
     source_at[positions] = sources
     segment_budgets = plan.segment_budgets[0].tolist() if plan.segment_budgets is not None else None
@@ -131,15 +137,25 @@ def kept_stages(adapter, compressor, stats) -> tuple[list, list[dict]]:
         recycled = int((plan.kept_segments[number][0] == SEGMENT_RECYCLED).sum())
         last = min([start for start in starts if start > stage.prune_layer], default=len(pruner.layers)) - 1
         layers = f"layer {last}" if last == stage.prune_layer else f"layers {stage.prune_layer}–{last}"
-        counts = {"layers": [stage.prune_layer, last], "image_tokens": int((kept != NEWLINE).sum()),
-                  "newline_tokens": int((kept == NEWLINE).sum()), "recycled_tokens": recycled}
+        counts = {
+            "layers": [stage.prune_layer, last],
+            "image_tokens": int((kept != NEWLINE).sum()),
+            "newline_tokens": int((kept == NEWLINE).sum()),
+            "recycled_tokens": recycled,
+        }
         stages.append(counts)
         others = f" + {recycled} recycled (not drawn)" if recycled else ""
         if pruner.reselect:
             others += " at prefill (decode=reselect: each generated token selects anew)"
         label = f"LLM {layers} (stage {number + 1}): " + _count_line(kept, others)
-        panels.append(KeptPanel(label, kept, None if segment_budgets is None else segment_budgets[1:],
-                                None if segment_budgets is None else segment_budgets[0]))
+        panels.append(
+            KeptPanel(
+                label,
+                kept,
+                None if segment_budgets is None else segment_budgets[1:],
+                None if segment_budgets is None else segment_budgets[0],
+            )
+        )
     return panels, stages
 
 
@@ -161,8 +177,9 @@ def inspect_with_figure(argv: list[str]) -> tuple[dict, object]:
     image = to_rgb(load_image(own["image"]))
     compressor = build_compressor(cfg)
     adapter = build_model(cfg, compressor)
-    result = adapter.generate([own["prompt"]], [[image]], protocol=protocol.name, max_new_tokens=own["max_new_tokens"],
-                              do_sample=False)[0]
+    result = adapter.generate(
+        [own["prompt"]], [[image]], protocol=protocol.name, max_new_tokens=own["max_new_tokens"], do_sample=False
+    )[0]
     layout = adapter.last_selection[0][0]
     stats = result.stats
     num_layers = adapter.config.text_config.num_hidden_layers
@@ -170,15 +187,26 @@ def inspect_with_figure(argv: list[str]) -> tuple[dict, object]:
     panels, stages = kept_stages(adapter, compressor, stats)
     title = kept_title(compressor, counts, stats, num_layers)
     report = {
-        "image": own["image"], "image_size": [image.height, image.width], "grid": list(layout.grid),
-        "model": adapter.describe(), "compressor": {"name": compressor.name, "params": compressor.params()},
-        "schedule": (compressor.schedule_info(num_layers)
-                     if adapter.pruner is not None and hasattr(compressor, "schedule_info") else None),
-        "visual_tokens_before": stats.visual_tokens_before, "visual_tokens_kept": stats.visual_tokens_kept,
-        "newline_tokens": stats.newline_tokens_kept, "newline_tokens_before": stats.newline_tokens_before,
-        "kept_per_view": stats.kept_per_view[0], "crop_budgets": stats.crop_budgets[0] if stats.crop_budgets else None,
-        "ratio_convention": stats.ratio_convention, "protocol": protocol.name,
-        "template": protocol.template_name(adapter), "prompt": result.prompt,
+        "image": own["image"],
+        "image_size": [image.height, image.width],
+        "grid": list(layout.grid),
+        "model": adapter.describe(),
+        "compressor": {"name": compressor.name, "params": compressor.params()},
+        "schedule": (
+            compressor.schedule_info(num_layers)
+            if adapter.pruner is not None and hasattr(compressor, "schedule_info")
+            else None
+        ),
+        "visual_tokens_before": stats.visual_tokens_before,
+        "visual_tokens_kept": stats.visual_tokens_kept,
+        "newline_tokens": stats.newline_tokens_kept,
+        "newline_tokens_before": stats.newline_tokens_before,
+        "kept_per_view": stats.kept_per_view[0],
+        "crop_budgets": stats.crop_budgets[0] if stats.crop_budgets else None,
+        "ratio_convention": stats.ratio_convention,
+        "protocol": protocol.name,
+        "template": protocol.template_name(adapter),
+        "prompt": result.prompt,
         "checkpoint_prompt": checkpoint_prompt(adapter, own["prompt"], 1),
         "answer": protocol.postprocess(decoded(result), []),
         "image_tokens_per_layer": stats.image_tokens_per_layer,
@@ -186,8 +214,12 @@ def inspect_with_figure(argv: list[str]) -> tuple[dict, object]:
         **counts,
         "llm_stages": stages or None,
         "title": title,
-        "timing_ms": {"vision": stats.vision_ms, "compression": stats.compression_ms, "prefill": stats.prefill_ms,
-                      "decode": stats.decode_ms},
+        "timing_ms": {
+            "vision": stats.vision_ms,
+            "compression": stats.compression_ms,
+            "prefill": stats.prefill_ms,
+            "decode": stats.decode_ms,
+        },
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     figure = None

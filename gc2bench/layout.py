@@ -48,14 +48,19 @@ PINPOINT_ORDERS = ("hw", "wh")
 # ``int(round(x, 7))`` unpadding) or the original LLaVA code's (llava/mm_utils.py select_best_resolution
 # reads pinpoints as (width, height); llava_arch.py unpad_image truncates with ``int()``).
 PIPELINES = ("transformers", "llava")
-PIPELINE_RULES = {"transformers": {"pinpoint_order": "hw", "unpad": "transformers"},
-                  "llava": {"pinpoint_order": "wh", "unpad": "llava"}}
+PIPELINE_RULES = {
+    "transformers": {"pinpoint_order": "hw", "unpad": "transformers"},
+    "llava": {"pinpoint_order": "wh", "unpad": "llava"},
+}
 
 
 def source_views(token_sources: torch.Tensor, tokens_per_view: int) -> torch.Tensor:
     """View of each patch or view-summary source (no NEWLINE / PAD entries): [M] → [M] long."""
-    return torch.where(token_sources <= VIEW_SUMMARY, VIEW_SUMMARY - token_sources,
-                       token_sources.div(tokens_per_view, rounding_mode="floor"))
+    return torch.where(
+        token_sources <= VIEW_SUMMARY,
+        VIEW_SUMMARY - token_sources,
+        token_sources.div(tokens_per_view, rounding_mode="floor"),
+    )
 
 
 def check_pipeline(pipeline: str) -> str:
@@ -92,8 +97,9 @@ def select_grid(image_size_hw, grid_pinpoints, crop_size: int, pinpoint_order: s
     return pin_h // crop_size, pin_w // crop_size
 
 
-def unpadded_region(image_size_hw, grid: tuple[int, int], patches_per_side: int,
-                    arithmetic: str = "transformers") -> tuple[int, int, int, int]:
+def unpadded_region(
+    image_size_hw, grid: tuple[int, int], patches_per_side: int, arithmetic: str = "transformers"
+) -> tuple[int, int, int, int]:
     """(top, bottom, left, right), half-open, of the image inside the crop grid, in patches.
 
     ``arithmetic``: ``transformers`` (``int(round(x, 7))``) or ``llava`` (``int(x)``).
@@ -129,7 +135,7 @@ class CropGrid:
 
     @property
     def tokens_per_view(self) -> int:
-        return self.patches_per_side ** 2
+        return self.patches_per_side**2
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -197,8 +203,14 @@ class AnyResLayout(CropGrid):
         return self.sources(self.unpad, "unpadded")
 
 
-def anyres_layout(image_size_hw, grid_pinpoints, crop_size: int, patches_per_side: int,
-                  pinpoint_order: str = "hw", unpad: str = "transformers") -> AnyResLayout:
+def anyres_layout(
+    image_size_hw,
+    grid_pinpoints,
+    crop_size: int,
+    patches_per_side: int,
+    pinpoint_order: str = "hw",
+    unpad: str = "transformers",
+) -> AnyResLayout:
     """Layout of an image of ``image_size_hw`` (height, width) under AnyRes with these pinpoints.
 
     ``pinpoint_order``: ``hw`` (transformers configs and processors) or ``wh`` (LLaVA's own code);
@@ -217,8 +229,14 @@ def layout_for(config, image_size_hw, pipeline: str = "transformers") -> AnyResL
     (``PIPELINE_RULES``: transformers' or the original LLaVA code's)."""
     rules = PIPELINE_RULES[check_pipeline(pipeline)]
     crop = int(config.vision_config.image_size)
-    return anyres_layout(image_size_hw, config.image_grid_pinpoints, crop,
-                         crop // int(config.vision_config.patch_size), rules["pinpoint_order"], rules["unpad"])
+    return anyres_layout(
+        image_size_hw,
+        config.image_grid_pinpoints,
+        crop,
+        crop // int(config.vision_config.patch_size),
+        rules["pinpoint_order"],
+        rules["unpad"],
+    )
 
 
 def pipeline_pinpoints_hw(grid_pinpoints, pipeline: str) -> list[list[int]]:
@@ -293,7 +311,7 @@ class OneVisionLayout(CropGrid):
         """(h', w') of the packed crop grid: the unpadded size, or its anyres_max downsampling."""
         height, width = self.unpadded_size
         # transformers LlavaOnevisionModel.pack_image_features: same float arithmetic.
-        ratio = math.sqrt(height * width / (self.anyres_max * self.patches_per_side ** 2))
+        ratio = math.sqrt(height * width / (self.anyres_max * self.patches_per_side**2))
         if ratio > ANYRES_MAX_THRESHOLD:
             return int(height // ratio), int(width // ratio)
         return height, width

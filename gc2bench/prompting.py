@@ -37,8 +37,10 @@ LMMS_EVAL_VICUNA_TEMPLATE = (
 )
 # llava/conversation.py:242-252 (conv_vicuna_v1, SeparatorStyle.TWO: system + sep, "ROLE: message" + sep,
 # the empty assistant turn as "ROLE:").
-VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                    "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+VICUNA_V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
 # LLaVA-NeXT's conv_qwen_1_5 (llava/conversation.py of LLaVA-VL/LLaVA-NeXT, SeparatorStyle.CHATML), the
 # template LLaVA-OneVision was trained and evaluated with; the GlobalCom² repository has no OneVision path.
 QWEN_1_5_SYSTEM = "<|im_start|>system\nYou are a helpful assistant."
@@ -95,29 +97,33 @@ def llava_textvqa_text(doc, lmms_eval_specific_kwargs=None) -> str:
 class TaskRule:
     """What a protocol does on one benchmark: prompt text and decoding."""
 
-    script: str                     # where it comes from (the LLaVA script, or lmms-eval's task)
-    max_new_tokens: int | None      # None: the task's, else the protocol's default
-    prompt: dict = field(default_factory=dict)   # lmms_eval_specific_kwargs defaults (pre_prompt, post_prompt)
-    doc_to_text: object = None      # a replacement for the task's doc_to_text
+    script: str  # where it comes from (the LLaVA script, or lmms-eval's task)
+    max_new_tokens: int | None  # None: the task's, else the protocol's default
+    prompt: dict = field(default_factory=dict)  # lmms_eval_specific_kwargs defaults (pre_prompt, post_prompt)
+    doc_to_text: object = None  # a replacement for the task's doc_to_text
 
 
 LLAVA_RULES = {
     # scripts/v1_5/eval/{vqav2,gqa,vizwiz,textvqa,pope,mme}.sh → model_vqa_loader (max_new_tokens default 128).
     "vqav2": TaskRule("llava/eval/model_vqa_loader.py", 128, {"pre_prompt": "", "post_prompt": SHORT_ANSWER}),
     "gqa": TaskRule("llava/eval/model_vqa_loader.py", 128, {"pre_prompt": "", "post_prompt": SHORT_ANSWER}),
-    "vizwiz": TaskRule("llava/eval/model_vqa_loader.py", 128,
-                       {"pre_prompt": "", "post_prompt": UNANSWERABLE + SHORT_ANSWER}),
-    "textvqa": TaskRule("llava/eval/model_vqa_loader.py", 128, {"pre_prompt": "", "post_prompt": SHORT_ANSWER},
-                        llava_textvqa_text),
+    "vizwiz": TaskRule(
+        "llava/eval/model_vqa_loader.py", 128, {"pre_prompt": "", "post_prompt": UNANSWERABLE + SHORT_ANSWER}
+    ),
+    "textvqa": TaskRule(
+        "llava/eval/model_vqa_loader.py", 128, {"pre_prompt": "", "post_prompt": SHORT_ANSWER}, llava_textvqa_text
+    ),
     "pope": TaskRule("llava/eval/model_vqa_loader.py", 128, {"pre_prompt": "", "post_prompt": SHORT_ANSWER}),
     "mme": TaskRule("llava/eval/model_vqa_loader.py", 128, {"pre_prompt": "", "post_prompt": SHORT_ANSWER}),
     # scripts/v1_5/eval/sqa.sh → model_vqa_science --single-pred-prompt (max_new_tokens=1024, line 80).
     "scienceqa": TaskRule("llava/eval/model_vqa_science.py", 1024, {"pre_prompt": "", "post_prompt": LETTER_ANSWER}),
     # scripts/v1_5/eval/mmbench{,_cn}.sh → model_vqa_mmbench --single-pred-prompt [--lang cn] (1024, line 120).
-    "mmbench_en": TaskRule("llava/eval/model_vqa_mmbench.py", 1024, {"pre_prompt": "", "post_prompt": LETTER_ANSWER},
-                           llava_mmbench_text),
-    "mmbench_cn": TaskRule("llava/eval/model_vqa_mmbench.py", 1024,
-                           {"pre_prompt": "", "post_prompt": LETTER_ANSWER_CN}, llava_mmbench_text),
+    "mmbench_en": TaskRule(
+        "llava/eval/model_vqa_mmbench.py", 1024, {"pre_prompt": "", "post_prompt": LETTER_ANSWER}, llava_mmbench_text
+    ),
+    "mmbench_cn": TaskRule(
+        "llava/eval/model_vqa_mmbench.py", 1024, {"pre_prompt": "", "post_prompt": LETTER_ANSWER_CN}, llava_mmbench_text
+    ),
     # scripts/v1_5/eval/mmvet.sh → model_vqa (the bare question, max_new_tokens=1024, line 71).
     "mmvet": TaskRule("llava/eval/model_vqa.py", 1024, {"pre_prompt": "", "post_prompt": ""}),
 }
@@ -193,13 +199,16 @@ class LmmsEvalProtocol(Protocol):
             context = " ".join([IMAGE_PLACEHOLDER] * num_images) + "\n" + context
         tokenizer = adapter.tokenizer
         template = tokenizer.chat_template or LMMS_EVAL_VICUNA_TEMPLATE  # llava_hf.py:326-334
-        text = tokenizer.apply_chat_template([{"role": "user", "content": context}], tokenize=False,
-                                             add_generation_prompt=True, chat_template=template)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": context}], tokenize=False, add_generation_prompt=True, chat_template=template
+        )
         if context not in text:
             # llava-hf's templates read content as a list of parts: a string renders as "USER: ASSISTANT:".
-            raise ValueError(f"suite.protocol=lmms_eval: the tokenizer's chat template drops a string message "
-                             f"(it renders {text!r}), so lmms-eval's llava_hf would send no question; "
-                             f"use suite.protocol=llava_eval")
+            raise ValueError(
+                f"suite.protocol=lmms_eval: the tokenizer's chat template drops a string message "
+                f"(it renders {text!r}), so lmms-eval's llava_hf would send no question; "
+                f"use suite.protocol=llava_eval"
+            )
         return Rendered(text, add_bos=False, template=self.template_name(adapter))
 
     def generate_kwargs(self, task: str, task_kwargs: dict) -> tuple[dict, list[str]]:
@@ -207,9 +216,14 @@ class LmmsEvalProtocol(Protocol):
         kwargs.pop("until", None)  # llava_hf.py:307-308 pops it and never applies it
         temperature = kwargs.get("temperature", 0)  # llava_hf.py:353-361: the task's do_sample is not read
         do_sample = temperature > 0
-        return {"do_sample": do_sample, "temperature": temperature if do_sample else None,
-                "top_p": kwargs.get("top_p"), "num_beams": kwargs.get("num_beams", 1),
-                "max_new_tokens": kwargs.get("max_new_tokens", 1024), "use_cache": True}, []
+        return {
+            "do_sample": do_sample,
+            "temperature": temperature if do_sample else None,
+            "top_p": kwargs.get("top_p"),
+            "num_beams": kwargs.get("num_beams", 1),
+            "max_new_tokens": kwargs.get("max_new_tokens", 1024),
+            "use_cache": True,
+        }, []
 
     def bind(self, gen_kwargs: dict, tokenizer) -> dict:
         eos = tokenizer.eos_token_id  # llava_hf.py:371-372
@@ -227,8 +241,10 @@ class LlavaEvalProtocol(Protocol):
     def task_rule(self, task: str) -> TaskRule:
         rule = LLAVA_RULES.get(benchmark(task))
         if rule is None:
-            raise ConfigError(f"suite.protocol=llava_eval: task {task!r} has no LLaVA evaluation script "
-                              f"(llava_eval defines {', '.join(sorted(LLAVA_RULES))}); use suite.protocol=lmms_eval")
+            raise ConfigError(
+                f"suite.protocol=llava_eval: task {task!r} has no LLaVA evaluation script "
+                f"(llava_eval defines {', '.join(sorted(LLAVA_RULES))}); use suite.protocol=lmms_eval"
+            )
         return rule
 
     def template_name(self, adapter) -> str:
@@ -240,8 +256,7 @@ class LlavaEvalProtocol(Protocol):
             question = question.replace(IMAGE_PLACEHOLDER, "").strip()
         question = (IMAGE_PLACEHOLDER + "\n") * num_images + question  # model_vqa*.py: DEFAULT_IMAGE_TOKEN + '\n' + qs
         if _is_onevision(adapter):  # Qwen2's tokenizer has no BOS, so tokenizer_image_token keeps none
-            text = (f"{QWEN_1_5_SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
-                    f"<|im_start|>assistant\n")
+            text = f"{QWEN_1_5_SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
             return Rendered(text, add_bos=False, template=self.template_name(adapter))
         text = f"{VICUNA_V1_SYSTEM} USER: {question} ASSISTANT:"
         # tokenizer_image_token (llava/mm_utils.py:185-204) keeps the BOS Vicuna's Llama tokenizer puts first.
@@ -250,8 +265,14 @@ class LlavaEvalProtocol(Protocol):
     def generate_kwargs(self, task: str, task_kwargs: dict) -> tuple[dict, list[str]]:
         rule = self.task_rule(task)
         # model_vqa*.py: do_sample = temperature > 0 with --temperature 0, top_p None, num_beams 1, use_cache.
-        return {"do_sample": False, "temperature": None, "top_p": None, "num_beams": 1,
-                "max_new_tokens": rule.max_new_tokens, "use_cache": True}, []
+        return {
+            "do_sample": False,
+            "temperature": None,
+            "top_p": None,
+            "num_beams": 1,
+            "max_new_tokens": rule.max_new_tokens,
+            "use_cache": True,
+        }, []
 
     def postprocess(self, text: str, until: list[str]) -> str:
         return text.strip()  # model_vqa*.py: batch_decode(output_ids, skip_special_tokens=True)[0].strip()
@@ -280,15 +301,19 @@ def checkpoint_prompt(adapter, question: str, num_images: int) -> str | None:
         return None
 
 
-def prompting_record(protocol: Protocol, task: str, adapter, context: str, num_images: int,
-                     gen_kwargs: dict) -> dict:
+def prompting_record(protocol: Protocol, task: str, adapter, context: str, num_images: int, gen_kwargs: dict) -> dict:
     """What a task's record says about prompting: the protocol, its template, the exact ``generate``
     kwargs, stop strings and answer post-processing, one rendered prompt, and whether the
     checkpoint's own chat template would have rendered that question differently (the protocol's
     prompt is the one used)."""
     rendered = protocol.render(context, num_images, adapter)
     own = checkpoint_prompt(adapter, context.replace(IMAGE_PLACEHOLDER, "").strip(), num_images)
-    return {**protocol.describe(task, adapter), "generate_kwargs": protocol.bind(gen_kwargs, adapter.tokenizer),
-            "stop_strings": [], "answer": "stripped" if isinstance(protocol, LlavaEvalProtocol) else "as decoded",
-            "bos": "kept" if rendered.add_bos else "as the tokenizer adds it", "example_prompt": rendered.text,
-            "checkpoint_template": {"prompt": own, "differs": own != rendered.text}}
+    return {
+        **protocol.describe(task, adapter),
+        "generate_kwargs": protocol.bind(gen_kwargs, adapter.tokenizer),
+        "stop_strings": [],
+        "answer": "stripped" if isinstance(protocol, LlavaEvalProtocol) else "as decoded",
+        "bos": "kept" if rendered.add_bos else "as the tokenizer adds it",
+        "example_prompt": rendered.text,
+        "checkpoint_template": {"prompt": own, "differs": own != rendered.text},
+    }

@@ -24,10 +24,27 @@ from omegaconf import DictConfig, OmegaConf
 from gc2bench.config import build_compressor, build_model, suite_tasks, validate
 from gc2bench.errors import ConfigError, Gc2benchError, RunFailed, report
 from gc2bench.evaluation.answer_cache import AnswerCache, CacheWriteError, CachingAdapter
-from gc2bench.results.identity import (checkpoint, directory_protocol, incomplete, mismatch, record_identity,
-                                       run_identity, task_protocol)
-from gc2bench.results.records import (environment, git_commit, package_versions, params_digest, read_record,
-                                      record_path, remove_orphaned_tmp, run_dir, run_lock, write_record)
+from gc2bench.results.identity import (
+    checkpoint,
+    directory_protocol,
+    incomplete,
+    mismatch,
+    record_identity,
+    run_identity,
+    task_protocol,
+)
+from gc2bench.results.records import (
+    environment,
+    git_commit,
+    package_versions,
+    params_digest,
+    read_record,
+    record_path,
+    remove_orphaned_tmp,
+    run_dir,
+    run_lock,
+    write_record,
+)
 from gc2bench.sweep import SweepJob, claim_gpu, sweep_name
 
 
@@ -41,6 +58,7 @@ class NoSampleScored(Gc2benchError):
 
 
 # -- one Hydra job ------------------------------------------------------------------------------
+
 
 def run_job(cfg: DictConfig) -> str:
     """Run ``cfg`` as one Hydra job; returns ``done``, ``skipped`` (all done before) or ``failed``.
@@ -59,16 +77,23 @@ def run_job(cfg: DictConfig) -> str:
         error = "stopped"
         code = stop.code if isinstance(stop, Stopped) else 130
         where = f" in {CURRENT_RUN['directory']}" if CURRENT_RUN.get("directory") else ""
-        print(f"\nstopped ({'SIGTERM' if code == 143 else 'SIGINT'}): finished tasks are recorded{where}, answers "
-              f"already made are kept; the same command resumes", file=sys.stderr, flush=True)
+        print(
+            f"\nstopped ({'SIGTERM' if code == 143 else 'SIGINT'}): finished tasks are recorded{where}, answers "
+            f"already made are kept; the same command resumes",
+            file=sys.stderr,
+            flush=True,
+        )
         job.report(status, error)
         sys.exit(code)  # ends a sweep too: a stop is for the whole command
     except OSError as failure:
         if failure.errno not in WRITE_ERRNOS:
             raise
         error = f"cannot write {failure.filename or 'results'}: {failure.strerror} ({errno.errorcode[failure.errno]})"
-        print(f"error: {job.label + ' ' if job.label else ''}{error}; nothing finished is lost", file=sys.stderr,
-              flush=True)
+        print(
+            f"error: {job.label + ' ' if job.label else ''}{error}; nothing finished is lost",
+            file=sys.stderr,
+            flush=True,
+        )
         if not job.in_sweep:
             sys.exit(1)
     except Gc2benchError as failure:
@@ -107,6 +132,7 @@ def stop_on_sigterm() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+
         def stop(signum, frame):
             raise Stopped(128 + signum)
 
@@ -114,6 +140,7 @@ def stop_on_sigterm() -> None:
 
 
 # -- one run ------------------------------------------------------------------------------------
+
 
 def run(cfg: DictConfig, label: str = "") -> list[dict]:
     """Evaluate ``cfg``'s model × compressor on the suite's tasks that have no done record.
@@ -133,11 +160,17 @@ def run(cfg: DictConfig, label: str = "") -> list[dict]:
     compressor = build_compressor(cfg)
     params = compressor.params()
     identity = run_identity(cfg)
-    directory = run_dir(cfg.results_dir, cfg.model.name, compressor.name, params, model=identity["model"],
-                        protocol=directory_protocol(cfg))
+    directory = run_dir(
+        cfg.results_dir,
+        cfg.model.name,
+        compressor.name,
+        params,
+        model=identity["model"],
+        protocol=directory_protocol(cfg),
+    )
     rank, world_size = data_parallel_rank()
     head = " ".join(filter(None, [label, f"{cfg.model.name} · {compressor.name} r={params.get('ratio', 1.0):g}"]))
-    if rank == 0:   # under torchrun, one header per run
+    if rank == 0:  # under torchrun, one header per run
         print(f"{head} → {directory}", flush=True)
     CURRENT_RUN["directory"] = directory
     _note_legacy_records(cfg, compressor, directory)
@@ -154,18 +187,35 @@ def run(cfg: DictConfig, label: str = "") -> list[dict]:
 
 
 def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, rank: int, world_size: int):
-    from gc2bench.evaluation.suite import (TaskSkipped, check_task, data_description, evaluate_task, skip_reason,
-                                           summarize, use_offline_hub)
+    from gc2bench.evaluation.suite import (
+        TaskSkipped,
+        check_task,
+        data_description,
+        evaluate_task,
+        skip_reason,
+        summarize,
+        use_offline_hub,
+    )
     from gc2bench.results.tracking import start_tracking
 
     params = compressor.params()
-    common = {"compressor": {"name": compressor.name, "params": params}, "ratio": params.get("ratio", 1.0),
-              "suite": cfg.suite.name, "protocol": protocol_name(cfg), "versions": package_versions(),
-              "git_commit": git_commit(),
-              "config": OmegaConf.to_container(cfg, resolve=True)}
+    common = {
+        "compressor": {"name": compressor.name, "params": params},
+        "ratio": params.get("ratio", 1.0),
+        "suite": cfg.suite.name,
+        "protocol": protocol_name(cfg),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
     identity = run_identity(cfg)
-    model = {"name": cfg.model.name, "path": cfg.model.get("path"), "revision": cfg.model.get("revision"),
-             "pipeline": cfg.model.get("pipeline", "transformers"), "checkpoint": identity["checkpoint"]}
+    model = {
+        "name": cfg.model.name,
+        "path": cfg.model.get("path"),
+        "revision": cfg.model.get("revision"),
+        "pipeline": cfg.model.get("pipeline", "transformers"),
+        "checkpoint": identity["checkpoint"],
+    }
     records, failed = [], []
     for entry in list(todo):
         reason = skip_reason(entry)
@@ -173,9 +223,15 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
             todo.remove(entry)
             print(f"skip {entry['task']}: {reason}", flush=True)
             if rank == 0:
-                records.append(_write_skipped(directory, entry, reason,
-                                              {**common, "model": model, "environment": environment()},
-                                              _identity(cfg, identity, entry)))
+                records.append(
+                    _write_skipped(
+                        directory,
+                        entry,
+                        reason,
+                        {**common, "model": model, "environment": environment()},
+                        _identity(cfg, identity, entry),
+                    )
+                )
     if not todo:
         return records
     for entry in todo:  # names checked before the model loads
@@ -191,30 +247,44 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
         adapter = build_model(cfg, compressor)
     except Exception as error:
         for entry in todo if rank == 0 else []:
-            _write_failed(directory, entry, error, {**common, "model": model, "environment": environment()},
-                          _identity(cfg, identity, entry))
+            _write_failed(
+                directory,
+                entry,
+                error,
+                {**common, "model": model, "environment": environment()},
+                _identity(cfg, identity, entry),
+            )
         raise
     load_s = time.perf_counter() - started
     identity = run_identity(cfg, loaded_checkpoint(adapter))
     if not cfg.overwrite:  # a checkpoint first found by loading it (downloaded, built) may match a record
         found = [entry for entry in todo if _done(directory, entry, cfg, identity, quiet=True)]
         for entry in found:
-            print(f"skip {entry['task']}: record exists in {directory}, made from the checkpoint just loaded", flush=True)
+            print(
+                f"skip {entry['task']}: record exists in {directory}, made from the checkpoint just loaded", flush=True
+            )
         todo = [entry for entry in todo if entry not in found]
         if not todo:
             return records
-    model = {**adapter.describe(), "resolved_revision": getattr(adapter.model.config, "_commit_hash", None),
-             "checkpoint": identity["checkpoint"]}
+    model = {
+        **adapter.describe(),
+        "resolved_revision": getattr(adapter.model.config, "_commit_hash", None),
+        "checkpoint": identity["checkpoint"],
+    }
     if adapter.pruner is not None:  # an LLMStageCompressor: it has schedule_info
         common["compressor"]["schedule"] = compressor.schedule_info(len(adapter.pruner.layers))
     common.update(model=model, environment=environment())
     cache = AnswerCache(directory, rank, world_size)
     if cache.loaded:
         print(f"{head}: {cache.loaded} answers cached by an earlier attempt are reused", flush=True)
-    scope = {"model": {k: v for k, v in model.items() if k != "device"}, "compressor": common["compressor"],
-             "identity": {"model": identity["model"], "fingerprint": identity["checkpoint"]["fingerprint"]}}
-    lm = GC2BenchLMM(CachingAdapter(adapter, cache, scope), batch_size=cfg.suite.batch_size,
-                     protocol=cfg.suite.get("protocol"))
+    scope = {
+        "model": {k: v for k, v in model.items() if k != "device"},
+        "compressor": common["compressor"],
+        "identity": {"model": identity["model"], "fingerprint": identity["checkpoint"]["fingerprint"]},
+    }
+    lm = GC2BenchLMM(
+        CachingAdapter(adapter, cache, scope), batch_size=cfg.suite.batch_size, protocol=cfg.suite.get("protocol")
+    )
     tracker = start_tracking(cfg, name=directory.name, group=sweep_name())
     try:
         for index, entry in enumerate(todo, 1):
@@ -232,8 +302,9 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
             except TaskSkipped as skipped:
                 print(f"{task_head}: skipped: {skipped.reason}", flush=True)
                 if rank == 0:
-                    records.append(_write_skipped(directory, entry, skipped.reason, common,
-                                                  _identity(cfg, identity, entry)))
+                    records.append(
+                        _write_skipped(directory, entry, skipped.reason, common, _identity(cfg, identity, entry))
+                    )
                 continue
             except CacheWriteError:
                 raise
@@ -241,8 +312,9 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
                 print(f"{task_head}: failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
                 if rank == 0:
                     failures = {"failures": error.failures} if isinstance(error, NoSampleScored) else {}
-                    failed.append(_write_failed(directory, entry, error, {**common, **failures},
-                                                _identity(cfg, identity, entry)))
+                    failed.append(
+                        _write_failed(directory, entry, error, {**common, **failures}, _identity(cfg, identity, entry))
+                    )
                 continue
             finally:
                 with contextlib.suppress(OSError):
@@ -251,30 +323,49 @@ def _evaluate(cfg, compressor, directory: Path, todo: list[dict], head: str, ran
             if result is None or rank != 0:  # a data-parallel rank other than 0: rank 0 writes the record
                 continue
             tokens, efficiency = summarize(result.samples, result.failures, result.wall_s)
-            record = {**common, "task": entry["task"], "entry": entry, "limit": cfg.suite.limit,
-                      "data": data_description(entry), "metrics": result.metrics,
-                      "tokens": tokens, "efficiency": efficiency, "failures": result.failures,
-                      "samples": result.samples, "prompting": lm.prompting.get(entry["task"]), "status": "done",
-                      "identity": _identity(cfg, identity, entry),
-                      "timing": {"started": started_at, "finished": _now(), "wall_s": time.perf_counter() - started,
-                                 "model_load_s": load_s, "answers_from_cache": cache.hits - hits}}
+            record = {
+                **common,
+                "task": entry["task"],
+                "entry": entry,
+                "limit": cfg.suite.limit,
+                "data": data_description(entry),
+                "metrics": result.metrics,
+                "tokens": tokens,
+                "efficiency": efficiency,
+                "failures": result.failures,
+                "samples": result.samples,
+                "prompting": lm.prompting.get(entry["task"]),
+                "status": "done",
+                "identity": _identity(cfg, identity, entry),
+                "timing": {
+                    "started": started_at,
+                    "finished": _now(),
+                    "wall_s": time.perf_counter() - started,
+                    "model_load_s": load_s,
+                    "answers_from_cache": cache.hits - hits,
+                },
+            }
             record.update(tracker.info())
             path = write_record(record_path(directory, entry["task"]), record)
             records.append(record)
             tracker.log_record(record)
             score = result.metrics.get("score")
             reused = f", {cache.hits - hits} answers from the cache" if cache.hits > hits else ""
-            print(f"{task_head}: {result.metrics['metric']} {'–' if score is None else f'{score:.2f}'} "
-                  f"({efficiency['samples']} samples, {record['timing']['wall_s']:.1f} s{reused}) → {path}",
-                  flush=True)
+            print(
+                f"{task_head}: {result.metrics['metric']} {'–' if score is None else f'{score:.2f}'} "
+                f"({efficiency['samples']} samples, {record['timing']['wall_s']:.1f} s{reused}) → {path}",
+                flush=True,
+            )
     finally:
         tracker.finish(failed=bool(failed))
     if any(record["status"] == "done" for record in records):
         print_summary([record for record in records if record["status"] == "done"])
     if failed:
         names = ", ".join(f"{r['task']} ({r['error']})" for r in failed)
-        raise RunFailed(f"{len(failed)} of {len(todo)} tasks failed in {directory}: {names}; "
-                        f"their records say why, and running again retries them")
+        raise RunFailed(
+            f"{len(failed)} of {len(todo)} tasks failed in {directory}: {names}; "
+            f"their records say why, and running again retries them"
+        )
     return records
 
 
@@ -309,10 +400,17 @@ def _note_legacy_records(cfg: DictConfig, compressor, directory: Path) -> None:
     """Say once when an older gc2bench's directory for this run (keyed by the compressor alone) holds
     records: they do not say which model made them and are not reused."""
     params = compressor.params()
-    legacy = Path(cfg.results_dir) / cfg.model.name / f"{compressor.name}_r{params.get('ratio', 1.0):g}_{params_digest(params)}"
+    legacy = (
+        Path(cfg.results_dir)
+        / cfg.model.name
+        / f"{compressor.name}_r{params.get('ratio', 1.0):g}_{params_digest(params)}"
+    )
     if legacy != directory and legacy.is_dir() and any(legacy.glob("*.json")):
-        print(f"note: {legacy} holds records of an older gc2bench that do not say which model and checkpoint made "
-              f"them; they are not reused (this run writes {directory})", flush=True)
+        print(
+            f"note: {legacy} holds records of an older gc2bench that do not say which model and checkpoint made "
+            f"them; they are not reused (this run writes {directory})",
+            flush=True,
+        )
 
 
 def run_directory(cfg: DictConfig) -> Path | None:
@@ -324,8 +422,14 @@ def run_directory(cfg: DictConfig) -> Path | None:
         validate(cfg)
         check_suite(cfg)
         compressor = build_compressor(cfg)
-        return run_dir(cfg.results_dir, cfg.model.name, compressor.name, compressor.params(),
-                       model=run_identity(cfg)["model"], protocol=directory_protocol(cfg))
+        return run_dir(
+            cfg.results_dir,
+            cfg.model.name,
+            compressor.name,
+            compressor.params(),
+            model=run_identity(cfg)["model"],
+            protocol=directory_protocol(cfg),
+        )
     except Exception:
         return None
 
@@ -357,16 +461,34 @@ def _write_unless_done(directory: Path, record: dict) -> None:
 
 
 def _write_failed(directory: Path, entry: dict, error: BaseException, common: dict, identity: dict) -> dict:
-    record = {**common, "task": entry["task"], "identity": identity, "metrics": None, "tokens": None, "efficiency": None,
-              "status": "failed", "error": f"{type(error).__name__}: {error}",
-              "traceback": traceback.format_exc(limit=8), "timing": {"finished": _now()}}
+    record = {
+        **common,
+        "task": entry["task"],
+        "identity": identity,
+        "metrics": None,
+        "tokens": None,
+        "efficiency": None,
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": traceback.format_exc(limit=8),
+        "timing": {"finished": _now()},
+    }
     _write_unless_done(directory, record)
     return record
 
 
 def _write_skipped(directory: Path, entry: dict, reason: str, common: dict, identity: dict) -> dict:
-    record = {**common, "task": entry["task"], "identity": identity, "metrics": None, "tokens": None, "efficiency": None,
-              "status": "skipped", "reason": reason, "timing": {"finished": _now()}}
+    record = {
+        **common,
+        "task": entry["task"],
+        "identity": identity,
+        "metrics": None,
+        "tokens": None,
+        "efficiency": None,
+        "status": "skipped",
+        "reason": reason,
+        "timing": {"finished": _now()},
+    }
     _write_unless_done(directory, record)
     return record
 
@@ -440,12 +562,21 @@ def print_summary(records: list[dict]) -> None:
         averaged = r["tokens"].get("layer_averaged_image_tokens")
         if averaged:
             tokens += f" (layer avg {averaged['mean']:.1f})"
-        rows.append((r["task"], r["metrics"]["metric"], "–" if score is None else f"{score:.2f}", tokens,
-                     "–" if not prefill else f"{prefill['median']:.2f}"))
+        rows.append(
+            (
+                r["task"],
+                r["metrics"]["metric"],
+                "–" if score is None else f"{score:.2f}",
+                tokens,
+                "–" if not prefill else f"{prefill['median']:.2f}",
+            )
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(5)]
     for row in rows:
-        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}  "
-              f"{row[4]:>{widths[4]}}")
+        print(
+            f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}  "
+            f"{row[4]:>{widths[4]}}"
+        )
     failed = sum(r["efficiency"]["failed_samples"] for r in records)
     if failed:
         print(f"{failed} sample(s) failed; see `failures` in the records")

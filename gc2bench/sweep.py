@@ -27,8 +27,13 @@ NOT_LAUNCHED: list[list[str]] = []
 class SweepJob:
     """Where this job stands in a ``-m`` sweep (number, total), and its end-of-job report."""
 
-    def __init__(self, num: int | None = None, total: int | None = None, output_dir: str | None = None,
-                 overrides: list[str] | None = None):
+    def __init__(
+        self,
+        num: int | None = None,
+        total: int | None = None,
+        output_dir: str | None = None,
+        overrides: list[str] | None = None,
+    ):
         self.num, self.total, self.output_dir, self.overrides = num, total, output_dir, overrides or []
 
     @classmethod
@@ -40,8 +45,12 @@ class SweepJob:
             return cls()
         hydra_cfg = HydraConfig.get()
         total = os.environ.get(SWEEP_SIZE_ENV)
-        return cls(hydra_cfg.job.num, int(total) if total else None, hydra_cfg.runtime.output_dir,
-                   list(hydra_cfg.overrides.task))
+        return cls(
+            hydra_cfg.job.num,
+            int(total) if total else None,
+            hydra_cfg.runtime.output_dir,
+            list(hydra_cfg.overrides.task),
+        )
 
     @property
     def in_sweep(self) -> bool:
@@ -57,8 +66,13 @@ class SweepJob:
         """``gc2bench_job.<sweep id>.json`` in the job's output directory, for the sweep's closing summary."""
         if not self.in_sweep:
             return
-        report = {"sweep": os.environ.get(SWEEP_ID_ENV), "num": self.num, "overrides": self.overrides,
-                  "status": status, "error": error}
+        report = {
+            "sweep": os.environ.get(SWEEP_ID_ENV),
+            "num": self.num,
+            "overrides": self.overrides,
+            "status": status,
+            "error": error,
+        }
         path = Path(self.output_dir) / JOB_REPORT.format(sweep=report["sweep"])
         with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,17 +104,20 @@ class SweepProgress(Callback):
         missing = int(os.environ.get(SWEEP_SIZE_ENV, len(reports))) - len(reports)
         counts["skipped"] += len(NOT_LAUNCHED)
         total = len(reports) + len(NOT_LAUNCHED) + max(missing, 0)
-        line = (f"sweep: {total} runs: {counts['done']} ran, {counts['skipped']} already done, "
-                f"{counts['failed']} failed")
+        line = f"sweep: {total} runs: {counts['done']} ran, {counts['skipped']} already done, {counts['failed']} failed"
         print(line + (f", {missing} did not report (killed?)" if missing > 0 else ""), flush=True)
         for report in sorted(reports, key=lambda r: r["num"]):
             if report["status"] == "failed":
-                print(f"  failed run {report['num'] + 1}: {' '.join(report['overrides'])}: {report['error']}",
-                      flush=True)
+                print(
+                    f"  failed run {report['num'] + 1}: {' '.join(report['overrides'])}: {report['error']}", flush=True
+                )
         if counts["failed"] or missing > 0:
             print("sweep: run the same command again to retry what failed; finished runs are skipped", flush=True)
-            print(f"error: sweep: {counts['failed'] + max(missing, 0)} of {total} runs did not finish", file=sys.stderr,
-                  flush=True)
+            print(
+                f"error: sweep: {counts['failed'] + max(missing, 0)} of {total} runs did not finish",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(1)  # Hydra turns a callback's exceptions into warnings; the sweep is over here anyway
 
 

@@ -13,8 +13,27 @@ LLM_STAGE = {"fastv", "pdrop", "sparsevlm", "fastv_globalcom2", "sparsevlm_globa
 @pytest.mark.slow
 def test_bench_gpu_on_cpu(tmp_path, cache_dir, capsys):
     budget = 420
-    assert main(["bench", "gpu", "--budget", str(budget), "--out", str(tmp_path), "--repeats", "1",
-                 "--decode-tokens", "3", "--max-batch", "2", "--ratios", "0.5,0.1"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "gpu",
+                "--budget",
+                str(budget),
+                "--out",
+                str(tmp_path),
+                "--repeats",
+                "1",
+                "--decode-tokens",
+                "3",
+                "--max-batch",
+                "2",
+                "--ratios",
+                "0.5,0.1",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "bench_gpu.json").read_text())
     markdown = (tmp_path / "bench_gpu.md").read_text()
     assert capsys.readouterr().out.strip() == markdown.strip()
@@ -38,7 +57,7 @@ def test_bench_gpu_on_cpu(tmp_path, cache_dir, capsys):
                     continue
                 assert row["visual_tokens_kept"] <= row["visual_tokens_before"] or name == "globalcom2"
                 assert row["prefill_ms"] > 0 and row["decode_ms_per_token"] > 0 and row["samples_per_s"] > 0
-                assert row["host_syncs"] is None and row["peak_memory_mb"] is None   # CUDA-only figures
+                assert row["host_syncs"] is None and row["peak_memory_mb"] is None  # CUDA-only figures
                 assert 0 <= row["compression_pct_of_prefill"]
                 if name in LLM_STAGE:
                     assert row["layer_averaged_image_tokens"] < row["visual_tokens_before"]

@@ -4,18 +4,50 @@ import json
 
 from gc2bench.cli import main
 
-FIELDS = {"method", "ratio", "status", "visual_tokens_before", "visual_tokens_kept", "layer_averaged_image_tokens",
-          "text_tokens", "tflops", "kv_cache_mb", "prefill_ms", "compression_ms", "vision_ms", "speedup",
-          "analytic_speedup", "share_of_limit", "overhead_pct", "prefill_cpu_ms", "cpu_speedup", "setup"}
+FIELDS = {
+    "method",
+    "ratio",
+    "status",
+    "visual_tokens_before",
+    "visual_tokens_kept",
+    "layer_averaged_image_tokens",
+    "text_tokens",
+    "tflops",
+    "kv_cache_mb",
+    "prefill_ms",
+    "compression_ms",
+    "vision_ms",
+    "speedup",
+    "analytic_speedup",
+    "share_of_limit",
+    "overhead_pct",
+    "prefill_cpu_ms",
+    "cpu_speedup",
+    "setup",
+}
 
 
 def test_bench_prefill_json_rows(capsys, cache_dir):
-    code = main(["bench", "prefill", "--model", "tiny", "--compressors", "globalcom2,pdrop",
-                 "--ratios", "1,0.5,0.1", "--repeats", "1", "--json"])
+    code = main(
+        [
+            "bench",
+            "prefill",
+            "--model",
+            "tiny",
+            "--compressors",
+            "globalcom2,pdrop",
+            "--ratios",
+            "1,0.5,0.1",
+            "--repeats",
+            "1",
+            "--json",
+        ]
+    )
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["method"], r["ratio"]) for r in rows] == [("none", 1.0)] + [
-        (m, r) for m in ("globalcom2", "pdrop") for r in (1.0, 0.5, 0.1)]
+        (m, r) for m in ("globalcom2", "pdrop") for r in (1.0, 0.5, 0.1)
+    ]
     ok = [r for r in rows if r["status"] == "ok"]
     for row in ok:
         assert FIELDS <= set(row)
@@ -76,14 +108,26 @@ def test_bench_prefill_onevision_rows_match_the_real_adapter(capsys, cache_dir, 
     from hydra.utils import instantiate
 
     from gc2bench.compressors.none import NoCompression
-    from gc2bench.bench.prefill import (PROMPT, RandomWeightsOneVisionAdapter, bench_model_dir,
-                                                   synthetic_images)
+    from gc2bench.bench.prefill import PROMPT, RandomWeightsOneVisionAdapter, bench_model_dir, synthetic_images
     from gc2bench.efficiency.flops import DecoderShape, sample_tflops
     from gc2bench.config import CONF_DIR
     from gc2bench.models.onevision import LlavaOneVisionAdapter
 
-    code = main(["bench", "prefill", "--model", "tiny_onevision", "--compressors", "none,globalcom2,fastervlm,fastv",
-                 "--ratios", "1,0.5", "--repeats", "1", "--json"])
+    code = main(
+        [
+            "bench",
+            "prefill",
+            "--model",
+            "tiny_onevision",
+            "--compressors",
+            "none,globalcom2,fastervlm,fastv",
+            "--ratios",
+            "1,0.5",
+            "--repeats",
+            "1",
+            "--json",
+        ]
+    )
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["method"], r["ratio"]) for r in rows] == ONEVISION_METHODS
@@ -91,18 +135,19 @@ def test_bench_prefill_onevision_rows_match_the_real_adapter(capsys, cache_dir, 
     setup = rows[0]["setup"]
     assert setup["architecture"] == "llava_onevision" and setup["vision"]["model_type"] == "siglip_vision_model"
     assert (setup["llm"]["num_heads"], setup["llm"]["num_kv_heads"]) == (4, 2)
-    assert setup["image_size"] == [168, 168]   # 3×3 crops: 16 + 144 + 12 newlines
+    assert setup["image_size"] == [168, 168]  # 3×3 crops: 16 + 144 + 12 newlines
     none = rows[0]
     assert none["visual_tokens_kept"] == 172
     assert none["speedup"] == 1 and none["analytic_speedup"] == 1 and none["share_of_limit"] == 1
-    for row in rows:   # SigLIP has no CLS: CLS-score compressors run on cosine scores, and say so
+    for row in rows:  # SigLIP has no CLS: CLS-score compressors run on cosine scores, and say so
         cosine = "compressor.score=cosine" in row["overrides"]
         assert cosine == (row["method"] in ("globalcom2", "fastervlm")), row
-    assert rows[2]["visual_tokens_kept"] < rows[1]["visual_tokens_kept"] <= 172        # globalcom2 0.5 < 1
-    assert rows[6]["layer_averaged_image_tokens"] < rows[5]["layer_averaged_image_tokens"] == 172   # fastv
+    assert rows[2]["visual_tokens_kept"] < rows[1]["visual_tokens_kept"] <= 172  # globalcom2 0.5 < 1
+    assert rows[6]["layer_averaged_image_tokens"] < rows[5]["layer_averaged_image_tokens"] == 172  # fastv
 
-    bench = RandomWeightsOneVisionAdapter(str(bench_model_dir("tiny_onevision")), NoCompression(),
-                                          dtype="float32", device="cpu")
+    bench = RandomWeightsOneVisionAdapter(
+        str(bench_model_dir("tiny_onevision")), NoCompression(), dtype="float32", device="cpu"
+    )
     bench.model.save_pretrained(tmp_path)
     bench.processor.save_pretrained(tmp_path)
     image = synthetic_images(1, tuple(setup["image_size"]), seed=0)[0]
@@ -127,19 +172,25 @@ def test_bench_prefill_onevision_rows_match_the_real_adapter(capsys, cache_dir, 
             assert row["analytic_speedup"] == pytest.approx(none["tflops"] / expected["tflops"])
 
     # A directory holding a OneVision config.json is accepted; the model type picks the OneVision adapter.
-    assert main(["bench", "prefill", "--model", str(tmp_path), "--compressors", "none", "--repeats", "1",
-                 "--json"]) == 0
+    assert (
+        main(["bench", "prefill", "--model", str(tmp_path), "--compressors", "none", "--repeats", "1", "--json"]) == 0
+    )
     (row,) = json.loads(capsys.readouterr().out)
     assert row["setup"]["architecture"] == "llava_onevision" and row["visual_tokens_kept"] == 172
 
 
 def test_onevision_cls_compressor_without_the_cosine_override_is_unsupported(cache_dir):
     from gc2bench.compressors.none import NoCompression
-    from gc2bench.bench.prefill import (RandomWeightsOneVisionAdapter, bench_model_dir, check_supported,
-                                                   compose_compressor)
+    from gc2bench.bench.prefill import (
+        RandomWeightsOneVisionAdapter,
+        bench_model_dir,
+        check_supported,
+        compose_compressor,
+    )
 
-    adapter = RandomWeightsOneVisionAdapter(str(bench_model_dir("tiny_onevision")), NoCompression(),
-                                            name="tiny_onevision", dtype="float32", device="cpu")
+    adapter = RandomWeightsOneVisionAdapter(
+        str(bench_model_dir("tiny_onevision")), NoCompression(), name="tiny_onevision", dtype="float32", device="cpu"
+    )
     method = check_supported(compose_compressor("globalcom2", 0.5, 4, vision_has_cls=True), adapter)
     assert method.status == "unsupported" and method.compressor is None
     assert "compressor.score=cosine" in method.reason

@@ -21,15 +21,27 @@ import pytest
 from gc2bench.config import ConfigError
 from gc2bench.evaluation.fixtures import FIXTURES, GQA_IMAGES, SIZES, build_fixture, fixture_features, fixture_rows
 from gc2bench.evaluation.lmms_model import GC2BenchLMM
-from gc2bench.evaluation.suite import (JudgeFailed, TaskSkipped, evaluate_task, load_task, skip_reason, task_spec,
-                                       use_offline_hub)
+from gc2bench.evaluation.suite import (
+    JudgeFailed,
+    TaskSkipped,
+    evaluate_task,
+    load_task,
+    skip_reason,
+    task_spec,
+    use_offline_hub,
+)
 
 PAPER10 = {  # task → (fixture, headline metric, scale), as conf/suite/paper10_fixtures.yaml
-    "vqav2_val": ("vqav2", "exact_match", 100), "gqa": ("gqa", "exact_match", 100),
-    "vizwiz_vqa_val": ("vizwiz_vqa", "exact_match", 100), "scienceqa_img": ("scienceqa_img", "exact_match", 100),
-    "textvqa_val": ("textvqa", "exact_match", 100), "pope": ("pope", "pope_f1_score", 100),
-    "mme": ("mme", "mme_perception_score", 1), "mmbench_en_dev": ("mmbench_en", "gpt_eval_score", 1),
-    "mmbench_cn_dev": ("mmbench_cn", "gpt_eval_score", 1), "mmvet": ("mmvet", "gpt_eval_score", 1),
+    "vqav2_val": ("vqav2", "exact_match", 100),
+    "gqa": ("gqa", "exact_match", 100),
+    "vizwiz_vqa_val": ("vizwiz_vqa", "exact_match", 100),
+    "scienceqa_img": ("scienceqa_img", "exact_match", 100),
+    "textvqa_val": ("textvqa", "exact_match", 100),
+    "pope": ("pope", "pope_f1_score", 100),
+    "mme": ("mme", "mme_perception_score", 1),
+    "mmbench_en_dev": ("mmbench_en", "gpt_eval_score", 1),
+    "mmbench_cn_dev": ("mmbench_cn", "gpt_eval_score", 1),
+    "mmvet": ("mmvet", "gpt_eval_score", 1),
 }
 JUDGE = "judge-under-test"
 NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5"}
@@ -67,8 +79,10 @@ class Scripted:
         self.image_sizes += [[image.size for image in group] for group in images]
         if self.answer is None:
             return results
-        return [dataclasses.replace(result, text=self.answer(text, group))
-                for result, text, group in zip(results, texts, images)]
+        return [
+            dataclasses.replace(result, text=self.answer(text, group))
+            for result, text, group in zip(results, texts, images)
+        ]
 
 
 class Untouchable:
@@ -83,6 +97,7 @@ class Untouchable:
 
 # -- independent reference scores ------------------------------------------------------------------
 
+
 def normalize(answer: str) -> str:
     """The official VQA answer normalization, as far as the fixtures' answers need it."""
     words = answer.lower().translate(str.maketrans("", "", string.punctuation)).split()
@@ -92,8 +107,9 @@ def normalize(answer: str) -> str:
 def vqa_accuracy(answer: str, humans: list[str]) -> float:
     """Mean over the 10 leave-one-out annotator subsets of min(1, #matches / 3)."""
     answer, humans = normalize(answer), [normalize(h) for h in humans]
-    return statistics.fmean(min(1.0, sum(h == answer for j, h in enumerate(humans) if j != i) / 3)
-                            for i in range(len(humans)))
+    return statistics.fmean(
+        min(1.0, sum(h == answer for j, h in enumerate(humans) if j != i) / 3) for i in range(len(humans))
+    )
 
 
 def pope_f1(pairs) -> float:
@@ -118,7 +134,8 @@ def mme_score(rows, answers, categories) -> float:
     for row, answer in zip(rows, answers):
         if row["category"] in categories:
             by_image.setdefault((row["category"], row["question_id"]), []).append(
-                mme_label(answer) == row["answer"].lower())
+                mme_label(answer) == row["answer"].lower()
+            )
     per_category = {}
     for (category, _), correct in by_image.items():
         per_category.setdefault(category, []).append(100 * sum(correct) / len(correct) + 100 * all(correct))
@@ -154,7 +171,8 @@ def reference_score(task: str, answers: list[str], judge_scores=None) -> float:
     if task == "scienceqa_img":
         return statistics.fmean(
             a.strip().lower() == "abcd"[r["answer"]] or (len(a) > 1 and a[1] == "." and a[0] == "ABCD"[r["answer"]])
-            for r, a in zip(rows, answers))
+            for r, a in zip(rows, answers)
+        )
     if task == "pope":
         by_category = {}
         for r, a in zip(rows, answers):
@@ -171,6 +189,7 @@ def reference_score(task: str, answers: list[str], judge_scores=None) -> float:
 
 # -- a local stand-in for the API judges ---------------------------------------------------------
 
+
 @pytest.fixture
 def judge_server(monkeypatch):
     """An OpenAI-compatible chat endpoint on localhost; ``server.reply(prompt)`` sets its answers."""
@@ -181,10 +200,18 @@ def judge_server(monkeypatch):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             calls.append(body)
             content = server.reply(body["messages"][-1]["content"])
-            payload = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant", "content": content}}],
-                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+            payload = json.dumps(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -197,15 +224,23 @@ def judge_server(monkeypatch):
     server.calls, server.reply = calls, lambda prompt: "0"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    for name, value in {"API_TYPE": "openai", "OPENAI_API_KEY": "test-key", "OPENAI_API_URL": url,
-                        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}.items():
+    for name, value in {
+        "API_TYPE": "openai",
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_API_URL": url,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }.items():
         monkeypatch.setenv(name, value)
     yield server
     server.shutdown()
 
 
-MMVET_SCORES = {"What color is the circle?": 1.0, "What shape is shown and what is its color?": 0.5,
-                "How many circles are in the image?": 0.2}
+MMVET_SCORES = {
+    "What color is the circle?": 1.0,
+    "What shape is shown and what is its color?": 0.5,
+    "How many circles are in the image?": 0.2,
+}
 
 
 def mmvet_reply(prompt: str) -> str:
@@ -214,6 +249,7 @@ def mmvet_reply(prompt: str) -> str:
 
 
 # -- the fixtures themselves ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_fixture_is_small_and_in_the_hub_schema(name, cache_dir):
@@ -230,6 +266,7 @@ def test_fixture_is_small_and_in_the_hub_schema(name, cache_dir):
 
 
 # -- every task, real tiny answers ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("task", sorted(PAPER10))
 def test_task_scores_the_tiny_models_answers_with_its_own_metric(task, tiny_adapter, cache_dir, request):
@@ -262,6 +299,7 @@ def test_task_scores_the_tiny_models_answers_with_its_own_metric(task, tiny_adap
 
 # -- scoring rules with scripted answers --------------------------------------------------------------
 
+
 def test_pope_headline_is_f1_per_category_averaged(tiny_adapter, cache_dir):
     answers = {SIZES[0]: "yes", SIZES[1]: "yes", SIZES[2]: "no", SIZES[3]: "no", SIZES[4]: "yes"}
     result = evaluate(Scripted(tiny_adapter, lambda text, images: answers[images[0].size]), entry_for("pope"))
@@ -275,8 +313,9 @@ def test_pope_headline_is_f1_per_category_averaged(tiny_adapter, cache_dir):
     assert [s["group"] for s in result.samples] == [r["category"] for r in fixture_rows("pope")]
 
 
-@pytest.mark.parametrize("metric, expected", [("mme_perception_score", 200.0),
-                                              ("mme_perception_score+mme_cognition_score", 250.0)])
+@pytest.mark.parametrize(
+    "metric, expected", [("mme_perception_score", 200.0), ("mme_perception_score+mme_cognition_score", 250.0)]
+)
 def test_mme_perception_or_perception_plus_cognition(metric, expected, tiny_adapter, cache_dir):
     answers = {"Is there a circle": "Yes", "Is there a square": "No", "Is the shape": "yes", "Could this": "Yes."}
     adapter = Scripted(tiny_adapter, lambda text, images: next(a for q, a in answers.items() if q in text))
@@ -292,8 +331,14 @@ def test_mme_perception_or_perception_plus_cognition(metric, expected, tiny_adap
 def mmbench_answers(text, images):
     if "A. square" in text or "A. 正方形" in text:  # the circular variant of question 1 (right answer: A)
         return "The answer is C" if "square" in text else "A"
-    for question, answer in [("color", "A"), ("颜色", "A"), ("Which shape", "B"), ("什么形状", "B"),
-                             ("How many", "one"), ("几个", "一个")]:
+    for question, answer in [
+        ("color", "A"),
+        ("颜色", "A"),
+        ("Which shape", "B"),
+        ("什么形状", "B"),
+        ("How many", "one"),
+        ("几个", "一个"),
+    ]:
         if question in text:
             return answer
     raise AssertionError(text)
@@ -331,15 +376,23 @@ def test_textvqa_with_ocr_tokens_and_partial_credit(tiny_adapter, cache_dir):
     result = evaluate(adapter, entry_for("textvqa_val", ocr_tokens=True))
     # "exlt" agrees with 1 of 10 annotators: 0.3 (VQA accuracy over leave-one-out subsets).
     assert result.metrics["score"] == pytest.approx(100 * (1 + 1 + 0.3 + 0) / 4)
-    assert adapter.prompts[0] == ("What does the sign say?\nReference OCR token: stop\n"
-                                  "Answer the question using a single word or phrase.")
+    assert adapter.prompts[0] == (
+        "What does the sign say?\nReference OCR token: stop\nAnswer the question using a single word or phrase."
+    )
     assert "Reference OCR token: cafe, 24" in adapter.prompts[1]
 
 
 # -- judged tasks without a key --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("task, options", [("mmvet", {}), ("mmbench_en_dev", {"judge": "gpt-4o-2024-11-20"}),
-                                           ("mmbench_cn_dev", {"judge": "gpt-4o-2024-11-20"})])
+
+@pytest.mark.parametrize(
+    "task, options",
+    [
+        ("mmvet", {}),
+        ("mmbench_en_dev", {"judge": "gpt-4o-2024-11-20"}),
+        ("mmbench_cn_dev", {"judge": "gpt-4o-2024-11-20"}),
+    ],
+)
 def test_judged_task_without_key_is_skipped_before_the_model_runs(task, options, monkeypatch, cache_dir):
     for name in ("OPENAI_API_KEY", "AZURE_API_KEY", "AZURE_ENDPOINT", "API_TYPE"):
         monkeypatch.delenv(name, raising=False)
@@ -386,14 +439,18 @@ def test_mmvet_judge_failure_is_an_error_not_a_zero(tiny_adapter, cache_dir, jud
 
 # -- entry validation ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("entry, message", [
-    ({"task": "pope", "metric": "pope_f1_score", "ocr_tokens": True}, "ocr_tokens applies to TextVQA"),
-    ({"task": "textvqa_val", "metric": "exact_match", "ocr_tokens": "yes"}, "must be true or false"),
-    ({"task": "mmvet", "metric": "gpt_eval_score", "judge": None}, "scored by an API judge only"),
-    ({"task": "gqa", "metric": "exact_match", "judge": "gpt-4"}, "judge applies to MMBench and MM-Vet"),
-    ({"task": "pope", "metric": "pope_f1_score", "colour": 1}, "unknown key(s) ['colour']"),
-    ({"task": "pope", "metric": "pope_f1_score+", "scale": 100}, "is not a metric or a sum"),
-])
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"task": "pope", "metric": "pope_f1_score", "ocr_tokens": True}, "ocr_tokens applies to TextVQA"),
+        ({"task": "textvqa_val", "metric": "exact_match", "ocr_tokens": "yes"}, "must be true or false"),
+        ({"task": "mmvet", "metric": "gpt_eval_score", "judge": None}, "scored by an API judge only"),
+        ({"task": "gqa", "metric": "exact_match", "judge": "gpt-4"}, "judge applies to MMBench and MM-Vet"),
+        ({"task": "pope", "metric": "pope_f1_score", "colour": 1}, "unknown key(s) ['colour']"),
+        ({"task": "pope", "metric": "pope_f1_score+", "scale": 100}, "is not a metric or a sum"),
+    ],
+)
 def test_bad_entries_are_refused_with_the_key_named(entry, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         task_spec(entry)

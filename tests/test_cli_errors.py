@@ -13,23 +13,33 @@ def run_py(*overrides, cache=None):
     env = dict(os.environ)
     if cache:
         env["GC2BENCH_CACHE"] = str(cache)
-    return subprocess.run([sys.executable, "run.py", *overrides, "hydra.run.dir=/tmp/gc2bench-test-hydra"],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "run.py", *overrides, "hydra.run.dir=/tmp/gc2bench-test-hydra"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("value, problem", [("0", "is out of range"), ("1.5", "is out of range"),
-                                            ("abc", "is not a number"), ("-0.1", "is out of range")])
+@pytest.mark.parametrize(
+    "value, problem",
+    [("0", "is out of range"), ("1.5", "is out of range"), ("abc", "is not a number"), ("-0.1", "is out of range")],
+)
 def test_bad_ratio(value, problem, tmp_path):
     result = run_py(f"ratio={value}", f"results_dir={tmp_path}", cache=tmp_path / "cache")
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"error: ratio={value} {problem}; "
-                                     "ratio must be a number with 0 < ratio <= 1 (the share of visual tokens kept)")
+    assert result.stderr.strip() == (
+        f"error: ratio={value} {problem}; ratio must be a number with 0 < ratio <= 1 (the share of visual tokens kept)"
+    )
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "cache").exists()  # nothing was built or loaded
 
 
-@pytest.mark.parametrize("group, available", [("compressor", ["globalcom2", "none"]),
-                                              ("model", ["llava_next_13b", "llava_next_7b", "tiny"])])
+@pytest.mark.parametrize(
+    "group, available", [("compressor", ["globalcom2", "none"]), ("model", ["llava_next_13b", "llava_next_7b", "tiny"])]
+)
 def test_unknown_group_choice_lists_the_available_ones(group, available):
     result = run_py(f"{group}=nope")
     assert result.returncode != 0
@@ -46,16 +56,23 @@ def test_missing_model_path_is_named(tmp_path):
 
 
 def test_gc2bench_table_on_a_missing_directory(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "gc2bench.cli", "table", str(tmp_path / "nope")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "gc2bench.cli", "table", str(tmp_path / "nope")], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "no such directory" in result.stderr
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["compressor=globalcom2", "compressor.allocation=bogus"], "error: globalcom2: allocation='bogus' is not one of"),
-    (["compressor=pdrop", "ratio=0.1"], "error: pdrop: ratio=0.1 cannot be reached with layers=[1, 2, 3]"),
-    (["model=tiny_onevision", "compressor=globalcom2"], "has no CLS token; add compressor.score=cosine"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["compressor=globalcom2", "compressor.allocation=bogus"],
+            "error: globalcom2: allocation='bogus' is not one of",
+        ),
+        (["compressor=pdrop", "ratio=0.1"], "error: pdrop: ratio=0.1 cannot be reached with layers=[1, 2, 3]"),
+        (["model=tiny_onevision", "compressor=globalcom2"], "has no CLS token; add compressor.score=cosine"),
+    ],
+)
 def test_component_errors_are_one_line(tmp_path, overrides, message):
     result = run_py(*overrides, f"results_dir={tmp_path}", cache=tmp_path / "cache")
     assert result.returncode == 2

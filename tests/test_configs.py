@@ -45,8 +45,17 @@ def test_suite_configs_name_tasks_and_metrics(name):
         assert entry["task"] and entry["metric"]
 
 
-@pytest.mark.parametrize("override", ["views=crops_only", "drop_crop.which=least", "fastv.decode=static",
-                                      "pdrop.layers=[1,2,3]", "sparsevlm.version=v1", "sparsevlm.counting=entering"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "views=crops_only",
+        "drop_crop.which=least",
+        "fastv.decode=static",
+        "pdrop.layers=[1,2,3]",
+        "sparsevlm.version=v1",
+        "sparsevlm.counting=entering",
+    ],
+)
 def test_compressor_options_are_not_top_level_keys(override):
     with pytest.raises(ConfigError, match=f"Could not override '{override.split('=')[0]}'"):
         compose_run_config(["compressor=none", override], check=False)
@@ -66,17 +75,25 @@ def test_an_option_set_both_ways_is_an_error_not_a_silent_choice():
     """An experiment's compressor_options never silently replace a command-line compressor.<option>."""
     experiment = ["experiment=aaai_table1_llm", "compressor=pdrop", "model=tiny_deep", "suite=paper10_fixtures"]
     assert build_compressor(compose_run_config(experiment, check=False)).params()["layers"] == [2, 8, 16]
-    with pytest.raises(ConfigError, match=r"compressor.layers=\[1, 2, 3\] and compressor_options.pdrop.layers=.* are "
-                                          "both set"):
+    with pytest.raises(
+        ConfigError,
+        match=r"compressor.layers=\[1, 2, 3\] and compressor_options.pdrop.layers=.* are "
+        "both set",
+    ):
         compose_run_config([*experiment, "compressor.layers=[1,2,3]"], check=False)
-    same = compose_run_config(["compressor=pdrop", "compressor.layers=[1,2,3]", "+compressor_options.pdrop.layers=[1,2,3]"])
+    same = compose_run_config(
+        ["compressor=pdrop", "compressor.layers=[1,2,3]", "+compressor_options.pdrop.layers=[1,2,3]"]
+    )
     assert build_compressor(same).params()["layers"] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("+compressor_options.pdropp.layers=[1]", "compressor_options.pdropp: no such compressor"),
-    ("+compressor_options.pdrop.layer=[1]", "compressor_options.pdrop.layer: pdrop has no option layer"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+compressor_options.pdropp.layers=[1]", "compressor_options.pdropp: no such compressor"),
+        ("+compressor_options.pdrop.layer=[1]", "compressor_options.pdrop.layer: pdrop has no option layer"),
+    ],
+)
 def test_compressor_options_name_a_compressor_and_its_options(override, message):
     with pytest.raises(ConfigError, match=message):
         compose_run_config(["compressor=pdrop", override])
@@ -85,20 +102,36 @@ def test_compressor_options_name_a_compressor_and_its_options(override, message)
 def test_suite_tasks_are_keyed_by_task_name_in_the_suites_order():
     cfg = compose_run_config(["suite=paper10_fixtures", "suite.tasks.textvqa_val.ocr_tokens=true"])
     entries = suite_tasks(cfg.suite)
-    assert [entry["task"] for entry in entries][:5] == ["vqav2_val", "gqa", "vizwiz_vqa_val", "scienceqa_img",
-                                                         "textvqa_val"]
-    assert entries[4] == {"task": "textvqa_val", "fixture": "textvqa", "metric": "exact_match", "scale": 100,
-                          "ocr_tokens": True}
+    assert [entry["task"] for entry in entries][:5] == [
+        "vqav2_val",
+        "gqa",
+        "vizwiz_vqa_val",
+        "scienceqa_img",
+        "textvqa_val",
+    ]
+    assert entries[4] == {
+        "task": "textvqa_val",
+        "fixture": "textvqa",
+        "metric": "exact_match",
+        "scale": 100,
+        "ocr_tokens": True,
+    }
     assert [entry for entry in entries if entry.get("ocr_tokens")] == [entries[4]]
     with pytest.raises(ConfigError, match="Could not override 'suite.tasks.textvqa.ocr_tokens'"):
         compose_run_config(["suite=paper10_fixtures", "suite.tasks.textvqa.ocr_tokens=true"])
 
 
-@pytest.mark.parametrize("tasks, message", [
-    ([{"task": "pope", "metric": "pope_accuracy"}], "suite=s: tasks must map each task name to its entry"),
-    ({"pope": {"task": "mme", "metric": "pope_accuracy"}}, "suite=s task pope: its entry names another task ('mme')"),
-    ({"pope": "pope_accuracy"}, "suite=s task pope: its entry must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "tasks, message",
+    [
+        ([{"task": "pope", "metric": "pope_accuracy"}], "suite=s: tasks must map each task name to its entry"),
+        (
+            {"pope": {"task": "mme", "metric": "pope_accuracy"}},
+            "suite=s task pope: its entry names another task ('mme')",
+        ),
+        ({"pope": "pope_accuracy"}, "suite=s task pope: its entry must be a mapping"),
+    ],
+)
 def test_suite_tasks_refuse_a_malformed_entry(tasks, message):
     from omegaconf import OmegaConf
 

@@ -39,14 +39,19 @@ def _corrupt(reference, tmp_path, edit) -> Path:
     return path
 
 
-@pytest.mark.parametrize("edit,reason", [
-    (lambda d: d["cases"][0]["expected"]["thumbnail_kept"].reverse(), "thumbnail"),
-    (lambda d: d["cases"][1]["expected"]["scales"].__setitem__(0, d["cases"][1]["expected"]["scales"][0] + 2e-6),
-     "budgets differ"),
-    (lambda d: d["cases"][2]["expected"]["grid"].reverse(), "grid"),
-    (lambda d: d["cases"][3]["expected"]["crops_sequence"].pop(5), "crop sequence"),
-    (lambda d: d["cases"][4].__setitem__("ratio", 0.3), "thumbnail"),
-])
+@pytest.mark.parametrize(
+    "edit,reason",
+    [
+        (lambda d: d["cases"][0]["expected"]["thumbnail_kept"].reverse(), "thumbnail"),
+        (
+            lambda d: d["cases"][1]["expected"]["scales"].__setitem__(0, d["cases"][1]["expected"]["scales"][0] + 2e-6),
+            "budgets differ",
+        ),
+        (lambda d: d["cases"][2]["expected"]["grid"].reverse(), "grid"),
+        (lambda d: d["cases"][3]["expected"]["crops_sequence"].pop(5), "crop sequence"),
+        (lambda d: d["cases"][4].__setitem__("ratio", 0.3), "thumbnail"),
+    ],
+)
 def test_any_disagreement_fails(capsys, reference, tmp_path, edit, reason):
     path = _corrupt(reference, tmp_path, edit)
     assert run_conformance("globalcom2", str(path)) == 1

@@ -55,10 +55,19 @@ def test_a_compressor_missing_an_attribute_is_refused():
 
 
 def test_score_kinds_are_one_enumerated_set():
-    assert [str(k) for k in ScoreKind] == ["none", "cls_logit", "cls_softmax", "cls_softmax_fullwidth", "cosine", "norm"]
+    assert [str(k) for k in ScoreKind] == [
+        "none",
+        "cls_logit",
+        "cls_softmax",
+        "cls_softmax_fullwidth",
+        "cosine",
+        "norm",
+    ]
     assert ScoreRequest("norm", -2).kind is ScoreKind.NORM
-    with pytest.raises(ConfigError, match="kind='cosin' is not one of none, cls_logit, cls_softmax, "
-                                          "cls_softmax_fullwidth, cosine, norm"):
+    with pytest.raises(
+        ConfigError,
+        match="kind='cosin' is not one of none, cls_logit, cls_softmax, cls_softmax_fullwidth, cosine, norm",
+    ):
         ScoreRequest("cosin")
 
 

@@ -10,8 +10,10 @@ COPIES = sorted([*DATA.iterdir(), *REPO.glob("experiments/*/*.csv")])
 
 
 def test_tests_data_holds_only_copies_of_shared_files():
-    assert sorted(path.name for path in DATA.iterdir()) == ["globalcom2_reference.json",
-                                                            "tcsvt_table5_6_efficiency.csv"]
+    assert sorted(path.name for path in DATA.iterdir()) == [
+        "globalcom2_reference.json",
+        "tcsvt_table5_6_efficiency.csv",
+    ]
 
 
 def test_each_paper_table_has_one_copy_in_the_repo():

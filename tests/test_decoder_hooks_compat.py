@@ -30,8 +30,11 @@ def _replace_forward(layer, forward):
 @pytest.mark.parametrize("cache_name", ["cache", "past_key_values"])
 def test_either_cache_name_is_accepted(language_model, cache_name):
     namespace = {}
-    exec(f"def forward(self, hidden_states, attention_mask=None, position_ids=None, {cache_name}=None, "
-         "position_embeddings=None, **kwargs): pass", namespace)
+    exec(
+        f"def forward(self, hidden_states, attention_mask=None, position_ids=None, {cache_name}=None, "
+        "position_embeddings=None, **kwargs): pass",
+        namespace,
+    )
     _replace_forward(language_model.layers[0], namespace["forward"])
     assert cache_argument(language_model) == cache_name
 

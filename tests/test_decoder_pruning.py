@@ -44,12 +44,14 @@ def build(cache_dir):
         if model == "next":
             return LlavaNextAdapter(str(tiny_llava_next_path(0, cache_dir)), compressor, **options)
         return load_tiny_onevision(compressor, **options)
+
     return make
 
 
 def run(adapter, texts=TEXTS, images=IMAGES, **kwargs):
-    return adapter.generate(texts, images, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, do_sample=False,
-                            output_scores=True, **kwargs)
+    return adapter.generate(
+        texts, images, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, do_sample=False, output_scores=True, **kwargs
+    )
 
 
 def assert_same(got, expected, atol=1e-5):
@@ -59,7 +61,7 @@ def assert_same(got, expected, atol=1e-5):
 
 
 @pytest.mark.parametrize("model", ["next", "onevision"])
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "sparsevlm_v1"])   # v1 always prunes one (n - 1)
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "sparsevlm_v1"])  # v1 always prunes one (n - 1)
 def test_full_ratio_equals_no_compression(build, model, method):
     assert_same(run(build(model, METHODS[method](1.0, model))), run(build(model, NoCompression())))
 
@@ -90,7 +92,7 @@ def test_recomputed_attention_rows_equal_eager_attentions(build, model, method):
         out = plain.model(**inputs, output_attentions=True)
     queries = adapter.last_plan.query_rows[0].float()
     assert queries.sum() > 0
-    per_query = out.attentions[stage.score_layer].mean(1).float()            # [B, Q=L, K=L]
+    per_query = out.attentions[stage.score_layer].mean(1).float()  # [B, Q=L, K=L]
     expected = (per_query * queries[:, :, None]).sum(1) / queries.sum(1, keepdim=True)
     torch.testing.assert_close(rows, expected, rtol=0, atol=1e-5)
 
@@ -136,14 +138,14 @@ def authors_fastv_rule_without_cache(build, model, texts, images, generated, rat
     valid = inputs["attention_mask"].bool()
     batch, length = image.shape
     with torch.no_grad():
-        rows = plain.model(**inputs, output_attentions=True).attentions[layer - 1].mean(1)       # [B, Q, K]
+        rows = plain.model(**inputs, output_attentions=True).attentions[layer - 1].mean(1)  # [B, Q, K]
     counts = [min(int(n), round(ratio * int(n))) for n in image.sum(1)]
-    visible = torch.zeros(batch, length, length, dtype=torch.bool)                               # [B, Q, K]
+    visible = torch.zeros(batch, length, length, dtype=torch.bool)  # [B, Q, K]
     for b in range(batch):
         for q in range(length):
             source = max(q, prompt_len - 1)
             ranked = torch.sort(rows[b, source].masked_fill(~image[b], -torch.inf), descending=True, stable=True)
-            visible[b, q, ranked.indices[:counts[b]]] = True
+            visible[b, q, ranked.indices[: counts[b]]] = True
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     allowed = causal & valid[:, None, :] & (~image[:, None, :] | visible)
     allowed |= torch.eye(length, dtype=torch.bool) & ~allowed.any(-1, keepdim=True)
@@ -161,7 +163,7 @@ def authors_fastv_rule_without_cache(build, model, texts, images, generated, rat
     finally:
         for handle in handles:
             handle.remove()
-    return logits[:, prompt_len - 1:], visible[:, prompt_len - 1:]
+    return logits[:, prompt_len - 1 :], visible[:, prompt_len - 1 :]
 
 
 @pytest.mark.parametrize("model", ["next", "onevision"])
@@ -172,12 +174,12 @@ def test_fastv_reselect_equals_the_authors_rule_recomputed_at_each_step(build, m
     generated = [r.token_ids for r in reselect]
     logits, visible = authors_fastv_rule_without_cache(build, model, TEXTS, IMAGES, generated, ratio, layer)
     for row, result in enumerate(reselect):
-        finite = torch.isfinite(result.scores)   # min_new_tokens sets EOS to -inf
+        finite = torch.isfinite(result.scores)  # min_new_tokens sets EOS to -inf
         assert int((~finite).sum()) <= MAX_NEW
         torch.testing.assert_close(result.scores[finite], logits[row].float()[finite], rtol=0, atol=1e-4)
     # the rule re-ranks: some generated token sees other image tokens than the prompt did, so static differs
     assert bool((visible[:, 1:] != visible[:, :1]).any())
-    torch.testing.assert_close(static[0].scores[0], reselect[0].scores[0], rtol=0, atol=1e-5)   # same prefill
+    torch.testing.assert_close(static[0].scores[0], reselect[0].scores[0], rtol=0, atol=1e-5)  # same prefill
     assert max(float((s.scores - r.scores).nan_to_num(0.0).abs().max()) for s, r in zip(static, reselect)) > 1e-3
 
 
@@ -186,4 +188,7 @@ def test_fastv_static_decode_is_unchanged_by_the_reselect_option(build):
     adapter = build("next", FastV(0.25, layer=2, decode="static"))
     cached = run(adapter)
     assert_same(run(adapter, use_cache=False, prune_replay=adapter.last_plan.records), cached, atol=1e-4)
-    assert cached[0].stats.image_tokens_per_layer == run(build("next", FastV(0.25, layer=2)))[0].stats.image_tokens_per_layer
+    assert (
+        cached[0].stats.image_tokens_per_layer
+        == run(build("next", FastV(0.25, layer=2)))[0].stats.image_tokens_per_layer
+    )

@@ -11,7 +11,7 @@ README = (REPO / "README.md").read_text()
 
 
 def test_methods_doc_has_every_compressor_in_its_overview_and_a_section():
-    overview = METHODS[METHODS.index("## The methods at a glance"):METHODS.index("## The model pipeline")]
+    overview = METHODS[METHODS.index("## The methods at a glance") : METHODS.index("## The model pipeline")]
     listed = set(re.findall(r"^\| ((?:`\w+`(?:, )?)+) \|", overview, flags=re.M))
     names = {name for cell in listed for name in re.findall(r"`(\w+)`", cell)}
     assert names == set(config_names("compressor"))
@@ -21,7 +21,7 @@ def test_methods_doc_has_every_compressor_in_its_overview_and_a_section():
 
 
 def test_readme_points_to_the_methods_doc_and_lists_no_compressor_by_hand():
-    section = README[README.index("## Compressors"):README.index("## Other tools")]
+    section = README[README.index("## Compressors") : README.index("## Other tools")]
     assert "(docs/methods.md)" in section and "conf/compressor/" in section
     by_hand = [name for name in config_names("compressor") if re.search(rf"\|\s*`?{name}`?\s*\|", README)]
     assert not by_hand  # neither a table row nor a `a | b | c` list of choices

@@ -18,7 +18,7 @@ def plain_generate(adapter, texts, images):
     inputs = adapter.processor(images=flat or None, text=prompts, padding=True, return_tensors="pt")
     with torch.no_grad():
         out = adapter.model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
-    return out[:, inputs["input_ids"].shape[1]:]
+    return out[:, inputs["input_ids"].shape[1] :]
 
 
 def adapter_tokens(adapter, texts, images):
@@ -32,8 +32,10 @@ def decoded(adapter, ids):
 
 CASES = {
     "one image": (["Is there a cat?"], [[image(120, 80, 0)]]),
-    "batch of sizes": (["Is there a cat?", "What color is it?", "How many?"],
-                       [[image(120, 80, 1)], [image(40, 200, 2)], [image(300, 300, 3)]]),
+    "batch of sizes": (
+        ["Is there a cat?", "What color is it?", "How many?"],
+        [[image(120, 80, 1)], [image(40, 200, 2)], [image(300, 300, 3)]],
+    ),
     "two images in one prompt": (["Compare them."], [[image(90, 60, 4), image(50, 170, 5)]]),
     "text only": (["Say yes."], [[]]),
 }
@@ -56,11 +58,16 @@ def test_no_compression_logits_match_plain_forward(tiny_adapter):
         expected = tiny_adapter.model(**inputs).logits
         stats = [None] * len(texts)
         from gc2bench.models.adapter import SampleStats
+
         stats = [SampleStats() for _ in texts]
         ids, mask, features = tiny_adapter._compress(inputs, images, stats)
         from transformers.modeling_outputs import BaseModelOutputWithPooling
-        got = tiny_adapter.model(input_ids=ids, attention_mask=mask,
-                                 mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)}).logits
+
+        got = tiny_adapter.model(
+            input_ids=ids,
+            attention_mask=mask,
+            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
+        ).logits
     assert torch.equal(ids, inputs["input_ids"])
     torch.testing.assert_close(got[mask.bool()], expected[inputs["attention_mask"].bool()], rtol=0, atol=0)
 

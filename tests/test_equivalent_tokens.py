@@ -75,25 +75,41 @@ def test_summary_carries_equivalent_tokens_shares_and_their_convention(tiny_path
     assert tokens["equivalent_convention"] == EQUIVALENT_CONVENTION and "newlines" in EQUIVALENT_CONVENTION
     shares = [s["equivalent_image_tokens"] / s["visual_tokens_before"] for s in samples]
     assert tokens["equivalent_share"]["mean"] == pytest.approx(sum(shares) / 2)
-    without = [(s["equivalent_image_tokens"] - s["equivalent_newline_tokens"])
-               / (s["visual_tokens_before"] - s["newline_tokens_before"]) for s in samples]
+    without = [
+        (s["equivalent_image_tokens"] - s["equivalent_newline_tokens"])
+        / (s["visual_tokens_before"] - s["newline_tokens_before"])
+        for s in samples
+    ]
     assert tokens["equivalent_share_without_newlines"]["mean"] == pytest.approx(sum(without) / 2)
     assert tokens["equivalent_image_tokens"]["mean"] == pytest.approx(
-        sum(s["equivalent_image_tokens"] for s in samples) / 2)
+        sum(s["equivalent_image_tokens"] for s in samples) / 2
+    )
 
 
 def _record(method, ratio, task, score, eq_tokens, eq_share):
-    return {"model": {"name": "m"}, "compressor": {"name": method, "params": {"ratio": ratio}},
-            "ratio": ratio, "task": task, "metrics": {"metric": "acc", "score": score}, "status": "done",
-            "tokens": {"equivalent_image_tokens": {"mean": eq_tokens}, "equivalent_share": {"mean": eq_share}},
-            "efficiency": {}, "versions": {}, "config": {}}
+    return {
+        "model": {"name": "m"},
+        "compressor": {"name": method, "params": {"ratio": ratio}},
+        "ratio": ratio,
+        "task": task,
+        "metrics": {"metric": "acc", "score": score},
+        "status": "done",
+        "tokens": {"equivalent_image_tokens": {"mean": eq_tokens}, "equivalent_share": {"mean": eq_share}},
+        "efficiency": {},
+        "versions": {},
+        "config": {},
+    }
 
 
 def test_table_tokens_adds_each_rows_mean_equivalent_tokens(tmp_path):
     from gc2bench.results.table import collect, render
 
-    records = [_record("none", 1.0, "pope", 80.0, 2000.0, 1.0), _record("none", 1.0, "gqa", 60.0, 1000.0, 1.0),
-               _record("fastv", 0.1, "pope", 70.0, 310.0, 0.155), _record("fastv", 0.1, "gqa", 50.0, 150.0, 0.157)]
+    records = [
+        _record("none", 1.0, "pope", 80.0, 2000.0, 1.0),
+        _record("none", 1.0, "gqa", 60.0, 1000.0, 1.0),
+        _record("fastv", 0.1, "pope", 70.0, 310.0, 0.155),
+        _record("fastv", 0.1, "gqa", 50.0, 150.0, 0.157),
+    ]
     text = compact_markdown(render(collect(records), "md", tokens=True))
     header = next(line for line in text.splitlines() if line.startswith("| Method"))
     assert header.endswith("| Eq. tokens | Eq. share (%) |")
@@ -109,8 +125,9 @@ def test_table_cli_tokens_flag(tmp_path, capsys):
     from gc2bench.results.records import write_record
     from gc2bench.results.table import print_table
 
-    for index, r in enumerate([_record("none", 1.0, "pope", 80.0, 2000.0, 1.0),
-                               _record("fastv", 0.1, "pope", 70.0, 310.0, 0.155)]):
+    for index, r in enumerate(
+        [_record("none", 1.0, "pope", 80.0, 2000.0, 1.0), _record("fastv", 0.1, "pope", 70.0, 310.0, 0.155)]
+    ):
         write_record(tmp_path / f"run{index}" / "pope.json", r)
     assert print_table(str(tmp_path), tokens=True) == 0
     assert "| fastv | 0.1 | 70.0 | 87.5 | 310.0 | 15.5 |" in compact_markdown(capsys.readouterr().out)

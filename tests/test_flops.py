@@ -7,8 +7,7 @@ import pytest
 
 from conftest import paper_table
 from gc2bench.cli import main
-from gc2bench.efficiency.flops import (DecoderShape, decoder_shape, prefill_flops, sample_tflops,
-                                       tokens_per_layer)
+from gc2bench.efficiency.flops import DecoderShape, decoder_shape, prefill_flops, sample_tflops, tokens_per_layer
 from gc2bench.efficiency.presets import TEXT_PRESETS
 from gc2bench.errors import ConfigError
 
@@ -25,7 +24,8 @@ ROWS = paper_rows()
 
 def test_the_table_covers_both_models_at_every_ratio():
     assert {(r["model"], float(r["ratio"])) for r in ROWS} == {
-        (m, r) for m in ("llava_next_7b", "llava_next_13b") for r in (1.0, 0.75, 0.5, 0.25, 0.1)}
+        (m, r) for m in ("llava_next_7b", "llava_next_13b") for r in (1.0, 0.75, 0.5, 0.25, 0.1)
+    }
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r['model']}-R{r['ratio']}")
@@ -51,7 +51,7 @@ def test_gqa_shrinks_only_the_kv_projections_and_the_cache():
     d, m, T, L = 3584, 18944, 2880, 28
     paper = L * (8 * T * d**2 + 4 * T**2 * d + 6 * T * d * m)
     assert prefill_flops(mha, [T] * L) == paper
-    kv_saving = L * 4 * T * d * (d - 4 * 128)   # k and v project to 4 heads x 128 instead of d
+    kv_saving = L * 4 * T * d * (d - 4 * 128)  # k and v project to 4 heads x 128 instead of d
     assert prefill_flops(gqa, [T] * L) == paper - kv_saving
     ratio = sample_tflops(gqa, T)["kv_cache_mb"] / sample_tflops(mha, T)["kv_cache_mb"]
     assert ratio == pytest.approx(4 / 28)
@@ -65,7 +65,7 @@ def test_per_layer_counts_give_a_fastv_schedule_its_true_cost():
     schedule = [visual] * K + [kept] * (shape.num_layers - K)
     pruned = sample_tflops(shape, visual, text, schedule)
     full = sample_tflops(shape, visual, text)
-    early = sample_tflops(shape, kept, text)   # as if pruned before the LLM
+    early = sample_tflops(shape, kept, text)  # as if pruned before the LLM
     assert pruned["tflops"] == pytest.approx((K * full["tflops"] + (32 - K) * early["tflops"]) / 32)
     assert early["tflops"] < pruned["tflops"] < full["tflops"]
     assert pruned["kv_cache_mb"] == pytest.approx(2 * 2 * 4096 * (K * (visual + text) + 30 * (kept + text)) / 1e6)
@@ -87,13 +87,16 @@ def test_a_config_directory_and_a_multimodal_config(tmp_path):
     assert decoder_shape(LlavaNextConfig(text_config=text)).num_layers == 40
 
 
-@pytest.mark.parametrize("kwargs, named", [({"visual_tokens": -1}, "visual_tokens=-1"),
-                                           ({"visual_tokens": 10, "text_tokens": -5}, "text_tokens=-5"),
-                                           ({"visual_tokens": 2.5}, "visual_tokens=2.5"),
-                                           ({"visual_tokens": 0, "image_tokens_per_layer": [1] * 31},
-                                            "31 entries but the model has 32 layers"),
-                                           ({"visual_tokens": 0, "image_tokens_per_layer": [1] * 31 + [-2]},
-                                            "image_tokens_per_layer[31]=-2")])
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"visual_tokens": -1}, "visual_tokens=-1"),
+        ({"visual_tokens": 10, "text_tokens": -5}, "text_tokens=-5"),
+        ({"visual_tokens": 2.5}, "visual_tokens=2.5"),
+        ({"visual_tokens": 0, "image_tokens_per_layer": [1] * 31}, "31 entries but the model has 32 layers"),
+        ({"visual_tokens": 0, "image_tokens_per_layer": [1] * 31 + [-2]}, "image_tokens_per_layer[31]=-2"),
+    ],
+)
 def test_bad_token_counts_name_the_value(kwargs, named):
     with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
         sample_tflops("llava_next_7b", **kwargs)

@@ -56,13 +56,24 @@ def test_yaml_options_reach_the_constructor():
 
     from gc2bench.config import compose_run_config
 
-    overrides = {"score": "cosine", "tau": 3.0, "alpha": 0.25, "allocation": "n_topk", "token_score": "local",
-                 "thumbnail_order": "spatial", "newlines": "unpadded", "unpad": "transformers",
-                 "crop_layout": "spatial", "check_finite": False}
+    overrides = {
+        "score": "cosine",
+        "tau": 3.0,
+        "alpha": 0.25,
+        "allocation": "n_topk",
+        "token_score": "local",
+        "thumbnail_order": "spatial",
+        "newlines": "unpadded",
+        "unpad": "transformers",
+        "crop_layout": "spatial",
+        "check_finite": False,
+    }
     default = instantiate(compose_run_config(["compressor=globalcom2", "ratio=0.25"], check=False).compressor)
-    changed = instantiate(compose_run_config(["compressor=globalcom2", "ratio=0.1"]
-                                             + [f"compressor.{k}={v}" for k, v in overrides.items()],
-                                             check=False).compressor)
+    changed = instantiate(
+        compose_run_config(
+            ["compressor=globalcom2", "ratio=0.1"] + [f"compressor.{k}={v}" for k, v in overrides.items()], check=False
+        ).compressor
+    )
     with pytest.raises(Exception, match="ratio=1.5"):
         instantiate(compose_run_config(["compressor=globalcom2", "ratio=1.5"], check=False).compressor)
     assert isinstance(default, GlobalCom2) and default.ratio == 0.25 and default.name == "globalcom2"
@@ -84,8 +95,14 @@ def test_score_option_sets_the_request():
 @pytest.mark.parametrize("size", [(480, 640), (640, 480), (1000, 500), (336, 336), (1, 1), (55, 176), (2000, 300)])
 def test_full_ratio_spatial_mode_equals_transformers_packing(size):
     lay = layout(*size)
-    full = GlobalCom2(ratio=1.0, allocation="uniform", thumbnail_order="spatial", newlines="unpadded",
-                      unpad="transformers", crop_layout="spatial")
+    full = GlobalCom2(
+        ratio=1.0,
+        allocation="uniform",
+        thumbnail_order="spatial",
+        newlines="unpadded",
+        unpad="transformers",
+        crop_layout="spatial",
+    )
     selection = full.select([scores_for(lay)], [lay])
     assert torch.equal(selection.per_image()[0], lay.packed_sources)
 
@@ -182,7 +199,7 @@ def test_token_score_options_rank_by_their_score():
     resized = F.interpolate(s[0].view(1, 1, 24, 24), size=(48, 48), mode="bilinear", align_corners=False)[0, 0]
     for j in range(4):
         assert local[j] == set(torch.argsort(s[j + 1], descending=True)[: counts[j]].tolist())
-        cut = resized[(j // 2) * 24:(j // 2 + 1) * 24, (j % 2) * 24:(j % 2 + 1) * 24].flatten()
+        cut = resized[(j // 2) * 24 : (j // 2 + 1) * 24, (j % 2) * 24 : (j % 2 + 1) * 24].flatten()
         assert global_[j] == set(torch.argsort(cut, descending=True)[: counts[j]].tolist())
         assert both[j] != local[j] and both[j] != global_[j]
     assert _kept_by_crop(GlobalCom2(ratio=0.25, alpha=0.0).select([s], [lay]), lay) == local
@@ -233,9 +250,20 @@ def test_bad_ratio(ratio):
         GlobalCom2(ratio=ratio)
 
 
-@pytest.mark.parametrize("option,value", [("allocation", "max"), ("token_score", "all"), ("score", "attn"),
-                                          ("newlines", "none"), ("unpad", "numpy"), ("crop_layout", "raster"),
-                                          ("thumbnail_order", "random"), ("tau", 0.0), ("alpha", 1.5)])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("allocation", "max"),
+        ("token_score", "all"),
+        ("score", "attn"),
+        ("newlines", "none"),
+        ("unpad", "numpy"),
+        ("crop_layout", "raster"),
+        ("thumbnail_order", "random"),
+        ("tau", 0.0),
+        ("alpha", 1.5),
+    ],
+)
 def test_bad_options(option, value):
     with pytest.raises(ValueError, match=option):
         GlobalCom2(**{option: value})
@@ -274,8 +302,9 @@ def test_degenerate_geometry(size):
     s = scores_for(lay)
     for mode in ({}, {"newlines": "unpadded", "crop_layout": "spatial", "unpad": "transformers"}):
         selection = GlobalCom2(ratio=0.5, **mode).select([s], [lay])
-        geo = crop_geometry(lay, mode.get("unpad", "llava"), mode.get("newlines", "padded"),
-                            mode.get("crop_layout", "authors"))
+        geo = crop_geometry(
+            lay, mode.get("unpad", "llava"), mode.get("newlines", "padded"), mode.get("crop_layout", "authors")
+        )
         counts = selection.info["crop_keep_counts"][0]
         assert bool((counts <= geo.token_counts).all())
         assert bool((counts[geo.token_counts == 0] == 0).all())
@@ -295,8 +324,14 @@ def test_tiny_patch_grid():
 # --------------------------------------------------------------------------- batching
 
 
-@pytest.mark.parametrize("options", [{}, {"allocation": "n_topk", "newlines": "unpadded", "crop_layout": "spatial"},
-                                     {"allocation": "softmax_max", "token_score": "global"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"allocation": "n_topk", "newlines": "unpadded", "crop_layout": "spatial"},
+        {"allocation": "softmax_max", "token_score": "global"},
+    ],
+)
 def test_batch_of_different_sizes_equals_one_at_a_time(options):
     sizes = [(480, 640), (1, 1), (2000, 500), (336, 336), (480, 640), (1080, 1920), (4000, 1)]
     layouts = [layout(*size) for size in sizes]
@@ -307,7 +342,7 @@ def test_batch_of_different_sizes_equals_one_at_a_time(options):
     for b, (s, lay) in enumerate(zip(scores, layouts)):
         single = compressor.select([s], [lay])
         assert torch.equal(batch.per_image()[b], single.per_image()[0])
-        assert bool((batch.token_sources[b, int(batch.num_tokens[b]):] == PAD).all())
+        assert bool((batch.token_sources[b, int(batch.num_tokens[b]) :] == PAD).all())
         width = lay.num_crops
         torch.testing.assert_close(batch.crop_budgets[b, :width], single.crop_budgets[0], rtol=0, atol=0)
         assert bool(batch.crop_budgets[b, width:].isnan().all())

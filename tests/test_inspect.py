@@ -26,8 +26,15 @@ def run_inspect(capsys, *arguments):
 @pytest.mark.parametrize("compressor", ["none", "globalcom2", "fastervlm", "random"])
 def test_inspect_prints_json_and_draws_the_kept_tokens(capsys, cache_dir, photo, tmp_path, compressor):
     figure = tmp_path / f"{compressor}.png"
-    code, out, _ = run_inspect(capsys, f"image={photo}", "prompt=What is this?", f"compressor={compressor}",
-                               "ratio=0.25", f"viz={figure}", "max_new_tokens=3")
+    code, out, _ = run_inspect(
+        capsys,
+        f"image={photo}",
+        "prompt=What is this?",
+        f"compressor={compressor}",
+        "ratio=0.25",
+        f"viz={figure}",
+        "max_new_tokens=3",
+    )
     assert code == 0
     report = json.loads(out)
     assert KEYS <= set(report)
@@ -60,12 +67,20 @@ def test_inspect_errors_name_the_bad_value(capsys, cache_dir, tmp_path):
     assert code == 2 and "compressor/nope" in err and "globalcom2" in err
 
 
-@pytest.mark.parametrize("compressor", [["compressor=none"], ["compressor=globalcom2", "compressor.score=cosine"],
-                                        ["compressor=fastervlm", "compressor.score=cosine"], ["compressor=random"]])
+@pytest.mark.parametrize(
+    "compressor",
+    [
+        ["compressor=none"],
+        ["compressor=globalcom2", "compressor.score=cosine"],
+        ["compressor=fastervlm", "compressor.score=cosine"],
+        ["compressor=random"],
+    ],
+)
 def test_inspect_on_the_tiny_onevision(capsys, cache_dir, photo, tmp_path, compressor):
     figure = tmp_path / "kept.png"
-    code, out, err = run_inspect(capsys, "model=tiny_onevision", f"image={photo}", *compressor, "ratio=0.25",
-                                 f"viz={figure}", "max_new_tokens=2")
+    code, out, err = run_inspect(
+        capsys, "model=tiny_onevision", f"image={photo}", *compressor, "ratio=0.25", f"viz={figure}", "max_new_tokens=2"
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["model"]["architecture"] == "LlavaOnevisionForConditionalGeneration"
@@ -80,17 +95,21 @@ def test_inspect_refuses_cls_scores_on_onevision(capsys, cache_dir, photo):
     assert code == 2 and "has no CLS token; add compressor.score=cosine" in err
 
 
-@pytest.mark.parametrize("arguments, protocol", [([], "lmms_eval"), (["protocol=llava_eval"], "llava_eval"),
-                                                 (["suite.protocol=llava_eval"], "llava_eval")])
+@pytest.mark.parametrize(
+    "arguments, protocol",
+    [([], "lmms_eval"), (["protocol=llava_eval"], "llava_eval"), (["suite.protocol=llava_eval"], "llava_eval")],
+)
 def test_inspect_shows_the_prompt_the_protocol_renders(capsys, cache_dir, photo, arguments, protocol):
     code, out, _ = run_inspect(capsys, f"image={photo}", "prompt=What is this?", "max_new_tokens=2", *arguments)
     assert code == 0
     report = json.loads(out)
     assert report["protocol"] == protocol
     if protocol == "llava_eval":
-        assert report["prompt"] == ("A chat between a curious user and an artificial intelligence assistant. The "
-                                    "assistant gives helpful, detailed, and polite answers to the user's questions. "
-                                    "USER: <image>\nWhat is this? ASSISTANT:")
+        assert report["prompt"] == (
+            "A chat between a curious user and an artificial intelligence assistant. The "
+            "assistant gives helpful, detailed, and polite answers to the user's questions. "
+            "USER: <image>\nWhat is this? ASSISTANT:"
+        )
         assert report["template"] == "vicuna_v1" and report["prompt"] != report["checkpoint_prompt"]
     else:
         assert report["prompt"] == report["checkpoint_prompt"] == "USER: <image>\nWhat is this? ASSISTANT:"

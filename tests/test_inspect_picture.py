@@ -26,8 +26,9 @@ def photo(tmp_path_factory, cache_dir):
 
 
 def picture(photo, tmp_path, *arguments):
-    report, figure = inspect_with_figure([f"image={photo}", "max_new_tokens=1", "ratio=0.25",
-                                          f"viz={tmp_path / 'kept.png'}", *arguments])
+    report, figure = inspect_with_figure(
+        [f"image={photo}", "max_new_tokens=1", "ratio=0.25", f"viz={tmp_path / 'kept.png'}", *arguments]
+    )
     assert (tmp_path / "kept.png").stat().st_size > 0
     return report, figure
 
@@ -40,7 +41,7 @@ def rows_of(figure) -> list:
 def kept_cells(axes, cell: int = 56) -> int:
     """Patch cells of a panel drawn unshaded (the red image shows through at their centres); the tiny
     model's views are 4×4 patches drawn 224 px wide."""
-    centres = axes.images[0].get_array()[cell // 2::cell, cell // 2::cell]
+    centres = axes.images[0].get_array()[cell // 2 :: cell, cell // 2 :: cell]
     return int((centres.reshape(-1, 3) == RED).all(1).sum())
 
 
@@ -58,16 +59,22 @@ def test_vision_stage_title_counts_newlines_apart_and_crops_show_their_budgets(p
     assert report["equivalent_image_tokens_without_newlines"] == patches
     assert report["equivalent_share_without_newlines"] == patches / (before - newlines_before)
     assert report["equivalent_convention"] == EQUIVALENT_CONVENTION
-    assert figure._suptitle.get_text() == report["title"] == (
-        "globalcom2 R=0.25: image tokens entering the LLM\n"
-        "10 of 48 without newlines (20.8%) · 18 of 52 with newlines (34.6%)")
+    assert (
+        figure._suptitle.get_text()
+        == report["title"]
+        == (
+            "globalcom2 R=0.25: image tokens entering the LLM\n"
+            "10 of 48 without newlines (20.8%) · 18 of 52 with newlines (34.6%)"
+        )
+    )
     [(label, (thumbnail, crops))] = rows_of(figure)
     assert label == "vision stage: 10 image tokens + 8 newlines"
     assert [t.get_text() for t in figure.legends[0].get_texts()] == list(KEPT_LEGEND)
     assert texts_of(thumbnail) == ["R=0.25 · 4/16"]
     budgets = report["crop_budgets"]
-    assert texts_of(crops) == [f"r{j + 1}={b:.2f} · {k}/8"
-                               for j, (b, k) in enumerate(zip(budgets, report["kept_per_view"][1:]))]
+    assert texts_of(crops) == [
+        f"r{j + 1}={b:.2f} · {k}/8" for j, (b, k) in enumerate(zip(budgets, report["kept_per_view"][1:]))
+    ]
     assert kept_cells(thumbnail) == 4 and kept_cells(crops) == 6
 
 
@@ -75,7 +82,9 @@ def test_merged_view_summaries_are_counted_but_not_drawn(photo, tmp_path):
     report, figure = picture(photo, tmp_path, "compressor=prumerge")
     [(label, (thumbnail, crops))] = rows_of(figure)
     views = len(report["kept_per_view"])  # one merged summary per view here
-    assert label == f"vision stage: {sum(report['kept_per_view'])} image tokens ({views} merged, not drawn) + 0 newlines"
+    assert (
+        label == f"vision stage: {sum(report['kept_per_view'])} image tokens ({views} merged, not drawn) + 0 newlines"
+    )
     assert kept_cells(thumbnail) + kept_cells(crops) == sum(report["kept_per_view"]) - views
 
 
@@ -87,8 +96,10 @@ def test_fastv_picture_shows_what_the_decoder_kept_titled_with_the_layer_average
     assert stage == {"layers": [2, 3], "image_tokens": 11, "newline_tokens": 2, "recycled_tokens": 0}
     assert report["equivalent_image_tokens"] == 32.5
     assert report["equivalent_image_tokens_without_newlines"] == (2 * 48 + 2 * 11) / 4
-    assert figure._suptitle.get_text() == ("fastv R=0.25: image tokens entering the LLM, averaged over its 4 layers\n"
-                                           "29.5 of 48 without newlines (61.5%) · 32.5 of 52 with newlines (62.5%)")
+    assert figure._suptitle.get_text() == (
+        "fastv R=0.25: image tokens entering the LLM, averaged over its 4 layers\n"
+        "29.5 of 48 without newlines (61.5%) · 32.5 of 52 with newlines (62.5%)"
+    )
     [(label, (thumbnail, crops))] = rows_of(figure)  # the vision stage kept everything: no row for it
     note = " at prefill (decode=reselect: each generated token selects anew)" if decode == "reselect" else ""
     assert label == "LLM layers 2–3 (stage 1): 11 image tokens + 2 newlines" + note
@@ -130,15 +141,15 @@ def test_the_picture_at_llava_next_7b_geometry():
     figure = kept_tokens_figure(Image.new("RGB", (512, 600), (0, 0, 255)), layout, [KeptPanel("one", kept)], "t")
     [(_, (thumbnail, crops))] = rows_of(figure)
     cell = 12
-    thumb = thumbnail.images[0].get_array()[cell // 2::cell, cell // 2::cell]
+    thumb = thumbnail.images[0].get_array()[cell // 2 :: cell, cell // 2 :: cell]
     assert thumb.shape[:2] == (24, 24)
     assert (thumb.reshape(-1, 3)[::3] == (0, 0, 255)).all() and int((thumb[..., 0] == 160).sum()) == 576 - 192
-    grid = crops.images[0].get_array()[cell // 2::cell, cell // 2::cell]
+    grid = crops.images[0].get_array()[cell // 2 :: cell, cell // 2 :: cell]
     assert grid.shape[:2] == sources.shape == (48, 48)
     is_kept = np.isin(sources, kept.numpy())
     assert (grid[is_kept] == (0, 0, 255)).all() and is_kept.sum() == len(inside[::7])
-    assert (grid[~is_kept & (sources >= 0)][:, 0] == 160).all()   # dropped: light grey
-    assert (grid[sources < 0][:, 0] == 72).all() and (sources < 0).sum() == 2 * 48 * 4   # padding: dark
+    assert (grid[~is_kept & (sources >= 0)][:, 0] == 160).all()  # dropped: light grey
+    assert (grid[sources < 0][:, 0] == 72).all() and (sources < 0).sum() == 2 * 48 * 4  # padding: dark
     assert texts_of(thumbnail) == ["192/576"]
 
 

@@ -24,8 +24,12 @@ LAYERS = [
 
 
 def layer_of(module: str) -> int:
-    matches = [(len(prefix), index) for index, prefixes in enumerate(LAYERS) for prefix in prefixes
-               if module == prefix or module.startswith(prefix + ".")]
+    matches = [
+        (len(prefix), index)
+        for index, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    ]
     if not matches:
         raise AssertionError(f"{module} is in no layer of LAYERS: add it")
     return max(matches)[1]
@@ -51,8 +55,10 @@ def imports(path: Path, known: dict[str, Path]) -> list[tuple[str, int]]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module
-                     for alias in node.names]
+            names = [
+                f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module
+                for alias in node.names
+            ]
         else:
             continue
         for name in names:
@@ -65,8 +71,10 @@ def imports(path: Path, known: dict[str, Path]) -> list[tuple[str, int]]:
 
 def graph() -> dict[str, list[tuple[str, int]]]:
     known = modules()
-    return {module: [(target, line) for target, line in imports(path, known) if target != module]
-            for module, path in known.items()}
+    return {
+        module: [(target, line) for target, line in imports(path, known) if target != module]
+        for module, path in known.items()
+    }
 
 
 def test_every_module_is_in_a_layer():
@@ -76,10 +84,13 @@ def test_every_module_is_in_a_layer():
 
 
 def test_no_module_imports_from_a_layer_above_it():
-    upward = [f"{module}:{line} imports {target} (layer {layer_of(target) + 1} > {layer_of(module) + 1})"
-              for module, targets in graph().items() if module not in ("gc2bench", "hydra_plugins")
-              for target, line in targets
-              if target not in ("gc2bench", "hydra_plugins") and layer_of(target) > layer_of(module)]
+    upward = [
+        f"{module}:{line} imports {target} (layer {layer_of(target) + 1} > {layer_of(module) + 1})"
+        for module, targets in graph().items()
+        if module not in ("gc2bench", "hydra_plugins")
+        for target, line in targets
+        if target not in ("gc2bench", "hydra_plugins") and layer_of(target) > layer_of(module)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -120,21 +131,31 @@ def test_no_import_cycle():
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(cycle) for cycle in cycles)
 
 
-@pytest.mark.parametrize("edges, cycles", [
-    ({"a": {"b"}, "b": {"a"}, "c": {"a"}}, [["a", "b"]]),
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, [["a", "b", "c"]]),
-    ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
-])
+@pytest.mark.parametrize(
+    "edges, cycles",
+    [
+        ({"a": {"b"}, "b": {"a"}, "c": {"a"}}, [["a", "b"]]),
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, [["a", "b", "c"]]),
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
+    ],
+)
 def test_find_cycles(edges, cycles):
     assert find_cycles(edges) == cycles
 
 
 def test_imports_are_read_at_every_depth(tmp_path):
     source = tmp_path / "m.py"
-    source.write_text("import os\nfrom gc2bench.config import ConfigError\n\ndef f():\n"
-                      "    from gc2bench import run\n    import gc2bench.results.records as records\n")
-    known = {"gc2bench": None, "gc2bench.config": None, "gc2bench.run": None, "gc2bench.results": None,
-             "gc2bench.results.records": None}
+    source.write_text(
+        "import os\nfrom gc2bench.config import ConfigError\n\ndef f():\n"
+        "    from gc2bench import run\n    import gc2bench.results.records as records\n"
+    )
+    known = {
+        "gc2bench": None,
+        "gc2bench.config": None,
+        "gc2bench.run": None,
+        "gc2bench.results": None,
+        "gc2bench.results.records": None,
+    }
     assert imports(source, known) == [("gc2bench.config", 2), ("gc2bench.run", 5), ("gc2bench.results.records", 6)]
     assert layer_of("gc2bench.results.records") == 5 and layer_of("gc2bench.run") == 7
     assert layer_of("gc2bench.compressors.base") == 2 and layer_of("hydra_plugins.gc2bench_sweeper") == 9

@@ -27,7 +27,8 @@ def _model(crop: int, pinpoints):
     config = LlavaNextConfig(
         vision_config={"model_type": "clip_vision_model", "image_size": crop, "patch_size": 14, **tiny},
         text_config={"model_type": "llama", "vocab_size": 16, **tiny},
-        image_grid_pinpoints=pinpoints)
+        image_grid_pinpoints=pinpoints,
+    )
     return LlavaNextModel(config).eval()
 
 
@@ -42,8 +43,25 @@ def tiny_model():
 
 
 def _sizes(pinpoints, count, seed):
-    sizes = [(1, 1), (1, 4000), (4000, 1), (1, 2), (2, 1), (7, 3), (3, 7), (1001, 999), (999, 1001),
-             (333, 777), (777, 333), (480, 640), (640, 480), (1080, 1920), (55, 176), (88, 55), (47, 1128)]
+    sizes = [
+        (1, 1),
+        (1, 4000),
+        (4000, 1),
+        (1, 2),
+        (2, 1),
+        (7, 3),
+        (3, 7),
+        (1001, 999),
+        (999, 1001),
+        (333, 777),
+        (777, 333),
+        (480, 640),
+        (640, 480),
+        (1080, 1920),
+        (55, 176),
+        (88, 55),
+        (47, 1128),
+    ]
     sizes += [tuple(p) for p in pinpoints] + [(p[0] + 1, p[1] - 1) for p in pinpoints]
     rng = random.Random(seed)
     sizes += [(rng.randint(1, 3000), rng.randint(1, 3000)) for _ in range(count)]
@@ -53,8 +71,12 @@ def _sizes(pinpoints, count, seed):
 def _transformers_packing(model, image_size_hw, num_views: int, tokens_per_view: int) -> torch.Tensor:
     """Token sources from transformers' pack_image_features applied to an arange."""
     features = torch.arange(num_views * tokens_per_view, dtype=torch.float64).view(num_views, tokens_per_view, 1)
-    packed, lengths = model.pack_image_features([features], torch.tensor([image_size_hw]), "default",
-                                                image_newline=torch.tensor([float(NEWLINE)], dtype=torch.float64))
+    packed, lengths = model.pack_image_features(
+        [features],
+        torch.tensor([image_size_hw]),
+        "default",
+        image_newline=torch.tensor([float(NEWLINE)], dtype=torch.float64),
+    )
     assert int(lengths[0]) == packed[0].shape[0]
     return packed[0][:, 0].long()
 

@@ -79,7 +79,9 @@ def test_feature_scores_come_from_the_projector_inputs(adapter, kind):
     if kind == "norm":
         expected = (x * x).sum(-1).sqrt()
     else:
-        expected = -(x @ x.mean(1, keepdim=True).transpose(1, 2))[..., 0] / (x.norm(dim=-1) * x.mean(1).norm(dim=-1)[:, None])
+        expected = -(x @ x.mean(1, keepdim=True).transpose(1, 2))[..., 0] / (
+            x.norm(dim=-1) * x.mean(1).norm(dim=-1)[:, None]
+        )
     assert scores.shape == x.shape[:2] and scores.dtype == torch.float32 and scores.std() > 0
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
 
@@ -87,8 +89,14 @@ def test_feature_scores_come_from_the_projector_inputs(adapter, kind):
 def test_globalcom2_at_full_ratio_in_transformers_geometry_equals_none(adapter):
     texts = ["Is there a cat?", "What color?", "How many?"]
     images = [[picture(80, 120, 1)], [picture(60, 200, 2)], [picture(300, 300, 3)]]
-    spatial = GlobalCom2(1.0, thumbnail_order="spatial", allocation="uniform", newlines="unpadded",
-                         unpad="transformers", crop_layout="spatial")
+    spatial = GlobalCom2(
+        1.0,
+        thumbnail_order="spatial",
+        allocation="uniform",
+        newlines="unpadded",
+        unpad="transformers",
+        crop_layout="spatial",
+    )
     expected = answers(adapter, NoCompression(), texts, images)
     got = answers(adapter, spatial, texts, images)
     assert [g.text for g in got] == [e.text for e in expected]
@@ -104,12 +112,23 @@ def test_globalcom2_at_full_ratio_with_only_spatial_thumbnail_still_differs_from
     assert (got.visual_tokens_kept, got.newline_tokens_kept) != (none.visual_tokens_kept, none.newline_tokens_kept)
 
 
-@pytest.mark.parametrize("make", [lambda: GlobalCom2(0.25), lambda: FasterVLM(0.25),
-                                  lambda: RandomKeep(0.25, seed=1), lambda: GlobalCom2(0.5, score="cls_softmax")])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GlobalCom2(0.25),
+        lambda: FasterVLM(0.25),
+        lambda: RandomKeep(0.25, seed=1),
+        lambda: GlobalCom2(0.5, score="cls_softmax"),
+    ],
+)
 def test_a_batch_equals_one_at_a_time(adapter, make):
     texts = ["Is there a cat?", "What color?", "How many?", "Two images?"]
-    images = [[picture(80, 120, 4)], [picture(60, 200, 5)], [picture(300, 300, 6)],
-              [picture(50, 90, 7), picture(130, 40, 8)]]
+    images = [
+        [picture(80, 120, 4)],
+        [picture(60, 200, 5)],
+        [picture(300, 300, 6)],
+        [picture(50, 90, 7), picture(130, 40, 8)],
+    ]
     batched = answers(adapter, make(), texts, images)
     single_compressor = make()
     single = [answers(adapter, single_compressor, [t], [i])[0] for t, i in zip(texts, images)]
@@ -151,8 +170,11 @@ def test_fastervlm_and_random_counts_in_the_model(adapter):
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "I", "F", "LA", "1"])
 def test_any_image_mode_is_answered(adapter, mode):
     base = picture(70, 90, 9)
-    image = {"I;16": lambda: Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)),
-             "I": lambda: base.convert("I"), "F": lambda: base.convert("F")}.get(mode, lambda: base.convert(mode))()
+    image = {
+        "I;16": lambda: Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)),
+        "I": lambda: base.convert("I"),
+        "F": lambda: base.convert("F"),
+    }.get(mode, lambda: base.convert(mode))()
     assert to_rgb(image).mode == "RGB"
     result = answers(adapter, GlobalCom2(0.25), ["x"], [[image]], 2)[0]
     assert result.stats.visual_tokens_kept > 0

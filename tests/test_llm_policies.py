@@ -19,8 +19,21 @@ from gc2bench.config import ConfigError
 from gc2bench.layout import AnyResLayout
 
 
-def context(image, *, attention=None, stage_index=0, dim=8, segment=None, budgets=None, seed=0, valid=None,
-            original_index=None, input_embeds=None, hidden=None, at_start=None):
+def context(
+    image,
+    *,
+    attention=None,
+    stage_index=0,
+    dim=8,
+    segment=None,
+    budgets=None,
+    seed=0,
+    valid=None,
+    original_index=None,
+    input_embeds=None,
+    hidden=None,
+    at_start=None,
+):
     """An LLMContext over rows ``image`` [B, L] bool (random embeddings/attention unless given)."""
     image = torch.as_tensor(image, dtype=torch.bool)
     batch, length = image.shape
@@ -37,11 +50,19 @@ def context(image, *, attention=None, stage_index=0, dim=8, segment=None, budget
     if attention is None:
         attention = torch.rand(batch, length, generator=gen)
     return LLMContext(
-        stage_index=stage_index, stage=DecoderStage(1, 1), hidden=hidden, input_embeds=input_embeds,
-        original_index=original_index, image=image, valid=valid, segment=torch.as_tensor(segment),
+        stage_index=stage_index,
+        stage=DecoderStage(1, 1),
+        hidden=hidden,
+        input_embeds=input_embeds,
+        original_index=original_index,
+        image=image,
+        valid=valid,
+        segment=torch.as_tensor(segment),
         image_tokens_at_start=image.sum(1) if at_start is None else torch.as_tensor(at_start),
-        segment_budgets=budgets, attention=torch.as_tensor(attention, dtype=torch.float32),
-        generator=torch.Generator().manual_seed(1234))
+        segment_budgets=budgets,
+        attention=torch.as_tensor(attention, dtype=torch.float32),
+        generator=torch.Generator().manual_seed(1234),
+    )
 
 
 def block(text_before, n_image, text_after, pad=0):
@@ -64,11 +85,11 @@ def test_pdrop_lambda_solves_the_layer_averaged_share():
     for ratio in (0.75, 0.5, 0.3):
         pdrop = PDrop(ratio)
         lam = pdrop.lam_for(32)
-        assert (1 + lam + lam ** 2 + lam ** 3) / 4 == pytest.approx(ratio, abs=1e-9)
+        assert (1 + lam + lam**2 + lam**3) / 4 == pytest.approx(ratio, abs=1e-9)
         assert sum(pdrop.schedule(32)) / 32 == pytest.approx(ratio, abs=1e-9)
     assert PDrop(1.0).lam_for(32) == 1.0
-    assert PDrop(0.46875).lam_for(32) == 0.5          # (1 + .5 + .25 + .125)/4: the authors' λ, exactly
-    assert PDrop(0.3, lam=0.5).lam_for(32) == 0.5     # explicit λ overrides the solve
+    assert PDrop(0.46875).lam_for(32) == 0.5  # (1 + .5 + .25 + .125)/4: the authors' λ, exactly
+    assert PDrop(0.3, lam=0.5).lam_for(32) == 0.5  # explicit λ overrides the solve
     assert PDrop(0.5).params()["solved_lam"] is None
     assert PDrop(0.5, num_layers=32).params()["solved_lam"] == PDrop(0.5).lam_for(32)
     info = PDrop(0.5).schedule_info(32)
@@ -149,7 +170,7 @@ def test_sparsevlm_raters_are_text_after_the_image_above_the_mean():
     embeds = torch.zeros(1, 10, dim)
     embeds[0, 1] = 9 * e0
     embeds[0, 2:6] = e0
-    embeds[0, 6] = 3 * e0        # softmax over text of [3, 0, 0, 2]: e^3 and e^2 are above the mean
+    embeds[0, 6] = 3 * e0  # softmax over text of [3, 0, 0, 2]: e^3 and e^2 are above the mean
     embeds[0, 9] = 2 * e0
     ctx = context(image, valid=valid, input_embeds=embeds)
     assert text_raters(ctx)[0].tolist() == [False] * 6 + [True, False, False, True]
@@ -173,7 +194,7 @@ def test_sparsevlm_raters_are_text_after_the_image_above_the_mean():
 def test_sparsevlm_rater_fallbacks():
     no_text_after = context([block(3, 5, 0)])
     assert text_raters(no_text_after)[0].tolist() == [False] * 7 + [True]
-    one_text_token = context([block(3, 5, 1)])                    # softmax over one token: none above the mean
+    one_text_token = context([block(3, 5, 1)])  # softmax over one token: none above the mean
     assert text_raters(one_text_token)[0].tolist() == [False] * 8 + [True]
 
 
@@ -184,11 +205,11 @@ def test_sparsevlm_recycled_tokens_compete_at_later_stages():
     segment = torch.where(image, 0, SEGMENT_TEXT)
     segment[0, 10:12] = SEGMENT_RECYCLED
     attention = torch.linspace(0.1, 1.0, 15)[None]
-    attention[0, 10], attention[0, 11] = 5.0, 0.0                   # recycled: the most and the least relevant
+    attention[0, 10], attention[0, 11] = 5.0, 0.0  # recycled: the most and the least relevant
     ctx = context(image, segment=segment, attention=attention, stage_index=1, at_start=[20])
     keep = sparse.prune(ctx).keep[0]
     kept = torch.nonzero(keep & image[0]).flatten().tolist()
-    assert kept == [8, 9, 10]                                       # ⌊100·20/576⌋ = 3; recycled 11 is dropped again
+    assert kept == [8, 9, 10]  # ⌊100·20/576⌋ = 3; recycled 11 is dropped again
 
 
 def test_sparsevlm_raters_are_fixed_at_stage_zero_and_follow_pruning():
@@ -230,16 +251,16 @@ def test_sparsevlm_recycles_the_most_relevant_pruned_tokens_into_cluster_means()
     n_img, dim = 80, 6
     image = torch.tensor([block(2, n_img, 3)])
     attention = torch.zeros(1, 85)
-    attention[0, 2:82] = torch.linspace(1.0, 0.01, n_img)        # relevance falls along the block
-    kept_count = 20 * n_img // 576                                   # 2
-    n_pruned = n_img - kept_count                                    # 78 → 24 taken → 3 groups
+    attention[0, 2:82] = torch.linspace(1.0, 0.01, n_img)  # relevance falls along the block
+    kept_count = 20 * n_img // 576  # 2
+    n_pruned = n_img - kept_count  # 78 → 24 taken → 3 groups
     taken, groups = recycled_groups(n_pruned)
     assert (taken, groups) == (24, 3)
     hidden = torch.zeros(1, 85, dim)
-    hidden[0, :, 5] = 1000.0                                         # every other token: far away
+    hidden[0, :, 5] = 1000.0  # every other token: far away
     centres = torch.tensor([[10.0, 0, 0, 0, 0, 0], [0, 10.0, 0, 0, 0, 0], [0, 0, 10.0, 0, 0, 0]])
     gen = torch.Generator().manual_seed(0)
-    chosen = torch.arange(2 + kept_count, 2 + kept_count + taken)    # the 24 most relevant pruned tokens
+    chosen = torch.arange(2 + kept_count, 2 + kept_count + taken)  # the 24 most relevant pruned tokens
     members = [chosen[i::3] for i in range(3)]
     for c, m in zip(centres, members):
         hidden[0, m] = c + 0.1 * torch.randn(len(m), dim, generator=gen)
@@ -263,8 +284,12 @@ def test_sparsevlm_recycling_is_seeded_and_independent_of_batch_neighbours():
     again = sparse.prune(context(rows, seed=9)).recycled
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     for b in range(2):
-        alone = context(rows[b:b + 1], attention=both.attention[b:b + 1], hidden=both.hidden[b:b + 1],
-                        input_embeds=both.input_embeds[b:b + 1])
+        alone = context(
+            rows[b : b + 1],
+            attention=both.attention[b : b + 1],
+            hidden=both.hidden[b : b + 1],
+            input_embeds=both.input_embeds[b : b + 1],
+        )
         assert torch.equal(sparse.prune(alone).recycled[0], first[b])
         n0 = int(rows[b].sum())
         assert first[b].shape[0] == recycled_groups(n0 - 100 * n0 // 576)[1]
@@ -322,7 +347,7 @@ def test_keep_top_per_group():
     scores = torch.tensor([[0.9, 0.1, 0.5, 0.7, 0.3, 0.5, 0.2]])
     group = torch.tensor([[0, 0, 1, 1, -1, 1, 0]])
     keep = keep_top_per_group(scores, group, torch.tensor([[1, 2]]))
-    assert keep.tolist() == [[True, False, True, True, True, False, False]]   # tie 0.5/0.5 → lower position
+    assert keep.tolist() == [[True, False, True, True, True, False, False]]  # tie 0.5/0.5 → lower position
 
 
 @pytest.mark.parametrize("newlines", ["keep", "prune"])
@@ -380,8 +405,9 @@ def test_sparsevlm_globalcom2_scales_its_stage_fractions_per_segment():
     for g, n in enumerate(sizes):
         in_segment = segment[0] == g
         expected = math.floor(n * min(1.0, float(budgets[0, g]) * kappa[0] / ratio))
-        assert set(torch.nonzero(decision.keep[0] & in_segment).flatten().tolist()) == \
-            top_set(ctx.attention[0], in_segment, expected)
+        assert set(torch.nonzero(decision.keep[0] & in_segment).flatten().tolist()) == top_set(
+            ctx.attention[0], in_segment, expected
+        )
     pruned = int((image & ~decision.keep).sum())
     assert decision.recycled[0].shape[0] == recycled_groups(pruned)[1]
 
@@ -390,8 +416,15 @@ def test_sparsevlm_globalcom2_scales_its_stage_fractions_per_segment():
     n_rec = decision.recycled[0].shape[0]
     seg1 = torch.cat([segment[0][keep], torch.full((n_rec,), SEGMENT_RECYCLED)])[None]
     idx1 = torch.cat([torch.nonzero(keep).flatten(), torch.full((n_rec,), -1)])[None]
-    ctx1 = context(seg1 != SEGMENT_TEXT, segment=seg1, budgets=budgets, stage_index=1, original_index=idx1,
-                   input_embeds=ctx.input_embeds, seed=9)
+    ctx1 = context(
+        seg1 != SEGMENT_TEXT,
+        segment=seg1,
+        budgets=budgets,
+        stage_index=1,
+        original_index=idx1,
+        input_embeds=ctx.input_embeds,
+        seed=9,
+    )
     keep1 = hybrid.prune(ctx1).keep
     for g, n in enumerate(sizes):
         expected = math.floor(n * min(1.0, float(budgets[0, g]) * kappa[1] / ratio))
@@ -410,25 +443,29 @@ def test_sparsevlm_globalcom2_scales_its_stage_fractions_per_segment():
 def test_sparsevlm_authors_counting_reproduces_their_preset_names_and_counts_at_r_0_1():
     """Their "Equal Tokens" count layer l after its drop: 64.8 / 96.9 / 128.6 / 192.0 for presets 64..192."""
     authors = [round(SparseVLM(0.5, preset=p).equivalent_tokens(576, 32), 1) for p in (64, 96, 128, 192)]
-    entering = [round(SparseVLM(0.5, preset=p, counting="entering").equivalent_tokens(576, 32), 1)
-                for p in (64, 96, 128, 192)]
+    entering = [
+        round(SparseVLM(0.5, preset=p, counting="entering").equivalent_tokens(576, 32), 1) for p in (64, 96, 128, 192)
+    ]
     assert authors == [64.8, 96.9, 128.6, 192.0]
     assert entering == [82.2, 114.1, 145.4, 206.5]
-    kept = {c: [math.floor(2880 * f) for f in SparseVLM(0.1, budget_of=2880, counting=c).stage_fractions(32)]
-            for c in ("authors", "entering")}
+    kept = {
+        c: [math.floor(2880 * f) for f in SparseVLM(0.1, budget_of=2880, counting=c).stage_fractions(32)]
+        for c in ("authors", "entering")
+    }
     assert kept == {"authors": [244, 111, 63], "entering": [16, 7, 4]}
     sparse = SparseVLM(0.1, budget_of=2880, num_layers=32)
     assert sparse.params()["counting"] == "authors"
     info = sparse.schedule_info(32)
     assert info["layer_share_authors"] == pytest.approx(0.1, abs=1e-9)
-    assert info["layer_share_entering"] == pytest.approx(0.1305, abs=1e-4)   # the same schedule counted entering
+    assert info["layer_share_entering"] == pytest.approx(0.1305, abs=1e-4)  # the same schedule counted entering
 
 
 def experiment_compressor(experiment: str, method: str, ratio: float):
     from gc2bench.config import build_compressor, compose_run_config
 
-    return build_compressor(compose_run_config([f"experiment={experiment}", f"compressor={method}", f"ratio={ratio}"],
-                                               check=False))
+    return build_compressor(
+        compose_run_config([f"experiment={experiment}", f"compressor={method}", f"ratio={ratio}"], check=False)
+    )
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.25, 0.1])
@@ -439,7 +476,7 @@ def test_pdrop_experiment_schedules_reach_r_within_one_percent_on_32_layers(rati
     assert pdrop.layers == ([8, 16, 24] if ratio == 0.5 else [2, 8, 16])
     assert pdrop.params()["layers_by_ratio"] == {0.5: [8, 16, 24], 0.25: [2, 8, 16], 0.1: [2, 8, 16]}
     with pytest.raises(ValueError, match="cannot be reached") if ratio < 0.5 else contextlib.nullcontext():
-        PDrop(ratio, num_layers=32)          # the default [8, 16, 24] keeps its clear error
+        PDrop(ratio, num_layers=32)  # the default [8, 16, 24] keeps its clear error
 
 
 def test_pdrop_layers_by_ratio_names_a_missing_ratio():
@@ -484,13 +521,13 @@ def test_sparsevlm_v1_keeps_rank_times_scale_plus_bias_capped_at_n_minus_one():
     v1.stages(4)
     assert v1.wants_query_attention and not SparseVLM(0.5).wants_query_attention
     ctx = rank_context(20, 2)
-    assert int(v1.prune(ctx).keep[0][ctx.image[0]].sum()) == 7           # int(2 x 3 + 1)
+    assert int(v1.prune(ctx).keep[0][ctx.image[0]].sum()) == 7  # int(2 x 3 + 1)
     ctx = rank_context(20, 4)
-    assert int(v1.prune(ctx).keep[0][ctx.image[0]].sum()) == 13          # int(4 x 3 + 1)
+    assert int(v1.prune(ctx).keep[0][ctx.image[0]].sum()) == 13  # int(4 x 3 + 1)
     big = SparseVLM(0.5, version="v1", scale=30.0, recycle=False, layers=[0])
     big.stages(4)
-    assert int(big.prune(rank_context(20, 2)).keep[0][ctx.image[0]].sum()) == 19    # min(60, n - 1)
-    full = rank_context(3, 3)                                             # rank = n: the stage does not prune
+    assert int(big.prune(rank_context(20, 2)).keep[0][ctx.image[0]].sum()) == 19  # min(60, n - 1)
+    full = rank_context(3, 3)  # rank = n: the stage does not prune
     assert bool(big.prune(full).keep.all())
 
 
@@ -510,7 +547,9 @@ def test_sparsevlm_v1_r_mode_scales_by_the_first_stage_rank():
     with pytest.raises(ValueError, match="scale/bias are version=v1's rule"):
         SparseVLM(0.5, scale=2.0)
     assert SparseVLM(0.5, version="v1").stages(32)[-1] == DecoderStage(19, 20)
-    assert SparseVLM(0.1, version="v1", budget_of=2880).equivalent_tokens(2880, 32) / 2880 == pytest.approx(0.1, rel=0.01)
+    assert SparseVLM(0.1, version="v1", budget_of=2880).equivalent_tokens(2880, 32) / 2880 == pytest.approx(
+        0.1, rel=0.01
+    )
 
 
 def test_fastv_defaults_to_the_authors_reselecting_decode_and_records_it():

@@ -33,8 +33,9 @@ def test_entry_point_registers_gc2bench_with_lmms_eval():
 
 
 def test_model_args_are_hydra_overrides_of_the_run_config(cache_dir):
-    lm = GC2BenchModel.create_from_arg_string(MODEL_ARGS + ",compressor.tau=5",
-                                              {"batch_size": "2", "max_batch_size": None, "device": "cpu"})
+    lm = GC2BenchModel.create_from_arg_string(
+        MODEL_ARGS + ",compressor.tau=5", {"batch_size": "2", "max_batch_size": None, "device": "cpu"}
+    )
     assert lm.adapter.name == "tiny" and lm.batch_size == 2
     assert lm.adapter.compressor.name == "globalcom2"
     assert lm.adapter.compressor.params()["ratio"] == 0.1 and lm.adapter.compressor.params()["tau"] == 5
@@ -42,11 +43,14 @@ def test_model_args_are_hydra_overrides_of_the_run_config(cache_dir):
     assert lm.run_config.model.device == "cpu"
 
 
-@pytest.mark.parametrize("model_args, message", [
-    ("compressor=nosuch,model=tiny", "compressor"),
-    ("ratio=2,model=tiny", "ratio=2 is out of range"),
-    ("model=tiny,globalcom2", "'globalcom2' is not key=value"),
-])
+@pytest.mark.parametrize(
+    "model_args, message",
+    [
+        ("compressor=nosuch,model=tiny", "compressor"),
+        ("ratio=2,model=tiny", "ratio=2 is out of range"),
+        ("model=tiny,globalcom2", "'globalcom2' is not key=value"),
+    ],
+)
 def test_bad_model_args_are_refused_with_the_value_named(model_args, message, cache_dir):
     with pytest.raises(ConfigError, match=message):
         GC2BenchModel.create_from_arg_string(model_args)
@@ -62,9 +66,16 @@ def test_simple_evaluate_with_the_model_name(cache_dir):
 
     use_offline_hub()
     entry = {"task": "pope", "fixture": "pope", "metric": "pope_f1_score"}
-    output = simple_evaluate(model="gc2bench", model_args=MODEL_ARGS, tasks=[task_spec(entry)],
-                             task_manager=task_manager(), limit=2, batch_size=1, log_samples=True,
-                             bootstrap_iters=0)
+    output = simple_evaluate(
+        model="gc2bench",
+        model_args=MODEL_ARGS,
+        tasks=[task_spec(entry)],
+        task_manager=task_manager(),
+        limit=2,
+        batch_size=1,
+        log_samples=True,
+        bootstrap_iters=0,
+    )
     assert set(output["results"]["pope"]) >= {"pope_f1_score,none", "pope_accuracy,none"}
     assert [sample["doc_id"] for sample in output["samples"]["pope"]] == [0, 1]
     assert "globalcom2" in output["config"]["model_args"]
@@ -77,12 +88,30 @@ def lmms_eval_cli_on_pope(tmp_path, cache_dir, task: str, data_file) -> subproce
     pope_yaml = Path(lmms_eval.__file__).parent / "tasks" / "pope" / "pope.yaml"
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / f"{task}.yaml").write_text(f"task: {task}\ninclude: {pope_yaml}\ndataset_path: parquet\n"
-                                       f"dataset_kwargs:\n  data_files:\n    test: {data_file}\n")
+    (tasks / f"{task}.yaml").write_text(
+        f"task: {task}\ninclude: {pope_yaml}\ndataset_path: parquet\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data_file}\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GC2BENCH_CACHE": str(cache_dir)}
-    command = [sys.executable, "-m", "lmms_eval", "--model", "gc2bench", "--model_args", MODEL_ARGS,
-               "--tasks", task, "--include_path", str(tasks), "--limit", "2",
-               "--output_path", str(tmp_path / "out"), "--verbosity", "WARNING"]
+    command = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "gc2bench",
+        "--model_args",
+        MODEL_ARGS,
+        "--tasks",
+        task,
+        "--include_path",
+        str(tasks),
+        "--limit",
+        "2",
+        "--output_path",
+        str(tmp_path / "out"),
+        "--verbosity",
+        "WARNING",
+    ]
     return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 

@@ -27,9 +27,12 @@ def test_the_first_batch_is_warmup_and_the_collector_is_paused_while_answering(t
 
 
 def test_summaries_leave_warmup_samples_out_of_measured_figures_only():
-    samples = [{"prefill_ms": 900.0, "vision_ms": 50.0, "visual_tokens_kept": 10, "analytic_tflops": 1.0,
-                "warmup": True}] + [{"prefill_ms": float(ms), "vision_ms": 5.0, "visual_tokens_kept": 20,
-                                     "analytic_tflops": 2.0, "warmup": False} for ms in (10, 20, 30)]
+    samples = [
+        {"prefill_ms": 900.0, "vision_ms": 50.0, "visual_tokens_kept": 10, "analytic_tflops": 1.0, "warmup": True}
+    ] + [
+        {"prefill_ms": float(ms), "vision_ms": 5.0, "visual_tokens_kept": 20, "analytic_tflops": 2.0, "warmup": False}
+        for ms in (10, 20, 30)
+    ]
     tokens, efficiency = summarize(samples, [], wall_s=2.0)
     assert efficiency["prefill_ms"]["median"] == 20.0 and efficiency["prefill_ms"]["max"] == 30.0
     assert efficiency["vision_ms"]["mean"] == 5.0
@@ -39,8 +42,9 @@ def test_summaries_leave_warmup_samples_out_of_measured_figures_only():
 
 
 def test_a_run_marks_only_its_first_batch_as_warmup(tmp_path, cache_dir):
-    cfg = compose_run_config(["compressor=globalcom2", "ratio=0.5", f"results_dir={tmp_path}", "suite.limit=3"],
-                             check=False)
+    cfg = compose_run_config(
+        ["compressor=globalcom2", "ratio=0.5", f"results_dir={tmp_path}", "suite.limit=3"], check=False
+    )
     first_task, second_task = run(cfg)
     assert [s["warmup"] for s in first_task["samples"]].count(True) == cfg.suite.batch_size
     assert not any(s["warmup"] for s in second_task["samples"])

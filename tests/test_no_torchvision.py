@@ -47,8 +47,9 @@ print(json.dumps({"attempts": attempts, "loaded": "torchvision" in sys.modules})
 
 
 def test_main_paths_never_import_torchvision(tmp_path, cache_dir):
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["attempts"] == [], "\n".join(report["attempts"])

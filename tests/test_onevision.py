@@ -64,7 +64,8 @@ def real_size_model():
     tiny = {"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}
     config = LlavaOnevisionConfig(
         vision_config={"model_type": "siglip_vision_model", "image_size": 384, "patch_size": 14, **tiny},
-        text_config={"model_type": "qwen2", "vocab_size": 16, "num_key_value_heads": 1, **tiny})
+        text_config={"model_type": "qwen2", "vocab_size": 16, "num_key_value_heads": 1, **tiny},
+    )
     return LlavaOnevisionModel(config).eval()
 
 
@@ -78,8 +79,26 @@ def tiny_layout(size):
 
 
 def _sizes(count, seed):
-    sizes = [(1, 1), (1, 4000), (4000, 1), (1, 2), (2, 1), (7, 3), (3, 7), (1001, 999), (999, 1001), (333, 777),
-             (777, 333), (480, 640), (640, 480), (1080, 1920), (300, 300), (170, 200), (55, 176), (2304, 2304)]
+    sizes = [
+        (1, 1),
+        (1, 4000),
+        (4000, 1),
+        (1, 2),
+        (2, 1),
+        (7, 3),
+        (3, 7),
+        (1001, 999),
+        (999, 1001),
+        (333, 777),
+        (777, 333),
+        (480, 640),
+        (640, 480),
+        (1080, 1920),
+        (300, 300),
+        (170, 200),
+        (55, 176),
+        (2304, 2304),
+    ]
     rng = random.Random(seed)
     return sizes + [(rng.randint(1, 3000), rng.randint(1, 3000)) for _ in range(count)]
 
@@ -105,10 +124,16 @@ def test_tiny_onevision_round_trip_is_exact_and_deterministic(tmp_path, ov_path)
 def test_tiny_onevision_has_the_onevision_structure(ov_adapter):
     config = ov_adapter.config
     assert (config.model_type, config.vision_config.model_type, config.text_config.model_type) == (
-        "llava_onevision", "siglip_vision_model", "qwen2")
+        "llava_onevision",
+        "siglip_vision_model",
+        "qwen2",
+    )
     assert config.text_config.num_attention_heads == 4 and config.text_config.num_key_value_heads == 2
     assert (config.vision_feature_layer, config.vision_feature_select_strategy, config.vision_aspect_ratio) == (
-        -1, "full", "anyres_max_9")
+        -1,
+        "full",
+        "anyres_max_9",
+    )
     assert max(max(p) for p in config.image_grid_pinpoints) == 6 * config.vision_config.image_size
     processor = ov_adapter.processor
     assert processor.num_image_tokens == 16 and processor.vision_feature_select_strategy == "full"
@@ -130,8 +155,11 @@ def _pack_coordinates(model, layout):
     row = (crop // cols) * pps + patch // pps
     col = (crop % cols) * pps + patch % pps
     features = torch.stack([source, row, col], dim=-1).view(layout.num_views, n_tok, 3)
-    packed, lengths = model.pack_image_features([features], torch.tensor([layout.image_size]),
-                                                image_newline=torch.full((3,), float(NEWLINE), dtype=torch.float64))
+    packed, lengths = model.pack_image_features(
+        [features],
+        torch.tensor([layout.image_size]),
+        image_newline=torch.full((3,), float(NEWLINE), dtype=torch.float64),
+    )
     assert int(lengths[0]) == packed[0].shape[0]
     return packed[0]
 
@@ -145,8 +173,9 @@ def test_packed_sources_reproduce_transformers_packing(which, ov_adapter, real_s
     downsampled = 0
     for size in _sizes(120 if which == "tiny" else 40, seed=len(which)):
         layout = onevision_layout(config, size)
-        assert layout.grid == tuple(get_anyres_image_grid_shape(list(size), config.image_grid_pinpoints,
-                                                                config.vision_config.image_size)), size
+        assert layout.grid == tuple(
+            get_anyres_image_grid_shape(list(size), config.image_grid_pinpoints, config.vision_config.image_size)
+        ), size
         packed = _pack_coordinates(model, layout)
         sources = layout.packed_sources
         assert packed.shape[0] == len(sources), size
@@ -214,15 +243,17 @@ def plain_generate(adapter, texts, images):
     with torch.no_grad():
         out = adapter.model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
     placeholders = (inputs["input_ids"] == adapter.image_token_id).sum(1).tolist()
-    answers = adapter.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    answers = adapter.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return answers, placeholders
 
 
 CASES = {
     "one image": (["Is there a cat?"], [[image(120, 80, 0)]]),
     "downsampled": (["Is there a cat?"], [[image(300, 300, 6)]]),
-    "batch of sizes": (["Is there a cat?", "What color is it?", "How many?", "Say yes."],
-                       [[image(300, 300, 1)], [image(40, 200, 2)], [image(200, 170, 3)], []]),
+    "batch of sizes": (
+        ["Is there a cat?", "What color is it?", "How many?", "Say yes."],
+        [[image(300, 300, 1)], [image(40, 200, 2)], [image(200, 170, 3)], []],
+    ),
     "two images in one prompt": (["Compare them."], [[image(90, 60, 4), image(260, 250, 5)]]),
     "text only": (["Say yes."], [[]]),
 }
@@ -244,8 +275,9 @@ def _features_and_logits(adapter, texts, images, nested=False):
     inputs = adapter.processor(images=visual, text=prompts, padding=True, return_tensors="pt")
     model = adapter.model
     with torch.no_grad():
-        reference = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"],
-                                                   batch_num_images=inputs["batch_num_images"]).pooler_output
+        reference = model.model.get_image_features(
+            inputs["pixel_values"], inputs["image_sizes"], batch_num_images=inputs["batch_num_images"]
+        ).pooler_output
         expected_logits = model(**inputs).logits
         layouts = adapter.layouts(inputs)
         flat = torch.cat([pv[: layout.num_views] for pv, layout in zip(inputs["pixel_values"], layouts)])
@@ -267,8 +299,11 @@ def test_no_compression_feeds_exactly_transformers_features_and_logits(ov_adapte
     stats = [SampleStats() for _ in texts]
     with torch.no_grad():
         ids, mask, features = ov_adapter._compress(inputs, images, stats)
-        logits = ov_adapter.model(input_ids=ids, attention_mask=mask, mm_encoder_outputs={
-            "image": BaseModelOutputWithPooling(pooler_output=features)}).logits
+        logits = ov_adapter.model(
+            input_ids=ids,
+            attention_mask=mask,
+            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
+        ).logits
     assert torch.equal(ids, inputs["input_ids"])
     assert torch.equal(logits[mask.bool()], expected_logits[inputs["attention_mask"].bool()])
 
@@ -321,7 +356,7 @@ def test_globalcom2_kept_counts_follow_layout_and_budgets(ratio):
         expected, token_counts = _expected_count(layout, selection, b, ratio)
         assert len(sources) == expected, layout.image_size
         assert set(sources.tolist()) <= set(layout.packed_sources.tolist())
-        crop_part = sources[selection.info["thumbnail_keep_count"]:]
+        crop_part = sources[selection.info["thumbnail_keep_count"] :]
         packed_tail = layout.packed_sources[16:]
         position = {s: i for i, s in enumerate(packed_tail.tolist()) if s >= 0}
         order = [position[s] for s in crop_part.tolist() if s >= 0]
@@ -342,12 +377,14 @@ def test_globalcom2_ranks_crop_tokens_on_the_downsampled_grid():
     global_map = F.interpolate(thumb, size=layout.packed_size, mode="bilinear", align_corners=False).flatten()
     top, bottom, left, right = layout.unpadded_region()
     local_unpadded = scores.flatten()[layout.grid_sources()[top:bottom, left:right]]
-    local_map = F.interpolate(local_unpadded[None, None], size=layout.packed_size, mode="bilinear",
-                              align_corners=False).flatten()
+    local_map = F.interpolate(
+        local_unpadded[None, None], size=layout.packed_size, mode="bilinear", align_corners=False
+    ).flatten()
     grid = layout.packed_grid_sources.flatten()
     for token_score, values in (("global", global_map), ("local", local_map)):
         selection = GlobalCom2(ratio=0.5, score="cosine", allocation="uniform", token_score=token_score).select(
-            [scores], [layout])
+            [scores], [layout]
+        )
         kept = selection.per_image()[0][8:]
         kept = set(kept[kept >= 0].tolist())
         for view in range(1, layout.num_views):
@@ -394,8 +431,9 @@ def test_globalcom2_cosine_compresses_through_the_model(ov_adapter, with_compres
 
 
 def test_cosine_score_is_minus_cosine_to_the_view_mean(ov_adapter):
-    pixels = ov_adapter.processor(images=[image(120, 80, 0)], text=[ov_adapter.prompt("x", 1)],
-                                  return_tensors="pt")["pixel_values"][0]
+    pixels = ov_adapter.processor(images=[image(120, 80, 0)], text=[ov_adapter.prompt("x", 1)], return_tensors="pt")[
+        "pixel_values"
+    ][0]
     with torch.no_grad():
         _, scores = ov_adapter.encode_views(pixels, ScoreRequest("cosine", -1))
         hidden = ov_adapter.model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
@@ -405,8 +443,9 @@ def test_cosine_score_is_minus_cosine_to_the_view_mean(ov_adapter):
 
 
 def test_norm_score_is_the_projector_input_norm(ov_adapter):
-    pixels = ov_adapter.processor(images=[image(120, 80, 0)], text=[ov_adapter.prompt("x", 1)],
-                                  return_tensors="pt")["pixel_values"][0]
+    pixels = ov_adapter.processor(images=[image(120, 80, 0)], text=[ov_adapter.prompt("x", 1)], return_tensors="pt")[
+        "pixel_values"
+    ][0]
     with torch.no_grad():
         _, scores = ov_adapter.encode_views(pixels, ScoreRequest("norm", -1))
         hidden = ov_adapter.model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
@@ -427,8 +466,11 @@ def test_cls_score_requests_are_refused(ov_path, ov_adapter, with_compressor):
         adapter.generate(["Is there a cat?"], [[image(60, 60, 0)]], max_new_tokens=1)
 
 
-@pytest.mark.parametrize("compressor", [FasterVLM(ratio=0.5, unpad=False, score="cosine"),
-                                        RandomKeep(ratio=0.5, unpad=False)], ids=["fastervlm", "random"])
+@pytest.mark.parametrize(
+    "compressor",
+    [FasterVLM(ratio=0.5, unpad=False, score="cosine"), RandomKeep(ratio=0.5, unpad=False)],
+    ids=["fastervlm", "random"],
+)
 def test_padded_grid_conventions_are_refused(ov_path, compressor):
     """unpad=false ranks all padded-grid patches: OneVision packs a downsampled unpadded grid instead."""
     from gc2bench.models.onevision import LlavaOneVisionAdapter

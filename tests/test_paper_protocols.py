@@ -42,7 +42,7 @@ def test_aaai_table2_uniform_row_is_the_papers():
     if not papers:
         pytest.skip("../shared/papers not beside the repo (the row is copied above)")
     text = papers[0].read_text()
-    table2 = text[text.index("Ablation on Adaptive Compression Adjustment"):]
+    table2 = text[text.index("Ablation on Adaptive Compression Adjustment") :]
     uniform = next(line for line in table2.splitlines() if line.startswith("Uniform\t")).split("\t")
     assert tuple(uniform[1:6]) == AAAI_TABLE2_UNIFORM
 
@@ -68,10 +68,18 @@ def textvqa_entry(*overrides):
     return next(e for e in suite_entries(cfg) if e["task"] == "textvqa_val")
 
 
-@pytest.mark.parametrize("experiment, compressor, ocr", [
-    ("aaai_table1", "none", True), ("aaai_table1", "globalcom2", True), ("aaai_table1", "fastervlm", False),
-    ("aaai_table1", "fastervlm_gc2", False), ("aaai_table1_llm", "fastv", False),
-    ("aaai_table1_llm", "sparsevlm", True), ("tcsvt_table1", "globalcom2", False)])
+@pytest.mark.parametrize(
+    "experiment, compressor, ocr",
+    [
+        ("aaai_table1", "none", True),
+        ("aaai_table1", "globalcom2", True),
+        ("aaai_table1", "fastervlm", False),
+        ("aaai_table1", "fastervlm_gc2", False),
+        ("aaai_table1_llm", "fastv", False),
+        ("aaai_table1_llm", "sparsevlm", True),
+        ("tcsvt_table1", "globalcom2", False),
+    ],
+)
 def test_each_row_runs_textvqa_as_its_paper_did(experiment, compressor, ocr):
     assert textvqa_entry(f"experiment={experiment}", f"compressor={compressor}")["ocr_tokens"] is ocr
 
@@ -86,16 +94,28 @@ def test_fastervlm_gc2_is_globalcom2_uniform_with_local_scores():
     from hydra.utils import instantiate
 
     params = instantiate(compose_run_config(["compressor=fastervlm_gc2", "ratio=0.1"]).compressor).params()
-    reference = instantiate(compose_run_config(["compressor=globalcom2", "ratio=0.1", "compressor.allocation=uniform",
-                                                "compressor.token_score=local"]).compressor).params()
+    reference = instantiate(
+        compose_run_config(
+            ["compressor=globalcom2", "ratio=0.1", "compressor.allocation=uniform", "compressor.token_score=local"]
+        ).compressor
+    ).params()
     assert params == {**reference, "name": "fastervlm_gc2"}
 
 
 def record(method, ratio, task, score, params=None, pipeline="llava", entry=None):
-    return {"model": {"name": "m", "pipeline": pipeline},
-            "compressor": {"name": method, "params": {"ratio": ratio, **(params or {})}}, "ratio": ratio,
-            "task": task, "entry": entry or {"task": task}, "metrics": {"score": score, "metric": "m"},
-            "tokens": {}, "efficiency": {}, "versions": {}, "config": {}, "status": "done"}
+    return {
+        "model": {"name": "m", "pipeline": pipeline},
+        "compressor": {"name": method, "params": {"ratio": ratio, **(params or {})}},
+        "ratio": ratio,
+        "task": task,
+        "entry": entry or {"task": task},
+        "metrics": {"score": score, "metric": "m"},
+        "tokens": {},
+        "efficiency": {},
+        "versions": {},
+        "config": {},
+        "status": "done",
+    }
 
 
 def paper_line(text, label):
@@ -106,12 +126,20 @@ def paper_line(text, label):
 
 def test_paper_marks_rows_whose_protocol_differs():
     ocr_off = {"task": "textvqa_val", "ocr_tokens": False}
-    records = [record("none", 1.0, "textvqa_val", 61.0, entry=ocr_off),
-               record("fastervlm", 0.25, "textvqa_val", 58.0, entry=ocr_off),          # the authors' code
-               record("fastervlm_gc2", 0.25, "textvqa_val", 58.5, entry=ocr_off),      # as published
-               record("globalcom2", 0.25, "textvqa_val", 59.0, pipeline="transformers", entry=ocr_off),
-               record("fastv", 0.25, "textvqa_val", 58.0, {"budget_of": 2880, "share": "kept", "decode": "static"},
-                      entry={"task": "textvqa_val", "ocr_tokens": True})]
+    records = [
+        record("none", 1.0, "textvqa_val", 61.0, entry=ocr_off),
+        record("fastervlm", 0.25, "textvqa_val", 58.0, entry=ocr_off),  # the authors' code
+        record("fastervlm_gc2", 0.25, "textvqa_val", 58.5, entry=ocr_off),  # as published
+        record("globalcom2", 0.25, "textvqa_val", 59.0, pipeline="transformers", entry=ocr_off),
+        record(
+            "fastv",
+            0.25,
+            "textvqa_val",
+            58.0,
+            {"budget_of": 2880, "share": "kept", "decode": "static"},
+            entry={"task": "textvqa_val", "ocr_tokens": True},
+        ),
+    ]
     text = compact_markdown(render(collect(records), "md", read_paper(paper_table("tcsvt_table1_llava_next_7b.csv"))))
     assert paper_line(text, "fastervlm_gc2").startswith("|  |  | paper | 58.8 |")
     assert paper_line(text, "fastervlm").startswith("|  |  | paper † | 58.8 |")
@@ -127,10 +155,18 @@ def test_paper_marks_rows_whose_protocol_differs():
 
 
 def test_aaai_table_expects_ocr_per_row():
-    records = [record("none", 1.0, "textvqa_val", 64.0, entry={"task": "textvqa_val", "ocr_tokens": True}),
-               record("fastv", 0.5, "textvqa_val", 59.0, {"budget_of": 2880, "share": "kept", "decode": "static"},
-                      entry={"task": "textvqa_val", "ocr_tokens": False}),
-               record("globalcom2", 0.5, "textvqa_val", 60.0, entry={"task": "textvqa_val", "ocr_tokens": False})]
+    records = [
+        record("none", 1.0, "textvqa_val", 64.0, entry={"task": "textvqa_val", "ocr_tokens": True}),
+        record(
+            "fastv",
+            0.5,
+            "textvqa_val",
+            59.0,
+            {"budget_of": 2880, "share": "kept", "decode": "static"},
+            entry={"task": "textvqa_val", "ocr_tokens": False},
+        ),
+        record("globalcom2", 0.5, "textvqa_val", 60.0, entry={"task": "textvqa_val", "ocr_tokens": False}),
+    ]
     text = compact_markdown(render(collect(records), "md", read_paper(paper_table("aaai_table1_llava_next_7b.csv"))))
     assert paper_line(text, "fastv").startswith("|  |  | paper | 59.6 |")
     assert paper_line(text, "globalcom2").startswith("|  |  | paper † | 62.3 |")

@@ -20,9 +20,12 @@ def image(width, height, seed=0):
 def adapters(tiny_path):
     from gc2bench.models.llava_next import LlavaNextAdapter
 
-    return {pipeline: LlavaNextAdapter(str(tiny_path), NoCompression(), name="tiny", dtype="float32", device="cpu",
-                                       pipeline=pipeline)
-            for pipeline in ("transformers", "llava")}
+    return {
+        pipeline: LlavaNextAdapter(
+            str(tiny_path), NoCompression(), name="tiny", dtype="float32", device="cpu", pipeline=pipeline
+        )
+        for pipeline in ("transformers", "llava")
+    }
 
 
 # (width, height): (LLaVA's visual tokens, transformers') on the tiny model's geometry (56-px crops, 4×4 patches).
@@ -55,8 +58,9 @@ def test_llava_processor_cuts_the_crops_of_llavas_grid(adapters):
     img = image(40, 40, 4)
     processor = adapters["llava"].processor
     pixels = processor.image_processor([img], return_tensors="pt")["pixel_values"][0]
-    tall = LlavaNextImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
-                                      image_grid_pinpoints=[[112, 56]])([img], return_tensors="pt")["pixel_values"][0]
+    tall = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=[[112, 56]]
+    )([img], return_tensors="pt")["pixel_values"][0]
     wide = adapters["transformers"].processor.image_processor([img], return_tensors="pt")["pixel_values"][0]
     assert torch.equal(pixels, tall)
     assert not torch.equal(pixels[1:], wide[1:])
@@ -75,11 +79,11 @@ def llava_arch_pack(view_features, newline, grid, size_wh):
     if width / height > cur_w / cur_h:
         new_h = int(height * (cur_w / width))
         pad = (cur_h - new_h) // 2
-        feat = feat[:, pad:cur_h - pad, :]
+        feat = feat[:, pad : cur_h - pad, :]
     else:
         new_w = int(width * (cur_h / height))
         pad = (cur_w - new_w) // 2
-        feat = feat[:, :, pad:cur_w - pad]
+        feat = feat[:, :, pad : cur_w - pad]
     feat = torch.cat([feat, newline[:, None, None].expand(*feat.shape[:-1], 1)], dim=-1)
     return torch.cat([base, feat.flatten(1, 2).transpose(0, 1)])
 
@@ -108,7 +112,7 @@ def test_llava_pipeline_feeds_llava_arch_packing(adapters, size):
     prompt = adapter.prompt("Is there a cat?", 1)
     ids = adapter.processor(images=[img], text=[prompt], return_tensors="pt")["input_ids"][0]
     first = int((ids == adapter.image_token_id).nonzero()[0])
-    got = fed["embeds"][0, first:first + len(expected)]
+    got = fed["embeds"][0, first : first + len(expected)]
     assert len(sources) == len(expected)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert int((sources == NEWLINE).sum()) == int((layout.packed_sources == NEWLINE).sum())
@@ -121,7 +125,9 @@ def test_transformers_pipeline_is_plain_transformers(adapters):
     prompt = adapter.prompt("Is there a cat?", 1)
     inputs = adapter.processor(images=[img], text=[prompt], return_tensors="pt")
     with torch.no_grad():
-        expected = adapter.model.generate(**inputs, max_new_tokens=3, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        expected = adapter.model.generate(**inputs, max_new_tokens=3, do_sample=False)[
+            0, inputs["input_ids"].shape[1] :
+        ]
     got = adapter.generate(["Is there a cat?"], [[img]], max_new_tokens=3, do_sample=False)[0]
     assert got.token_ids == expected.tolist()
 
@@ -131,8 +137,9 @@ def test_every_compressor_sees_the_pipelines_layout(tiny_path):
     from gc2bench.compressors.fastervlm import FasterVLM
     from gc2bench.models.llava_next import LlavaNextAdapter
 
-    adapter = LlavaNextAdapter(str(tiny_path), FasterVLM(ratio=1.0), name="tiny", dtype="float32", device="cpu",
-                               pipeline="llava")
+    adapter = LlavaNextAdapter(
+        str(tiny_path), FasterVLM(ratio=1.0), name="tiny", dtype="float32", device="cpu", pipeline="llava"
+    )
     result = adapter.generate(["Is there a cat?"], [[image(188, 47, 7)]], max_new_tokens=1, do_sample=False)[0]
     assert result.stats.visual_tokens_before == 42
     assert result.stats.visual_tokens_kept == 42
@@ -161,11 +168,15 @@ def test_llava_next_7b_geometry_tie_and_truncation():
     from gc2bench.layout import PIPELINE_RULES, anyres_layout
 
     pins = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
-    layouts = {pipeline: anyres_layout((300, 300), pins, 336, 24, rules["pinpoint_order"], rules["unpad"])
-               for pipeline, rules in PIPELINE_RULES.items()}
+    layouts = {
+        pipeline: anyres_layout((300, 300), pins, 336, 24, rules["pinpoint_order"], rules["unpad"])
+        for pipeline, rules in PIPELINE_RULES.items()
+    }
     assert layouts["llava"].grid == (2, 1) and layouts["transformers"].grid == (1, 2)
     # 47×188 (h×w) on a 1×3 grid of 4×4 patches: 47·(12/188) = 2.9999999… in floats; int() keeps 2 rows
     # (padding 1 above and below), int(round(x, 7)) keeps 3 and so all 4 rows (padding (4 − 3) // 2 = 0).
-    tiny = {pipeline: anyres_layout((47, 188), [[56, 168]], 56, 4, "hw", rules["unpad"])
-            for pipeline, rules in PIPELINE_RULES.items()}
+    tiny = {
+        pipeline: anyres_layout((47, 188), [[56, 168]], 56, 4, "hw", rules["unpad"])
+        for pipeline, rules in PIPELINE_RULES.items()
+    }
     assert [tiny[p].unpadded_region() for p in ("llava", "transformers")] == [(1, 3, 0, 12), (0, 4, 0, 12)]

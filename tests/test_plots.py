@@ -17,9 +17,18 @@ FASTV_BLUE = (31, 119, 180)  # C0
 
 
 def record(method, ratio, task, score, params=None, model="tiny"):
-    return {"model": {"name": model}, "compressor": {"name": method, "params": {"ratio": ratio, **(params or {})}},
-            "ratio": ratio, "task": task, "metrics": {"score": score, "metric": "exact_match"}, "tokens": {},
-            "efficiency": {}, "versions": {}, "config": {}, "status": "done"}
+    return {
+        "model": {"name": model},
+        "compressor": {"name": method, "params": {"ratio": ratio, **(params or {})}},
+        "ratio": ratio,
+        "task": task,
+        "metrics": {"score": score, "metric": "exact_match"},
+        "tokens": {},
+        "efficiency": {},
+        "versions": {},
+        "config": {},
+        "status": "done",
+    }
 
 
 def sweep_records(model="tiny"):
@@ -28,24 +37,47 @@ def sweep_records(model="tiny"):
     for ratio in (0.5, 0.25, 0.1):
         for task, base in TASKS.items():
             records.append(record("fastv", ratio, task, base * (0.7 + 0.5 * ratio), model=model))
-            records.append(record("globalcom2", ratio, task, base * (0.85 + 0.25 * ratio), {"tau": 10.0, "alpha": 0.5},
-                                  model=model))
+            records.append(
+                record(
+                    "globalcom2", ratio, task, base * (0.85 + 0.25 * ratio), {"tau": 10.0, "alpha": 0.5}, model=model
+                )
+            )
     for ratio in (0.25, 0.1):
         for tau in (1.0, 5.0, 20.0):
             for task, base in TASKS.items():
-                records.append(record("globalcom2", ratio, task, base * (0.9 - 0.01 * abs(np.log(tau / 10))),
-                                      {"tau": tau, "alpha": 0.5}, model=model))
+                records.append(
+                    record(
+                        "globalcom2",
+                        ratio,
+                        task,
+                        base * (0.9 - 0.01 * abs(np.log(tau / 10))),
+                        {"tau": tau, "alpha": 0.5},
+                        model=model,
+                    )
+                )
         for alpha in (0.0, 1.0):
             for task, base in TASKS.items():
-                records.append(record("globalcom2", ratio, task, base * (0.88 + 0.01 * alpha),
-                                      {"tau": 10.0, "alpha": alpha}, model=model))
+                records.append(
+                    record(
+                        "globalcom2",
+                        ratio,
+                        task,
+                        base * (0.88 + 0.01 * alpha),
+                        {"tau": 10.0, "alpha": alpha},
+                        model=model,
+                    )
+                )
     return records
 
 
 def write_all(directory, records):
     for r in records:
-        write_record(record_path(run_dir(directory, r["model"]["name"], r["compressor"]["name"],
-                                         r["compressor"]["params"]), r["task"]), r)
+        write_record(
+            record_path(
+                run_dir(directory, r["model"]["name"], r["compressor"]["name"], r["compressor"]["params"]), r["task"]
+            ),
+            r,
+        )
     return directory
 
 
@@ -71,7 +103,9 @@ def test_ratio_plot_shows_one_line_per_method_and_highlights_globalcom2(tmp_path
     assert pixels_near(path, GLOBALCOM2_RED) > 300 and pixels_near(path, FASTV_BLUE) > 100
     lines = _plotted_lines(tables["tiny"], [r for r in tables["tiny"].rows if r.method != "none"], [])
     assert {label: [ratio for ratio, _ in points] for label, points in lines.items()} == {
-        "fastv": [0.5, 0.25, 0.1], "globalcom2 (tau=10, alpha=0.5)": [0.5, 0.25, 0.1]}
+        "fastv": [0.5, 0.25, 0.1],
+        "globalcom2 (tau=10, alpha=0.5)": [0.5, 0.25, 0.1],
+    }
     assert any("leaves out 5 run at fewer" in note for note in notes)  # the sweeps: 3 τ + 2 α variants
 
 
@@ -103,22 +137,32 @@ def test_cli_plot(tmp_path):
     results = write_all(tmp_path / "results", sweep_records())
     for kind in ("ratio", "sensitivity"):
         out = tmp_path / f"{kind}.png"
-        done = subprocess.run([sys.executable, "-m", "gc2bench.cli", "plot", str(results), "--kind", kind,
-                               "--out", str(out)], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "gc2bench.cli", "plot", str(results), "--kind", kind, "--out", str(out)],
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr
         check_png(out)
 
 
-@pytest.mark.parametrize("records, arguments, message", [
-    ([record("globalcom2", 0.1, "gqa", 50.0)], ["--kind", "ratio"], "no uncompressed (compressor=none) records"),
-    ([record("none", 1.0, "gqa", 60.0), record("fastv", 0.1, "gqa", 50.0)], ["--kind", "sensitivity"],
-     "no finished globalcom2 records"),
-    ([record("none", 1.0, "gqa", 60.0)], ["--kind", "ratio", "--out", "figure.jpg"], "must be a .png file"),
-])
+@pytest.mark.parametrize(
+    "records, arguments, message",
+    [
+        ([record("globalcom2", 0.1, "gqa", 50.0)], ["--kind", "ratio"], "no uncompressed (compressor=none) records"),
+        (
+            [record("none", 1.0, "gqa", 60.0), record("fastv", 0.1, "gqa", 50.0)],
+            ["--kind", "sensitivity"],
+            "no finished globalcom2 records",
+        ),
+        ([record("none", 1.0, "gqa", 60.0)], ["--kind", "ratio", "--out", "figure.jpg"], "must be a .png file"),
+    ],
+)
 def test_cli_plot_errors_are_one_line(tmp_path, records, arguments, message):
     results = write_all(tmp_path / "results", records)
     out = ["--out", str(tmp_path / "figure.png")] if "--out" not in arguments else []
-    done = subprocess.run([sys.executable, "-m", "gc2bench.cli", "plot", str(results), *arguments, *out],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "gc2bench.cli", "plot", str(results), *arguments, *out], capture_output=True, text=True
+    )
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "figure.png").exists()

@@ -12,8 +12,14 @@ import torch
 from PIL import Image
 
 from conftest import REPO
-from gc2bench.analysis.positional_bias import (Options, bucket_counts, crop_order_methods, crops_at_positions,
-                                               measure_image, summarize)
+from gc2bench.analysis.positional_bias import (
+    Options,
+    bucket_counts,
+    crop_order_methods,
+    crops_at_positions,
+    measure_image,
+    summarize,
+)
 from gc2bench.cli import main
 from gc2bench.compressors.base import NEWLINE, crop_block_sources, crop_order_selection
 from gc2bench.compressors.fastv import FastV
@@ -31,11 +37,11 @@ METHODS = {  # ratio → compressor on the 4-layer tiny LLMs ("auto" layers scal
     "sparsevlm_globalcom2": lambda ratio, **kw: SparseVLMGlobalCom2(max(ratio, 0.3), **kw),
 }
 LAYOUTS = [
-    AnyResLayout((100, 160), (2, 2), 4),          # padding rows top and bottom
-    AnyResLayout((200, 90), (2, 2), 4),           # padding columns left and right
+    AnyResLayout((100, 160), (2, 2), 4),  # padding rows top and bottom
+    AnyResLayout((200, 90), (2, 2), 4),  # padding columns left and right
     AnyResLayout((60, 170), (1, 3), 4),
     AnyResLayout((170, 60), (3, 1), 4),
-    OneVisionLayout((168, 224), (3, 4), 4),       # anyres_max_9 downsampling: virtual crop views
+    OneVisionLayout((168, 224), (3, 4), 4),  # anyres_max_9 downsampling: virtual crop views
     OneVisionLayout((112, 112), (2, 2), 4),
 ]
 
@@ -68,19 +74,19 @@ def test_reversed_emission_is_the_sequential_crop_blocks_in_reverse(layout):
     reversed_ = crop_block_sources(packed, n_tok, crops, "reversed")
     assert crop_block_sources(packed, n_tok, crops, "packed") is packed
     for emitted in (sequential, reversed_):
-        assert torch.equal(emitted[:n_tok], torch.arange(n_tok))                     # the thumbnail stays first
+        assert torch.equal(emitted[:n_tok], torch.arange(n_tok))  # the thumbnail stays first
         assert sorted(emitted[emitted >= 0].tolist()) == sorted(packed[packed >= 0].tolist())
     seq_blocks, rev_blocks = crop_blocks(sequential, n_tok), crop_blocks(reversed_, n_tok)
     assert rev_blocks == seq_blocks[::-1]
     present = [c for c in range(1, crops + 1) if bool(((packed // n_tok) == c).any())]
-    assert [block[0] // n_tok for block in seq_blocks] == present                   # crops 1..n, one block each
+    assert [block[0] // n_tok for block in seq_blocks] == present  # crops 1..n, one block each
     grid = packed[n_tok:]
     rows = torch.cumsum((grid == NEWLINE).long(), 0) - (grid == NEWLINE).long()
     for block in seq_blocks:
         crop = block[0] // n_tok
         mine = (grid // n_tok == crop) & (grid != NEWLINE)
         expected = []
-        for row in torch.unique(rows[mine]).tolist():   # the crop's share of each packed row, then a newline
+        for row in torch.unique(rows[mine]).tolist():  # the crop's share of each packed row, then a newline
             expected += grid[mine & (rows == row)].tolist() + [NEWLINE]
         assert block == expected
 
@@ -97,7 +103,7 @@ def test_default_crop_order_is_transformers_packing_and_leaves_params_unchanged(
     scores = [torch.rand(l.num_views, l.tokens_per_view) for l in layouts]
     got, expected = compressor.select(scores, layouts), NoCompression().select(scores, layouts)
     assert torch.equal(got.token_sources, expected.token_sources) and torch.equal(got.num_tokens, expected.num_tokens)
-    assert "crop_order" not in compressor.params()                                  # same run directories as before
+    assert "crop_order" not in compressor.params()  # same run directories as before
     assert METHODS[method](0.5, crop_order="reversed").params()["crop_order"] == "reversed"
     with pytest.raises(ValueError, match="crop_order='bogus' is not one of packed, sequential, reversed"):
         METHODS[method](0.5, crop_order="bogus")
@@ -129,11 +135,14 @@ def build(cache_dir):
         if model == "next":
             return LlavaNextAdapter(str(tiny_llava_next_path(0, cache_dir)), compressor, dtype="float32", device="cpu")
         return load_tiny_onevision(compressor, dtype="float32", device="cpu")
+
     return make
 
 
-IMAGES = {"next": [picture(130, 120, 1), picture(70, 150, 2)],            # 2x2 with padding; 1x3
-          "onevision": [picture(120, 120, 1), picture(168, 224, 2)]}      # 2x2; 3x4 downsampled
+IMAGES = {
+    "next": [picture(130, 120, 1), picture(70, 150, 2)],  # 2x2 with padding; 1x3
+    "onevision": [picture(120, 120, 1), picture(168, 224, 2)],
+}  # 2x2; 3x4 downsampled
 COSINE = {"next": {}, "onevision": {"score": "cosine"}}
 
 
@@ -169,12 +178,13 @@ def test_the_llm_sees_crop_j_where_crop_n_minus_1_minus_j_was(build, model):
         seq_parts = [seq_embeds[a:b] for a, b in zip([0] + bounds, bounds)]
         bounds_rev = np.cumsum([n_tok] + [len(b) for b in blocks[::-1]]).tolist()
         rev_parts = [rev_embeds[a:b] for a, b in zip([0] + bounds_rev, bounds_rev)]
-        assert torch.equal(rev_parts[0], seq_parts[0])                                   # the thumbnail
-        for j in range(crops):                                                           # block j ↔ block n-1-j
+        assert torch.equal(rev_parts[0], seq_parts[0])  # the thumbnail
+        for j in range(crops):  # block j ↔ block n-1-j
             assert torch.equal(rev_parts[1 + j], seq_parts[crops - j])
         # the pruner's segment ids (adapter: source // N) follow the blocks
-        assert [int(s) for s in rev_segments[n_tok:] if s >= 0] == \
-            [c for block in blocks[::-1] for c in [block[0] // n_tok] * sum(1 for x in block if x >= 0)]
+        assert [int(s) for s in rev_segments[n_tok:] if s >= 0] == [
+            c for block in blocks[::-1] for c in [block[0] // n_tok] * sum(1 for x in block if x >= 0)
+        ]
         assert sorted(seq_segments.tolist()) == sorted(rev_segments.tolist())
 
 
@@ -190,13 +200,19 @@ def test_per_crop_counts_sum_to_what_the_pruner_kept(build, model, method, order
         plan = adapter.last_plan
         layout, _ = adapter.last_selection[0]
         start = int(plan.image.sum())
-        assert sum(m.tokens) == start and m.tokens[:-1] == \
-            torch.bincount(torch.where(plan.segment[plan.image] >= 0, plan.segment[plan.image], layout.num_views),
-                           minlength=layout.num_views + 1).tolist()
+        assert (
+            sum(m.tokens) == start
+            and m.tokens[:-1]
+            == torch.bincount(
+                torch.where(plan.segment[plan.image] >= 0, plan.segment[plan.image], layout.num_views),
+                minlength=layout.num_views + 1,
+            ).tolist()
+        )
         assert sum(m.kept) == m.kept_total == int(plan.image_tokens_per_layer[-1, 0])
-        assert [sum(stage) for stage in m.kept_per_stage] == \
-            [int(plan.image_tokens_per_layer[s.prune_layer, 0]) for s in adapter.pruner.stages]
-        if hasattr(compressor, "layer_counts"):                                          # the method's schedule
+        assert [sum(stage) for stage in m.kept_per_stage] == [
+            int(plan.image_tokens_per_layer[s.prune_layer, 0]) for s in adapter.pruner.stages
+        ]
+        if hasattr(compressor, "layer_counts"):  # the method's schedule
             assert m.kept_total == compressor.layer_counts(start, num_layers)[-1]
         if method == "fastv":
             assert m.kept_total == round(0.25 * start)
@@ -222,8 +238,10 @@ def test_globalcom2_budgets_make_per_crop_counts_independent_of_the_order(build)
     compressor = FastVGlobalCom2(0.25)
     adapter = build("next", compressor)
     image = IMAGES["next"][0]
-    by_order = {order: measure_image(adapter, compressor, image, "image", order, "What is it?").kept
-                for order in ("sequential", "reversed", "packed")}
+    by_order = {
+        order: measure_image(adapter, compressor, image, "image", order, "What is it?").kept
+        for order in ("sequential", "reversed", "packed")
+    }
     assert by_order["sequential"][:-2] == by_order["reversed"][:-2] == by_order["packed"][:-2]
 
 
@@ -232,8 +250,18 @@ def test_summary_rows_follow_positions():
 
     def fake(order, kept_by_crop):
         kept = [1] + kept_by_crop + [0, 0]
-        return ImageMeasurement("x", (10, 10), (2, 2), order, crops_at_positions(order, 4), [16] * 5 + [8, 0], kept,
-                                [kept], [0.2] * 5 + [0.0, 0.0], sum(kept))
+        return ImageMeasurement(
+            "x",
+            (10, 10),
+            (2, 2),
+            order,
+            crops_at_positions(order, 4),
+            [16] * 5 + [8, 0],
+            kept,
+            [kept],
+            [0.2] * 5 + [0.0, 0.0],
+            sum(kept),
+        )
 
     # position-driven: the later the position, the more kept, whatever crop sits there
     rows, summaries = summarize([fake("sequential", [1, 2, 3, 6]), fake("reversed", [6, 3, 2, 1])])
@@ -255,8 +283,9 @@ def test_cli_prints_the_table_and_writes_the_png_and_the_json(capsys, cache_dir,
     picture(130, 120, 1).save(folder / "a.png")
     picture(70, 150, 2).save(folder / "b.jpg")
     chart, data = tmp_path / "out" / "fig4.png", tmp_path / "out" / "fig4.json"
-    code = main(["analyze", "positional-bias", "ratio=0.5", "--images", str(folder), "--out", str(chart),
-                 "--json", str(data)])
+    code = main(
+        ["analyze", "positional-bias", "ratio=0.5", "--images", str(folder), "--out", str(chart), "--json", str(data)]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "[1/2] a.png" in err and "[2/2] b.jpg" in err
@@ -266,35 +295,57 @@ def test_cli_prints_the_table_and_writes_the_png_and_the_json(capsys, cache_dir,
     result = json.loads(data.read_text())
     assert result["setup"]["compressor"]["name"] == "fastv" and result["setup"]["images"] == 2
     assert {m["order"] for m in result["measurements"]} == {"sequential", "reversed"}
-    assert {r["crops"] for r in result["rows"]} == {3, 4}                      # 1x3 and 2x2 images, grouped
+    assert {r["crops"] for r in result["rows"]} == {3, 4}  # 1x3 and 2x2 images, grouped
     for m in result["measurements"]:
         assert sum(m["kept"]) == m["kept_total"] == round(0.5 * sum(m["tokens"]))
 
 
 def test_cli_synthetic_images_on_tiny_onevision(capsys, cache_dir, tmp_path):
     chart = tmp_path / "ov.png"
-    code = main(["analyze", "positional-bias", "model=tiny_onevision", "compressor=sparsevlm", "ratio=0.5",
-                 "--num-images", "2", "--grid", "3x4", "--orders", "reversed,packed",
-                 "--out", str(chart), "--json", "-"])
+    code = main(
+        [
+            "analyze",
+            "positional-bias",
+            "model=tiny_onevision",
+            "compressor=sparsevlm",
+            "ratio=0.5",
+            "--num-images",
+            "2",
+            "--grid",
+            "3x4",
+            "--orders",
+            "reversed,packed",
+            "--out",
+            str(chart),
+            "--json",
+            "-",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
-    result = json.loads(out)                                                     # --json -: stdout is JSON only
+    result = json.loads(out)  # --json -: stdout is JSON only
     assert {r["crops"] for r in result["rows"]} == {12} and chart.exists()
     assert "recycled" in {r["position"] for r in result["rows"]}
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["ratio=1.5"], "error: ratio=1.5 is out of range"),
-    (["compressor=globalcom2"], "error: compressor=globalcom2: not an LLM-stage method with a crop_order"),
-    (["compressor=nope"], "error: In 'config': Could not find 'compressor/nope'"),
-    (["model=nope"], "error: In 'config': Could not find 'model/nope'"),
-    (["--images", "/does/not/exist"], "error: --images /does/not/exist: no such file or folder"),
-    (["--out", "chart.jpg"], "error: --out chart.jpg: must be a .png file"),
-    (["--orders", "sequential,upside-down"], "error: --orders 'sequential,upside-down': give a comma-separated list"),
-    (["--grid", "two"], "error: --grid 'two': give ROWSxCOLS"),
-    (["--num-images", "0"], "error: --num-images 0: must be >= 1"),
-    (["compressor.crop_order=bogus"], "error: fastv: crop_order='bogus' is not one of"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["ratio=1.5"], "error: ratio=1.5 is out of range"),
+        (["compressor=globalcom2"], "error: compressor=globalcom2: not an LLM-stage method with a crop_order"),
+        (["compressor=nope"], "error: In 'config': Could not find 'compressor/nope'"),
+        (["model=nope"], "error: In 'config': Could not find 'model/nope'"),
+        (["--images", "/does/not/exist"], "error: --images /does/not/exist: no such file or folder"),
+        (["--out", "chart.jpg"], "error: --out chart.jpg: must be a .png file"),
+        (
+            ["--orders", "sequential,upside-down"],
+            "error: --orders 'sequential,upside-down': give a comma-separated list",
+        ),
+        (["--grid", "two"], "error: --grid 'two': give ROWSxCOLS"),
+        (["--num-images", "0"], "error: --num-images 0: must be >= 1"),
+        (["compressor.crop_order=bogus"], "error: fastv: crop_order='bogus' is not one of"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line_before_loading_the_model(capsys, monkeypatch, arguments, message):
     import gc2bench.config
 
@@ -314,8 +365,9 @@ def test_model_compressor_and_ratio_are_hydra_overrides():
 
     cfg, compressor, files = prepare(Options())
     assert (cfg.model.name, compressor.name, cfg.ratio, files) == ("tiny", "fastv", 0.25, None)
-    args = build_parser().parse_args(["analyze", "positional-bias", "compressor=pdrop", "ratio=0.5",
-                                      "compressor.layers=[2,3]", "--num-images", "3"])
+    args = build_parser().parse_args(
+        ["analyze", "positional-bias", "compressor=pdrop", "ratio=0.5", "compressor.layers=[2,3]", "--num-images", "3"]
+    )
     cfg, compressor, _ = prepare(Options(overrides=args.overrides))
     assert (cfg.model.name, compressor.name, cfg.ratio, list(cfg.compressor.layers)) == ("tiny", "pdrop", 0.5, [2, 3])
     for flag in ("--model", "--compressor", "--ratio"):
@@ -325,9 +377,15 @@ def test_model_compressor_and_ratio_are_hydra_overrides():
 
 def test_bad_input_from_the_console_script(tmp_path):
     env = dict(os.environ, GC2BENCH_CACHE=str(tmp_path / "cache"))
-    result = subprocess.run([sys.executable, "-m", "gc2bench.cli", "analyze", "positional-bias", "--images",
-                             str(tmp_path / "missing.png")], cwd=REPO, capture_output=True, text=True, env=env,
-                            timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "gc2bench.cli", "analyze", "positional-bias", "--images", str(tmp_path / "missing.png")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --images {tmp_path / 'missing.png'}: no such file or folder"
     assert not (tmp_path / "cache").exists()
@@ -341,8 +399,11 @@ def test_crop_order_is_a_run_option():
 
     for name in ("fastv", "pdrop", "sparsevlm"):
         default = instantiate(compose_run_config([f"compressor={name}", "ratio=0.5"], check=False).compressor)
-        reversed_ = instantiate(compose_run_config([f"compressor={name}", "ratio=0.5",
-                                                    "compressor.crop_order=reversed"], check=False).compressor)
+        reversed_ = instantiate(
+            compose_run_config(
+                [f"compressor={name}", "ratio=0.5", "compressor.crop_order=reversed"], check=False
+            ).compressor
+        )
         assert default.crop_order == "packed" and reversed_.crop_order == "reversed"
         assert run_dir("r", "tiny", name, default.params()) != run_dir("r", "tiny", name, reversed_.params())
     assert Options().orders == ("sequential", "reversed")

@@ -15,11 +15,16 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from gc2bench.config import ConfigError
-from gc2bench.evaluation.golden import (GOLDEN_DIR, REGENERATE, golden_path, suite_entries, task_prompts,
-                                        _importable_judge_code)
+from gc2bench.evaluation.golden import (
+    GOLDEN_DIR,
+    REGENERATE,
+    golden_path,
+    suite_entries,
+    task_prompts,
+    _importable_judge_code,
+)
 from gc2bench.evaluation.lmms_model import GC2BenchLMM
-from gc2bench.prompting import (LMMS_EVAL_VICUNA_TEMPLATE, PROTOCOLS, VICUNA_V1_SYSTEM, get_protocol,
-                                           llava_mmbench_text)
+from gc2bench.prompting import LMMS_EVAL_VICUNA_TEMPLATE, PROTOCOLS, VICUNA_V1_SYSTEM, get_protocol, llava_mmbench_text
 from gc2bench.evaluation.suite import load_task, use_offline_hub
 
 ENTRIES = {entry["task"]: entry for entry in suite_entries()}
@@ -56,12 +61,19 @@ def spy(tiny_adapter, monkeypatch):
     state = Spy()
 
     def generate(*args, **kwargs):
-        state.calls.append({"kwargs": {k: v for k, v in kwargs.items()
-                                       if k not in ("input_ids", "attention_mask", "mm_encoder_outputs")},
-                            "input_ids": kwargs["input_ids"].clone(), "attention_mask": kwargs["attention_mask"]})
+        state.calls.append(
+            {
+                "kwargs": {
+                    k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask", "mm_encoder_outputs")
+                },
+                "input_ids": kwargs["input_ids"].clone(),
+                "attention_mask": kwargs["attention_mask"],
+            }
+        )
         if state.forced:
-            kwargs["logits_processor"] = LogitsProcessorList([ForcedAnswer(state.forced,
-                                                                           tiny_adapter.tokenizer.eos_token_id)])
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [ForcedAnswer(state.forced, tiny_adapter.tokenizer.eos_token_id)]
+            )
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", generate)
@@ -86,6 +98,7 @@ def prompt_text(adapter, call) -> str:
 
 # -- the table, row by row --------------------------------------------------------------------------
 
+
 def test_system_line(tiny_adapter, spy, monkeypatch):
     answer_requests(tiny_adapter, "pope", "llava_eval")
     answer_requests(tiny_adapter, "pope", "lmms_eval")
@@ -95,9 +108,11 @@ def test_system_line(tiny_adapter, spy, monkeypatch):
     # Without a tokenizer template lmms-eval falls back to its Vicuna template, which has the system line.
     monkeypatch.setattr(tiny_adapter.tokenizer, "chat_template", None)
     fallback = get_protocol("lmms_eval").render("Is it red?", 1, tiny_adapter)
-    assert fallback.text == ("A chat between a curious user and an artificial intelligence assistant. The assistant "
-                             "gives helpful, detailed, and polite answers to the user's questions. USER: <image>\n"
-                             "Is it red? ASSISTANT:")
+    assert fallback.text == (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant "
+        "gives helpful, detailed, and polite answers to the user's questions. USER: <image>\n"
+        "Is it red? ASSISTANT:"
+    )
     assert fallback.template == "lmms-eval vicuna fallback"
 
 
@@ -129,10 +144,19 @@ def test_mmvet_decoding(tiny_adapter, spy, protocol, do_sample, temperature):
     assert lm.prompting["mmvet"]["generate_kwargs"] == kwargs
 
 
-@pytest.mark.parametrize("protocol, task, expected", [
-    ("lmms_eval", "vizwiz_vqa_val", 1024), ("lmms_eval", "textvqa_val", 1024), ("lmms_eval", "gqa", 16),
-    ("llava_eval", "vizwiz_vqa_val", 128), ("llava_eval", "textvqa_val", 128), ("llava_eval", "gqa", 128),
-    ("llava_eval", "mmbench_en_dev", 1024), ("llava_eval", "scienceqa_img", 1024)])
+@pytest.mark.parametrize(
+    "protocol, task, expected",
+    [
+        ("lmms_eval", "vizwiz_vqa_val", 1024),
+        ("lmms_eval", "textvqa_val", 1024),
+        ("lmms_eval", "gqa", 16),
+        ("llava_eval", "vizwiz_vqa_val", 128),
+        ("llava_eval", "textvqa_val", 128),
+        ("llava_eval", "gqa", 128),
+        ("llava_eval", "mmbench_en_dev", 1024),
+        ("llava_eval", "scienceqa_img", 1024),
+    ],
+)
 def test_max_new_tokens(tiny_adapter, spy, protocol, task, expected):
     answer_requests(tiny_adapter, task, protocol)
     assert spy.calls[0]["kwargs"]["max_new_tokens"] == expected
@@ -143,10 +167,24 @@ def test_exact_kwargs_reaching_generate(tiny_adapter, spy):
     answer_requests(tiny_adapter, "pope", "lmms_eval")
     answer_requests(tiny_adapter, "pope", "llava_eval")
     lmms, llava = (call["kwargs"] for call in spy.calls)
-    assert lmms == {"do_sample": False, "temperature": None, "top_p": 1.0, "num_beams": 1, "max_new_tokens": 128,
-                    "use_cache": True, "pad_token_id": eos, "eos_token_id": eos}
-    assert llava == {"do_sample": False, "temperature": None, "top_p": None, "num_beams": 1, "max_new_tokens": 128,
-                     "use_cache": True}
+    assert lmms == {
+        "do_sample": False,
+        "temperature": None,
+        "top_p": 1.0,
+        "num_beams": 1,
+        "max_new_tokens": 128,
+        "use_cache": True,
+        "pad_token_id": eos,
+        "eos_token_id": eos,
+    }
+    assert llava == {
+        "do_sample": False,
+        "temperature": None,
+        "top_p": None,
+        "num_beams": 1,
+        "max_new_tokens": 128,
+        "use_cache": True,
+    }
 
 
 @pytest.mark.parametrize("task", ["pope", "vizwiz_vqa_val", "mmbench_en_dev"])  # until "\n\n" / "ASSISTANT:"
@@ -166,7 +204,8 @@ LLAVA_HF_VICUNA_TEMPLATE = (  # llava-hf/llava-v1.6-vicuna-*-hf chat_template.js
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
     "{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', "
     "'text') %}{{ content['text'] + ' '}}{% endfor %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
 
 
 def test_a_template_that_drops_string_content_is_an_error_not_an_empty_prompt(tiny_adapter, monkeypatch):
@@ -175,8 +214,11 @@ def test_a_template_that_drops_string_content_is_an_error_not_an_empty_prompt(ti
         get_protocol("lmms_eval").render("Is it red?", 1, tiny_adapter)
     monkeypatch.setattr(tiny_adapter.processor, "chat_template", LLAVA_HF_VICUNA_TEMPLATE)
     assert tiny_adapter.prompt("Is it red?", 1) == "USER: <image>\nIs it red? ASSISTANT:"
-    assert get_protocol("llava_eval").render("Is it red?", 1, tiny_adapter).text.endswith(
-        "USER: <image>\nIs it red? ASSISTANT:")
+    assert (
+        get_protocol("llava_eval")
+        .render("Is it red?", 1, tiny_adapter)
+        .text.endswith("USER: <image>\nIs it red? ASSISTANT:")
+    )
 
 
 def test_context_whitespace_is_kept(tiny_adapter):
@@ -186,14 +228,17 @@ def test_context_whitespace_is_kept(tiny_adapter):
 
 # -- prompt text per task -----------------------------------------------------------------------------
 
+
 def test_llava_question_texts(tiny_adapter):
     golden = {p: {t: json.loads(golden_path(p, t).read_text()) for t in ENTRIES} for p in PROTOCOLS}
     llava = {t: g["documents"][0]["context"] for t, g in golden["llava_eval"].items()}
     lmms = {t: g["documents"][0]["context"] for t, g in golden["lmms_eval"].items()}
     assert llava["mmvet"] == "What color is the circle?"  # model_vqa: the bare question
     assert lmms["mmvet"].startswith("First please perform reasoning")
-    assert llava["mmbench_en_dev"] == ("What color is the shape?\nA. red\nB. green\nC. blue\nD. black\n"
-                                       "Answer with the option's letter from the given choices directly.")
+    assert llava["mmbench_en_dev"] == (
+        "What color is the shape?\nA. red\nB. green\nC. blue\nD. black\n"
+        "Answer with the option's letter from the given choices directly."
+    )
     assert llava["mmbench_cn_dev"].endswith("\n请直接回答选项字母。")
     assert llava["textvqa_val"] == "what does the sign say?\nAnswer the question using a single word or phrase."
     for task in ("vqav2_val", "gqa", "pope", "mme", "vizwiz_vqa_val", "scienceqa_img"):
@@ -217,6 +262,7 @@ def test_suite_entry_prompt_options_win_over_the_protocol(cache_dir):
 
 # -- records, config, the copied lmms-eval rule ----------------------------------------------------------
 
+
 def test_record_states_protocol_and_checkpoint_template(tiny_adapter, spy):
     llava, _, _ = answer_requests(tiny_adapter, "pope", "llava_eval")
     lmms, _, _ = answer_requests(tiny_adapter, "pope", "lmms_eval")
@@ -232,8 +278,17 @@ def test_run_record_carries_the_protocol(tmp_path, cache_dir):
     from gc2bench.config import compose_run_config
     from gc2bench.run import run
 
-    records = run(compose_run_config([f"results_dir={tmp_path}", "suite=paper10_fixtures", "tasks=[pope]",
-                                      "suite.protocol=llava_eval", "suite.limit=2"]))
+    records = run(
+        compose_run_config(
+            [
+                f"results_dir={tmp_path}",
+                "suite=paper10_fixtures",
+                "tasks=[pope]",
+                "suite.protocol=llava_eval",
+                "suite.limit=2",
+            ]
+        )
+    )
     assert records[0]["protocol"] == "llava_eval"
     assert records[0]["prompting"]["generate_kwargs"]["max_new_tokens"] == 128
     assert records[0]["config"]["suite"]["protocol"] == "llava_eval"
@@ -246,8 +301,11 @@ def test_protocol_config_is_checked_before_loading(cache_dir):
     with pytest.raises(ConfigError, match="suite.protocol='nope' is not one of lmms_eval, llava_eval"):
         check_suite(compose_run_config(["suite.protocol=nope"]))
     with pytest.raises(ConfigError, match="task 'ok_vqa_val' has no LLaVA evaluation script"):
-        check_suite(compose_run_config(["suite.protocol=llava_eval", "~suite.tasks",
-                                        "+suite.tasks={ok_vqa_val: {metric: exact_match}}"]))
+        check_suite(
+            compose_run_config(
+                ["suite.protocol=llava_eval", "~suite.tasks", "+suite.tasks={ok_vqa_val: {metric: exact_match}}"]
+            )
+        )
     assert compose_run_config([]).suite.protocol == "lmms_eval"
 
 
@@ -261,15 +319,17 @@ def test_every_experiment_uses_llava_eval():
 def test_lmms_eval_rules_match_the_installed_llava_hf():
     import importlib.util
 
-    source = Path(importlib.util.find_spec("lmms_eval").submodule_search_locations[0], "models", "simple",
-                  "llava_hf.py").read_text()
+    source = Path(
+        importlib.util.find_spec("lmms_eval").submodule_search_locations[0], "models", "simple", "llava_hf.py"
+    ).read_text()
     assert re.search(r'^VICUNA_CHAT_TEMPLATE = "(.*)"$', source, re.M).group(1) == LMMS_EVAL_VICUNA_TEMPLATE
     assert 'do_sample = True if gen_kwargs["temperature"] > 0 else False' in source
     assert 'gen_kwargs["max_new_tokens"] = 1024' in source
-    assert "until = gen_kwargs.pop(\"until\")" in source and ".split(" not in source.split("def generate_until")[1]
+    assert 'until = gen_kwargs.pop("until")' in source and ".split(" not in source.split("def generate_until")[1]
 
 
 # -- golden prompt files -------------------------------------------------------------------------------
+
 
 def test_golden_files_cover_ten_tasks_and_both_protocols():
     files = sorted(str(path.relative_to(GOLDEN_DIR)) for path in GOLDEN_DIR.glob("*/*.json"))
@@ -294,8 +354,10 @@ def test_onevision_prompts(cache_dir):
     adapter = load_tiny_onevision(NoCompression(), dtype="float32", device="cpu")
     image = Image.new("RGB", (60, 40), (255, 0, 0))
     llava = adapter.generate(["Is it red?"], [[image]], protocol="llava_eval", max_new_tokens=1)[0]
-    assert llava.prompt == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
-                            "Is it red?<|im_end|>\n<|im_start|>assistant\n")
+    assert llava.prompt == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
+        "Is it red?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert get_protocol("llava_eval").template_name(adapter) == "qwen_1_5"
     assert get_protocol("llava_eval").render("Q", 1, adapter).add_bos is False  # Qwen2 has no BOS to keep
     lmms = adapter.generate(["Is it red?"], [[image]], protocol="lmms_eval", max_new_tokens=1)[0]
@@ -308,6 +370,7 @@ def test_lmms_eval_response_cache_key_names_the_protocol(tiny_adapter):
 
 
 # -- lmms_eval against lmms-eval's own llava_hf ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("task", ["pope", "textvqa_val", "mmbench_en_dev", "mmvet", "scienceqa_img"])
 def test_lmms_eval_protocol_sends_what_lmms_evals_llava_hf_sends(tiny_adapter, tiny_path, spy, monkeypatch, task):
@@ -333,10 +396,19 @@ def test_lmms_eval_protocol_sends_what_lmms_evals_llava_hf_sends(tiny_adapter, t
     reference.task_dict[task] = lmms_task.dataset
     theirs = reference.generate_until(sorted(lmms_task.instances, key=lambda inst: inst.args[3]))
     assert ours == theirs and len(ours) == 2
-    scalar = ("do_sample", "temperature", "top_p", "num_beams", "max_new_tokens", "use_cache", "pad_token_id",
-              "eos_token_id")
+    scalar = (
+        "do_sample",
+        "temperature",
+        "top_p",
+        "num_beams",
+        "max_new_tokens",
+        "use_cache",
+        "pad_token_id",
+        "eos_token_id",
+    )
     # llava_hf answers the longest prompt first, gc2bench in document order: compare the calls as sets.
     mine = sorted((call["input_ids"][0].tolist(), sorted(call["kwargs"].items())) for call in spy.calls)
-    reference_calls = sorted((call["input_ids"][0].tolist(), sorted((key, call[key]) for key in scalar))
-                             for call in theirs_calls)
+    reference_calls = sorted(
+        (call["input_ids"][0].tolist(), sorted((key, call[key]) for key in scalar)) for call in theirs_calls
+    )
     assert mine == reference_calls

@@ -37,8 +37,7 @@ def candidates_of(layout, view):
     return [s % n for s in layout.packed_sources.tolist() if s >= 0 and s // n == view]
 
 
-def hand_prumerge(layout, scores, keys, features, ratio, neighbors=32, pool="all", include_center=True,
-                  extra=True):
+def hand_prumerge(layout, scores, keys, features, ratio, neighbors=32, pool="all", include_center=True, extra=True):
     """PruMerge per view written out token by token (float64): emitted sources and features, score order."""
     n = layout.tokens_per_view
     sources, rows = [], []
@@ -49,11 +48,15 @@ def hand_prumerge(layout, scores, keys, features, ratio, neighbors=32, pool="all
         pruned = [p for p in cands if p not in kept]
         for p in kept:
             others = [j for j in cands if j != p and (pool == "all" or j in pruned)]
-            similarity = {j: float(F.cosine_similarity(keys[view, p].double(), keys[view, j].double(), dim=0))
-                          for j in others}
+            similarity = {
+                j: float(F.cosine_similarity(keys[view, p].double(), keys[view, j].double(), dim=0)) for j in others
+            }
             nearest = sorted(others, key=lambda j: (-similarity[j], j))[:neighbors]
-            merged = features[view, p].double().clone() if include_center else torch.zeros(features.shape[-1],
-                                                                                           dtype=torch.float64)
+            merged = (
+                features[view, p].double().clone()
+                if include_center
+                else torch.zeros(features.shape[-1], dtype=torch.float64)
+            )
             for j in nearest:
                 merged += float(scores[view, j]) * features[view, j].double()
             sources.append(view * n + p)
@@ -69,26 +72,33 @@ def hand_prumerge(layout, scores, keys, features, ratio, neighbors=32, pool="all
 
 # -- the merge, by hand ---------------------------------------------------------------------------
 
-LAYOUTS = {"square": AnyResLayout((56, 56), (1, 1), 4, 56),
-           "wide, unpadded rows": AnyResLayout((30, 112), (1, 2), 4, 56),
-           "tall, unpadded columns": AnyResLayout((112, 40), (2, 1), 4, 56)}
+LAYOUTS = {
+    "square": AnyResLayout((56, 56), (1, 1), 4, 56),
+    "wide, unpadded rows": AnyResLayout((30, 112), (1, 2), 4, 56),
+    "tall, unpadded columns": AnyResLayout((112, 40), (2, 1), 4, 56),
+}
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
-@pytest.mark.parametrize("ratio,neighbors,pool,include_center,extra", [
-    (0.25, 32, "all", True, True),     # the authors' code (32 > pool: every other candidate)
-    (0.5, 3, "all", True, True),
-    (0.5, 3, "pruned", False, False),  # the paper's update, pruned-only pool, no summary token
-    (0.75, 2, "pruned", True, True),
-])
+@pytest.mark.parametrize(
+    "ratio,neighbors,pool,include_center,extra",
+    [
+        (0.25, 32, "all", True, True),  # the authors' code (32 > pool: every other candidate)
+        (0.5, 3, "all", True, True),
+        (0.5, 3, "pruned", False, False),  # the paper's update, pruned-only pool, no summary token
+        (0.75, 2, "pruned", True, True),
+    ],
+)
 def test_merged_features_equal_a_hand_computation(name, ratio, neighbors, pool, include_center, extra):
     layout = LAYOUTS[name]
     scores, keys, features = synthetic(layout, seed=len(name))
-    compressor = PruMerge(ratio, neighbors=neighbors, neighbor_pool=pool, include_center=include_center,
-                          extra_token=extra)
+    compressor = PruMerge(
+        ratio, neighbors=neighbors, neighbor_pool=pool, include_center=include_center, extra_token=extra
+    )
     selection = compressor.select([scores], [layout], MergeInputs([keys], [features]))
-    expected_sources, expected_rows = hand_prumerge(layout, scores, keys, features, ratio, neighbors, pool,
-                                                    include_center, extra)
+    expected_sources, expected_rows = hand_prumerge(
+        layout, scores, keys, features, ratio, neighbors, pool, include_center, extra
+    )
     assert selection.per_image()[0].tolist() == expected_sources
     torch.testing.assert_close(selection.replacement_features[0].double(), expected_rows, rtol=1e-5, atol=1e-6)
 
@@ -106,8 +116,8 @@ def test_spatial_order_keeps_newlines_and_puts_each_summary_after_its_view():
     for index, source in enumerate(packed):
         if source == NEWLINE or source in kept:
             expected.append(source)
-        if source >= 0 and not any(s >= 0 and s // n == source // n for s in packed[index + 1:]):
-            expected.append(VIEW_SUMMARY - source // n)          # the view's last candidate: its summary
+        if source >= 0 and not any(s >= 0 and s // n == source // n for s in packed[index + 1 :]):
+            expected.append(VIEW_SUMMARY - source // n)  # the view's last candidate: its summary
     assert emitted == expected
     # Same tokens, same merged features, different order.
     by_source = dict(zip(score_order.per_image()[0].tolist(), score_order.replacement_features[0]))
@@ -119,15 +129,17 @@ def test_spatial_order_keeps_newlines_and_puts_each_summary_after_its_view():
 def test_nothing_pruned_means_nothing_merged():
     layout = LAYOUTS["wide, unpadded rows"]
     scores, keys, features = synthetic(layout, seed=5)
-    selection = PruMerge(1.0, neighbor_pool="pruned", order="spatial").select([scores], [layout],
-                                                                            MergeInputs([keys], [features]))
+    selection = PruMerge(1.0, neighbor_pool="pruned", order="spatial").select(
+        [scores], [layout], MergeInputs([keys], [features])
+    )
     sources = selection.per_image()[0]
-    assert sources.tolist() == layout.packed_sources.tolist()          # no summary tokens either
+    assert sources.tolist() == layout.packed_sources.tolist()  # no summary tokens either
     patches = sources >= 0
     assert torch.equal(selection.replacement_features[0][patches], features.flatten(0, 1)[sources[patches]])
 
 
 # -- counts --------------------------------------------------------------------------------------
+
 
 def test_selection_without_merge_inputs_has_no_replacement_features():
     layout = LAYOUTS["square"]
@@ -154,8 +166,9 @@ IMAGES = [image(120, 80, 0), image(40, 200, 1), image(300, 300, 2), image(60, 17
 @pytest.mark.parametrize("ratio", [0.1, 0.25, 0.5, 0.75, 1.0])
 def test_kept_counts_per_view_on_the_tiny_model(tiny_adapter_with, ratio):
     adapter = tiny_adapter_with(PruMerge(ratio))
-    results = adapter.generate(["What is it?"] * len(IMAGES), [[img] for img in IMAGES], max_new_tokens=2,
-                               do_sample=False)
+    results = adapter.generate(
+        ["What is it?"] * len(IMAGES), [[img] for img in IMAGES], max_new_tokens=2, do_sample=False
+    )
     for result, (layout, sources) in zip(results, adapter.last_selection):
         n = layout.tokens_per_view
         expected_per_view = []
@@ -174,8 +187,9 @@ def test_kept_counts_per_view_on_the_tiny_model(tiny_adapter_with, ratio):
 
 def test_r1_without_merging_generates_like_no_compression(tiny_adapter_with):
     texts, images = ["What is it?", "Describe it."], [[IMAGES[0]], [IMAGES[1]]]
-    reference = tiny_adapter_with(NoCompression()).generate(texts, images, max_new_tokens=5, do_sample=False,
-                                                            output_scores=True)
+    reference = tiny_adapter_with(NoCompression()).generate(
+        texts, images, max_new_tokens=5, do_sample=False, output_scores=True
+    )
     adapter = tiny_adapter_with(PruMerge(1.0, neighbor_pool="pruned", order="spatial"))
     merged = adapter.generate(texts, images, max_new_tokens=5, do_sample=False, output_scores=True)
     for a, b in zip(reference, merged):
@@ -187,15 +201,18 @@ def test_r1_without_merging_generates_like_no_compression(tiny_adapter_with):
 def test_merging_changes_the_llm_input(tiny_adapter_with):
     """With the authors' defaults at R = 1 every token still absorbs its neighbours: the prefill differs."""
     texts, images = ["What is it?"], [[IMAGES[0]]]
-    reference = tiny_adapter_with(NoCompression()).generate(texts, images, max_new_tokens=1, do_sample=False,
-                                                            output_scores=True)
-    merged = tiny_adapter_with(PruMerge(1.0, order="spatial")).generate(texts, images, max_new_tokens=1,
-                                                                        do_sample=False, output_scores=True)
+    reference = tiny_adapter_with(NoCompression()).generate(
+        texts, images, max_new_tokens=1, do_sample=False, output_scores=True
+    )
+    merged = tiny_adapter_with(PruMerge(1.0, order="spatial")).generate(
+        texts, images, max_new_tokens=1, do_sample=False, output_scores=True
+    )
     assert merged[0].stats.visual_tokens_kept == reference[0].stats.visual_tokens_kept
     assert not torch.allclose(reference[0].scores, merged[0].scores)
 
 
 # -- the IQR rule ---------------------------------------------------------------------------------
+
 
 def numpy_fence(values):
     """The authors' outlier_dectection bound, in numpy float32."""
@@ -212,42 +229,43 @@ def test_iqr_fence_equals_numpy(length):
 
 
 def test_iqr_picks_the_outliers_of_a_constructed_score_vector():
-    layout = AnyResLayout((56, 56), (1, 1), 4, 56)                  # 2 views of 16 tokens, nothing unpadded
+    layout = AnyResLayout((56, 56), (1, 1), 4, 56)  # 2 views of 16 tokens, nothing unpadded
     base = torch.linspace(0.02, 0.03, 16)
     spikes = {3: 0.30, 9: 0.21, 14: 0.12}
     view0 = base.clone()
     for p, value in spikes.items():
         view0[p] = value
-    view1 = torch.linspace(0.01, 0.05, 16)                             # uniform: no outlier
+    view1 = torch.linspace(0.01, 0.05, 16)  # uniform: no outlier
     scores = torch.stack([view0, view1])
     fence = numpy_fence(view0.numpy())
     assert sorted(np.flatnonzero(view0.numpy() > fence).tolist()) == sorted(spikes)  # the construction is right
     assert not (view1.numpy() > numpy_fence(view1.numpy())).any()
 
     kept = PruMerge(0.5, adaptive=True).select([scores], [layout]).per_image()[0].tolist()
-    assert kept == [3, 9, 14, VIEW_SUMMARY, VIEW_SUMMARY - 1]            # descending score, then the summaries
+    assert kept == [3, 9, 14, VIEW_SUMMARY, VIEW_SUMMARY - 1]  # descending score, then the summaries
 
     # One IQR over both views (the authors' batch-wide statistic): c outliers of 32, k_v = floor(16·c/32).
     both = torch.cat([view0, view1]).numpy()
     count = int((both > numpy_fence(both)).sum())
     kept = PruMerge(0.5, adaptive=True, iqr_scope="image").select([scores], [layout]).per_image()[0]
     per_view = math.floor(16 * (count / 32))
-    assert ((kept >= 0) & (kept < 16)).sum() == per_view and ((kept >= 16)).sum() == per_view
+    assert ((kept >= 0) & (kept < 16)).sum() == per_view and (kept >= 16).sum() == per_view
 
 
 # -- PruMerge+ ------------------------------------------------------------------------------------
 
+
 def test_plus_adds_every_s_th_candidate_after_the_top_k():
-    layout = AnyResLayout((112, 112), (1, 1), 8, 112)                 # N = 64, nothing unpadded
+    layout = AnyResLayout((112, 112), (1, 1), 8, 112)  # N = 64, nothing unpadded
     scores, keys, features = synthetic(layout, seed=7)
     selection = PruMerge(0.1, plus=True).select([scores], [layout], MergeInputs([keys], [features]))
     emitted = selection.per_image()[0].tolist()
-    k = math.floor(64 * 0.1)                                           # 6
-    stride = math.floor(math.floor(1 / 0.1) / 3)                       # 3: the authors' int(int(1/r)/3)
+    k = math.floor(64 * 0.1)  # 6
+    stride = math.floor(math.floor(1 / 0.1) / 3)  # 3: the authors' int(int(1/r)/3)
     sampled = 0
     for view in range(2):
         top = sorted(range(64), key=lambda p: (-float(scores[view, p]), p))[:k]
-        samples = [p for p in range(0, 63, stride) if p not in top]     # arange(0, N - 1, s), minus kept
+        samples = [p for p in range(0, 63, stride) if p not in top]  # arange(0, N - 1, s), minus kept
         expected = [view * 64 + p for p in top + samples] + [VIEW_SUMMARY - view]
         mine = [s for s in emitted if (s >= 0 and s // 64 == view) or s == VIEW_SUMMARY - view]
         assert mine == expected
@@ -255,17 +273,31 @@ def test_plus_adds_every_s_th_candidate_after_the_top_k():
     plain = PruMerge(0.1).select([scores], [layout]).per_image()[0]
     assert len(emitted) == len(plain) + sampled
     # The samples are merged like the top-k tokens.
-    all_sources, rows = hand_prumerge(layout, scores, keys, features, 1.0, extra=False)   # every token merged
+    all_sources, rows = hand_prumerge(layout, scores, keys, features, 1.0, extra=False)  # every token merged
     sample = samples[0] + 64
-    torch.testing.assert_close(selection.replacement_features[0][emitted.index(sample)].double(),
-                               rows[all_sources.index(sample)], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        selection.replacement_features[0][emitted.index(sample)].double(),
+        rows[all_sources.index(sample)],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 # -- configuration --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("option,value", [("score", "cls_logit"), ("neighbor_pool", "nearest"), ("order", "random"),
-                                          ("iqr_scope", "batch"), ("neighbors", -1), ("plus", "yes"),
-                                          ("ratio", 0.0)])
+
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("score", "cls_logit"),
+        ("neighbor_pool", "nearest"),
+        ("order", "random"),
+        ("iqr_scope", "batch"),
+        ("neighbors", -1),
+        ("plus", "yes"),
+        ("ratio", 0.0),
+    ],
+)
 def test_bad_options_name_the_value(option, value):
     with pytest.raises(ValueError, match=f"{option}={value!r}" if option != "ratio" else "ratio=0.0"):
         PruMerge(**{option: value})
@@ -312,16 +344,27 @@ def test_onevision_needs_the_cosine_score_and_names_it(tmp_path, cache_dir):
     with pytest.raises(ConfigError, match="compressor.score=cosine"):
         run(compose_run(tmp_path, "model=tiny_onevision", "compressor=prumerge"))
     with pytest.raises(ConfigError, match="compressor.unpad=true"):
-        run(compose_run(tmp_path, "model=tiny_onevision", "compressor=prumerge", "compressor.score=cosine",
-                        "compressor.unpad=false"))
+        run(
+            compose_run(
+                tmp_path,
+                "model=tiny_onevision",
+                "compressor=prumerge",
+                "compressor.score=cosine",
+                "compressor.unpad=false",
+            )
+        )
 
 
 def test_onevision_with_cosine_counts_per_view_on_a_downsampled_grid(cache_dir):
     from gc2bench.models.onevision import LlavaOneVisionAdapter
     from gc2bench.models.tiny_onevision import tiny_onevision_path
 
-    adapter = LlavaOneVisionAdapter(str(tiny_onevision_path(seed=0, cache_dir=cache_dir)),
-                                    PruMerge(0.25, score="cosine"), dtype="float32", device="cpu")
+    adapter = LlavaOneVisionAdapter(
+        str(tiny_onevision_path(seed=0, cache_dir=cache_dir)),
+        PruMerge(0.25, score="cosine"),
+        dtype="float32",
+        device="cpu",
+    )
     result = adapter.generate(["What is it?"], [[image(300, 300, 6)]], max_new_tokens=2, do_sample=False)[0]
     layout, sources = adapter.last_selection[0]
     assert layout.downsampled
@@ -339,8 +382,19 @@ def test_inspect_reports_per_view_counts(capsys, cache_dir, tmp_path):
 
     path = tmp_path / "photo.png"
     image(150, 90, 0).save(path)
-    assert main(["inspect", f"image={path}", "compressor=prumerge", "ratio=0.5", f"viz={tmp_path / 'kept.png'}",
-                 "max_new_tokens=2"]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                f"image={path}",
+                "compressor=prumerge",
+                "ratio=0.5",
+                f"viz={tmp_path / 'kept.png'}",
+                "max_new_tokens=2",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["visual_tokens_kept"] == sum(report["kept_per_view"]) and report["newline_tokens"] == 0
     assert (tmp_path / "kept.png").exists()
@@ -358,8 +412,10 @@ def test_fullwidth_cls_attention_is_the_authors_formula_on_hooked_projections(ti
 
     attention = clip_encoder_layers(tiny_adapter.model.model.vision_tower)[-1].self_attn
     captured = {}
-    handles = [attention.q_proj.register_forward_hook(lambda m, a, out: captured.setdefault("q", out)),
-               attention.k_proj.register_forward_hook(lambda m, a, out: captured.setdefault("k", out))]
+    handles = [
+        attention.q_proj.register_forward_hook(lambda m, a, out: captured.setdefault("q", out)),
+        attention.k_proj.register_forward_hook(lambda m, a, out: captured.setdefault("k", out)),
+    ]
     try:
         with torch.no_grad():
             tiny_adapter.model.model.vision_tower(pixels)

@@ -25,8 +25,14 @@ def compose(*overrides):
 
 
 def run_py(*overrides, cwd=REPO, timeout=300):
-    return subprocess.run([sys.executable, "run.py", *overrides, "hydra.run.dir=/tmp/gc2bench-test-hydra"],
-                          cwd=cwd, capture_output=True, text=True, env=dict(os.environ), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "run.py", *overrides, "hydra.run.dir=/tmp/gc2bench-test-hydra"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=timeout,
+    )
 
 
 def one_record(directory: Path, task: str) -> dict:
@@ -35,6 +41,7 @@ def one_record(directory: Path, task: str) -> dict:
 
 
 # -- §1 record identity -----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, cache_dir):
@@ -48,18 +55,36 @@ def finished(tmp_path_factory, cache_dir):
 def test_a_record_says_which_model_checkpoint_and_protocol_made_it(finished):
     _, _, record = finished
     identity = record["identity"]
-    assert identity["model"] == {"_target_": "gc2bench.models.tiny.load_tiny_llava_next", "name": "tiny", "seed": 0,
-                                 "dtype": "float32", "device": "cpu", "attn_implementation": "sdpa",
-                                 "pipeline": "transformers"}
+    assert identity["model"] == {
+        "_target_": "gc2bench.models.tiny.load_tiny_llava_next",
+        "name": "tiny",
+        "seed": 0,
+        "dtype": "float32",
+        "device": "cpu",
+        "attn_implementation": "sdpa",
+        "pipeline": "transformers",
+    }
     checkpoint = identity["checkpoint"]
     assert Path(checkpoint["dir"]).name.endswith("-seed0") and len(checkpoint["fingerprint"]) == 16
-    assert identity["protocol"] == {"entry": {"task": "pope", "fixture": "pope", "metric": "pope_accuracy",
-                                              "scale": 100}, "suite": {"limit": 2, "protocol": "lmms_eval"}, "seed": 0}
+    assert identity["protocol"] == {
+        "entry": {"task": "pope", "fixture": "pope", "metric": "pope_accuracy", "scale": 100},
+        "suite": {"limit": 2, "protocol": "lmms_eval"},
+        "seed": 0,
+    }
     assert record["model"]["checkpoint"] == checkpoint and record["versions"]["torch"]
 
 
-@pytest.mark.parametrize("change", ["model.seed=1", "model.dtype=bfloat16", "model.attn_implementation=eager",
-                                    "model.pipeline=llava", "model.name=tiny", "model.device=meta"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "model.seed=1",
+        "model.dtype=bfloat16",
+        "model.attn_implementation=eager",
+        "model.pipeline=llava",
+        "model.name=tiny",
+        "model.device=meta",
+    ],
+)
 def test_any_model_key_is_another_run_directory(finished, change):
     _, overrides, _ = finished
     same = run_directory(compose(*overrides, "model.name=tiny"))
@@ -69,9 +94,16 @@ def test_any_model_key_is_another_run_directory(finished, change):
         assert not run_is_finished(compose(*overrides, change))
 
 
-@pytest.mark.parametrize("change, own_directory", [("suite.protocol=llava_eval", True), ("suite.limit=3", True),
-                                                   ("seed=1", True), ("suite=paper10_fixtures", True),
-                                                   ("suite.tasks.pope.scale=1", False)])
+@pytest.mark.parametrize(
+    "change, own_directory",
+    [
+        ("suite.protocol=llava_eval", True),
+        ("suite.limit=3", True),
+        ("seed=1", True),
+        ("suite=paper10_fixtures", True),
+        ("suite.tasks.pope.scale=1", False),
+    ],
+)
 def test_any_suite_key_that_scores_counts_in_the_task_key(finished, change, own_directory):
     """Suite-level keys and the seed give the run its own directory (a quick suite.limit check never writes over
     the full run's records); a task entry's key redoes that task's record."""
@@ -93,8 +125,15 @@ def test_another_model_seed_is_run_not_reused(finished, capsys):
 def test_changed_checkpoint_files_redo_the_record(tmp_path, tiny_path, capsys):
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(tiny_path, checkpoint)
-    overrides = [f"results_dir={tmp_path}", "compressor=none", "tasks=[pope]", "suite.limit=1",
-                 "model._target_=gc2bench.models.llava_next.LlavaNextAdapter", "~model.seed", f"+model.path={checkpoint}"]
+    overrides = [
+        f"results_dir={tmp_path}",
+        "compressor=none",
+        "tasks=[pope]",
+        "suite.limit=1",
+        "model._target_=gc2bench.models.llava_next.LlavaNextAdapter",
+        "~model.seed",
+        f"+model.path={checkpoint}",
+    ]
     [record] = run(compose(*overrides))
     assert record["identity"]["checkpoint"]["dir"] == str(checkpoint.resolve())
     assert run_is_finished(compose(*overrides))
@@ -140,8 +179,13 @@ def test_a_done_record_missing_its_results_is_not_trusted(finished, broken):
 
 def test_the_resuming_sweeper_uses_the_same_key(finished):
     results, overrides, _ = finished
-    result = run_py("-m", *[o for o in overrides if not o.startswith("results_dir")], f"results_dir={results}",
-                    "model.seed=0,2", f"hydra.sweep.dir={results}/sweep")
+    result = run_py(
+        "-m",
+        *[o for o in overrides if not o.startswith("results_dir")],
+        f"results_dir={results}",
+        "model.seed=0,2",
+        f"hydra.sweep.dir={results}/sweep",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "sweep: 1 runs already finished, not launched; 1 to run" in result.stdout
     seeds = sorted(read_record(p)["identity"]["model"]["seed"] for p in results.rglob("pope.json"))
@@ -149,6 +193,7 @@ def test_the_resuming_sweeper_uses_the_same_key(finished):
 
 
 # -- §2 nothing scored that should not be ----------------------------------------------------------
+
 
 def bad_pope_parquet(directory: Path, cache_dir, doc_bytes: dict, questions: dict | None = None) -> Path:
     """The POPE fixture with the image bytes of some documents replaced (and some questions)."""
@@ -161,14 +206,18 @@ def bad_pope_parquet(directory: Path, cache_dir, doc_bytes: dict, questions: dic
     images = table.column("image").to_pylist()
     for doc, make in doc_bytes.items():
         images[doc]["bytes"] = make(images[doc]["bytes"])
-    table = table.set_column(table.schema.get_field_index("image"), table.schema.field("image"),
-                             pa.array(images, type=table.schema.field("image").type))
+    table = table.set_column(
+        table.schema.get_field_index("image"),
+        table.schema.field("image"),
+        pa.array(images, type=table.schema.field("image").type),
+    )
     if questions:
         column = table.column("question").to_pylist()
         for doc, text in questions.items():
             column[doc] = text
-        table = table.set_column(table.schema.get_field_index("question"), table.schema.field("question"),
-                                 pa.array(column, type=pa.string()))
+        table = table.set_column(
+            table.schema.get_field_index("question"), table.schema.field("question"), pa.array(column, type=pa.string())
+        )
     path = directory / f"pope-bad-{len(list(directory.glob('pope-bad-*')))}.parquet"
     pq.write_table(table, path)
     return path
@@ -181,11 +230,16 @@ def local_pope(path: Path, task: str = "pope") -> str:
 def test_bad_images_and_prompts_fail_their_own_document_only(tmp_path, cache_dir):
     """First document unreadable, second truncated, third a prompt past the context; the rest scored.
     A second task whose every image is unreadable is failed, not done."""
-    mixed = bad_pope_parquet(tmp_path, cache_dir, {0: lambda b: b"not an image", 1: lambda b: b[: len(b) // 2]},
-                             {2: "is there a cat " * 1500})
+    mixed = bad_pope_parquet(
+        tmp_path,
+        cache_dir,
+        {0: lambda b: b"not an image", 1: lambda b: b[: len(b) // 2]},
+        {2: "is there a cat " * 1500},
+    )
     broken = bad_pope_parquet(tmp_path, cache_dir, {doc: (lambda b: b"\x89PNG garbage") for doc in range(5)})
-    result = run_py(f"results_dir={tmp_path / 'results'}", "compressor=none", "~suite.tasks",
-                    f"+suite.tasks={local_pope(mixed)}")
+    result = run_py(
+        f"results_dir={tmp_path / 'results'}", "compressor=none", "~suite.tasks", f"+suite.tasks={local_pope(mixed)}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     pope = one_record(tmp_path / "results", "pope")
     assert pope["status"] == "done"
@@ -198,14 +252,21 @@ def test_bad_images_and_prompts_fail_their_own_document_only(tmp_path, cache_dir
     assert pope["efficiency"]["failed_samples"] == 3 and pope["efficiency"]["samples"] == 2
     for doc in (0, 1, 2):
         assert f"doc {doc} failed and is skipped" in result.stderr
-    result = run_py(f"results_dir={tmp_path / 'broken'}", "compressor=none", "~suite.tasks",
-                    f"+suite.tasks={local_pope(broken)}")
+    result = run_py(
+        f"results_dir={tmp_path / 'broken'}", "compressor=none", "~suite.tasks", f"+suite.tasks={local_pope(broken)}"
+    )
     assert result.returncode == 1 and "no sample was scored (5 failed; first: doc 0:" in result.stderr
     full = one_record(tmp_path / "broken", "pope")
     assert full["status"] == "failed" and full["error"].startswith("NoSampleScored: no sample was scored (5 failed")
     assert len(full["failures"]) == 5
-    assert not run_is_finished(compose(f"results_dir={tmp_path / 'broken'}", "compressor=none",
-                                       "~suite.tasks", f"+suite.tasks={local_pope(broken)}"))
+    assert not run_is_finished(
+        compose(
+            f"results_dir={tmp_path / 'broken'}",
+            "compressor=none",
+            "~suite.tasks",
+            f"+suite.tasks={local_pope(broken)}",
+        )
+    )
 
 
 # -- §4 every value checked before the model loads --------------------------------------------------
@@ -232,8 +293,10 @@ BAD_VALUES = [
     ("model.device=cuda:3", "model.device=cuda:3: CUDA is not available on this machine"),
     ("model.device=toaster", "model.device='toaster' is not a torch device"),
     ("suite.tasks.pope.fixture=popee", "fixture='popee' is not one of"),
-    ("~suite.tasks.pope.fixture +suite.tasks.pope.data_files=/no/such.parquet +suite.tasks.pope.split=test",
-     "data_files=/no/such.parquet: no such file"),
+    (
+        "~suite.tasks.pope.fixture +suite.tasks.pope.data_files=/no/such.parquet +suite.tasks.pope.split=test",
+        "data_files=/no/such.parquet: no such file",
+    ),
     ("+suite.tasks.pope.images_files=/no/images.parquet", "images_files=/no/images.parquet: no such file"),
     ("suite.tasks=null", "suite=smoke has no tasks"),
     ("suite.tasks.pope.metric=''", "every task needs `metric`"),
@@ -261,6 +324,7 @@ def _config_error(overrides: str) -> str:
             validate_entry(entry)
         if "model.dtype" in overrides:
             from gc2bench.models.adapter import DTYPES
+
             if cfg.model.dtype not in DTYPES:
                 raise ConfigError(f"model.dtype={cfg.model.dtype!r} is not one of {sorted(DTYPES)}")
     except (ConfigError, ValueError) as error:
@@ -273,15 +337,20 @@ def test_a_bad_value_is_one_error_naming_it(override, message, tmp_path):
     assert message in _config_error(f"results_dir={tmp_path} {override}")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("overwrite=no", "error: overwrite='no' is not true or false"),
-    ("suite.limit=0", "error: suite.limit=0 is out of range; suite.limit must be an integer >= 1 or null"),
-    ("seed=abc", "error: seed='abc' is not an integer; seed must be an integer >= 0"),
-    ("model.device=cuda", "error: model.device=cuda: CUDA is not available on this machine"),
-    ("~suite.tasks.pope.fixture +suite.tasks.pope.data_files=/no/such.parquet +suite.tasks.pope.split=test",
-     "data_files=/no/such.parquet: no such file"),
-    ("+suite.tasks.pope.images_files=/no/images.parquet", "images_files=/no/images.parquet: no such file"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("overwrite=no", "error: overwrite='no' is not true or false"),
+        ("suite.limit=0", "error: suite.limit=0 is out of range; suite.limit must be an integer >= 1 or null"),
+        ("seed=abc", "error: seed='abc' is not an integer; seed must be an integer >= 0"),
+        ("model.device=cuda", "error: model.device=cuda: CUDA is not available on this machine"),
+        (
+            "~suite.tasks.pope.fixture +suite.tasks.pope.data_files=/no/such.parquet +suite.tasks.pope.split=test",
+            "data_files=/no/such.parquet: no such file",
+        ),
+        ("+suite.tasks.pope.images_files=/no/images.parquet", "images_files=/no/images.parquet: no such file"),
+    ],
+)
 def test_run_py_refuses_a_bad_value_in_one_line_before_the_model_loads(override, message, tmp_path):
     answers = tmp_path / "results" / "tiny"
     result = run_py(f"results_dir={tmp_path / 'results'}", *override.split(), f"+x={tmp_path}", timeout=60)
@@ -298,30 +367,48 @@ def test_overwrite_no_keeps_the_answer_cache(finished):
     assert cache.exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    ("~suite.tasks.pope +suite.tasks.popee={fixture:pope,metric:pope_accuracy,scale:100}",
-     "'popee' is not an lmms-eval task"),
-    ("suite.tasks.pope.metric=pope_f2", "metric='pope_f2' is not one of its metrics (pope_accuracy"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            "~suite.tasks.pope +suite.tasks.popee={fixture:pope,metric:pope_accuracy,scale:100}",
+            "'popee' is not an lmms-eval task",
+        ),
+        ("suite.tasks.pope.metric=pope_f2", "metric='pope_f2' is not one of its metrics (pope_accuracy"),
+    ],
+)
 def test_task_and_metric_names_are_checked_before_the_model_loads(change, message, tmp_path):
-    result = run_py(f"results_dir={tmp_path}", "tasks=null", *change.split(), "suite.tasks.vqav2_val.metric=exact_match",
-                    f"+x={tmp_path}", "model.seed=77", timeout=120)
+    result = run_py(
+        f"results_dir={tmp_path}",
+        "tasks=null",
+        *change.split(),
+        "suite.tasks.vqav2_val.metric=exact_match",
+        f"+x={tmp_path}",
+        "model.seed=77",
+        timeout=120,
+    )
     assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
     assert "Loading weights" not in result.stderr + result.stdout
 
 
 # -- §3 bad files never crash a tool -----------------------------------------------------------------
 
+
 def table(*args):
-    return subprocess.run([sys.executable, "-m", "gc2bench.cli", "table", *map(str, args)], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gc2bench.cli", "table", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 MALFORMED = [
     ("metrics-null", lambda r: {**r, "metrics": None}, "metrics=None is not a mapping"),
     ("no-model", lambda r: {k: v for k, v in r.items() if k != "model"}, "no model name"),
     ("no-compressor", lambda r: {k: v for k, v in r.items() if k != "compressor"}, "no compressor name"),
-    ("text-score", lambda r: {**r, "metrics": {**r["metrics"], "score": "high"}}, "metrics.score='high' is not a number"),
+    (
+        "text-score",
+        lambda r: {**r, "metrics": {**r["metrics"], "score": "high"}},
+        "metrics.score='high' is not a number",
+    ),
     ("text-ratio", lambda r: {**r, "ratio": "half"}, "ratio='half' is not a number"),
     ("truncated", None, "not readable JSON (JSONDecodeError)"),
     ("binary", b"\xff\xfe\x00garbage", "not readable JSON (UnicodeDecodeError)"),
@@ -343,8 +430,11 @@ def test_table_over_malformed_records_prints_the_good_ones_and_names_each_bad_fi
         elif isinstance(change, bytes):
             path.write_bytes(change)
         else:
-            path.write_text(json.dumps(change({**json.loads(text), "compressor": {"name": "globalcom2", "params": {}},
-                                               "ratio": 0.5})))
+            path.write_text(
+                json.dumps(
+                    change({**json.loads(text), "compressor": {"name": "globalcom2", "params": {}}, "ratio": 0.5})
+                )
+            )
     result = table(tmp_path, "--format", "csv")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1].startswith("tiny,none,1,")
@@ -391,15 +481,22 @@ def test_bad_answer_cache_and_orphaned_tmp_files_do_not_stop_a_restart(finished,
 
 # -- §6 stopping and sharing ---------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_stops_in_one_line_and_the_same_command_resumes(signal_name, code, tmp_path, cache_dir):
     import signal
 
-    command = [sys.executable, "run.py", f"results_dir={tmp_path}", "compressor=globalcom2",
-               "hydra.run.dir=/tmp/gc2bench-test-hydra"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ))
+    command = [
+        sys.executable,
+        "run.py",
+        f"results_dir={tmp_path}",
+        "compressor=globalcom2",
+        "hydra.run.dir=/tmp/gc2bench-test-hydra",
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
     for line in process.stdout:
         if "task 2/2 vqav2_val …" in line:
             break
@@ -445,6 +542,7 @@ def test_an_unwritable_results_dir_is_one_line_naming_it_and_the_errno(tmp_path)
 
 # -- §5 tables and tools that cannot mislead -------------------------------------------------------------
 
+
 def test_table_splits_models_and_protocols_that_are_not_comparable(tmp_path, finished):
     results, overrides, record = finished
     run(compose(*overrides, "model.seed=1"))
@@ -454,10 +552,19 @@ def test_table_splits_models_and_protocols_that_are_not_comparable(tmp_path, fin
     models = {line.split(",")[0] for line in lines if not line.startswith("model,")}
     assert {"tiny · model.seed=0", "tiny · model.seed=1"} <= models
     # one task scored with two metrics (entries) by two methods: two columns, never one
-    other = {**record, "compressor": {"name": "globalcom2", "params": {"ratio": 0.5}}, "ratio": 0.5,
-             "metrics": {**record["metrics"], "metric": "pope_f1_score", "score": 12.5},
-             "identity": {**record["identity"], "protocol": {**record["identity"]["protocol"], "entry": {
-                 **record["identity"]["protocol"]["entry"], "metric": "pope_f1_score"}}}}
+    other = {
+        **record,
+        "compressor": {"name": "globalcom2", "params": {"ratio": 0.5}},
+        "ratio": 0.5,
+        "metrics": {**record["metrics"], "metric": "pope_f1_score", "score": 12.5},
+        "identity": {
+            **record["identity"],
+            "protocol": {
+                **record["identity"]["protocol"],
+                "entry": {**record["identity"]["protocol"]["entry"], "metric": "pope_f1_score"},
+            },
+        },
+    }
     mixed = tmp_path / "mixed"
     for name, made in (("none_r1_x", record), ("globalcom2_r0.5_x", other)):
         (mixed / "tiny" / name).mkdir(parents=True)
@@ -468,9 +575,16 @@ def test_table_splits_models_and_protocols_that_are_not_comparable(tmp_path, fin
 
 def test_records_made_alike_are_chosen_by_finish_time_not_directory_order(tmp_path, finished):
     _, _, record = finished
-    for parent, finished_at, score in (("a", "2026-01-02T00:00:00+00:00", 40.0), ("b", "2026-01-01T00:00:00+00:00", 60.0)):
-        made = {"format": RECORD_FORMAT, **record, "timing": {**record["timing"], "finished": finished_at},
-                "metrics": {**record["metrics"], "score": score}}
+    for parent, finished_at, score in (
+        ("a", "2026-01-02T00:00:00+00:00", 40.0),
+        ("b", "2026-01-01T00:00:00+00:00", 60.0),
+    ):
+        made = {
+            "format": RECORD_FORMAT,
+            **record,
+            "timing": {**record["timing"], "finished": finished_at},
+            "metrics": {**record["metrics"], "score": score},
+        }
         (tmp_path / parent / "tiny" / "none_r1_x").mkdir(parents=True)
         (tmp_path / parent / "tiny" / "none_r1_x" / "pope.json").write_text(json.dumps(made))
     result = table(tmp_path, "--format", "csv")
@@ -484,10 +598,12 @@ def test_paper_warns_when_the_model_or_the_metric_differs(finished):
     result = table(results, "--paper", paper, "--model", "tiny")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert any("reports llava_next_7b, these records are tiny: Δ paper compares different models" in w
-               for w in warnings)
-    assert any("POPE is scored as pope_accuracy, the paper as pope_f1_score averaged over category" in w
-               for w in warnings)
+    assert any(
+        "reports llava_next_7b, these records are tiny: Δ paper compares different models" in w for w in warnings
+    )
+    assert any(
+        "POPE is scored as pope_accuracy, the paper as pope_f1_score averaged over category" in w for w in warnings
+    )
 
 
 def test_an_uncached_hub_model_offline_fails_in_seconds_and_later_runs_at_once(tmp_path):
@@ -496,21 +612,39 @@ def test_an_uncached_hub_model_offline_fails_in_seconds_and_later_runs_at_once(t
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_CACHE=str(tmp_path / "hub"))  # nothing answers there
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "run.py", "-m", "model=llava_next_7b", "compressor=none,globalcom2",
-                             "suite.limit=1", "~suite.tasks", "+suite.tasks={pope:{metric:pope_accuracy}}",  # hub data: not offline
-                             f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/s"],
-                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            "model=llava_next_7b",
+            "compressor=none,globalcom2",
+            "suite.limit=1",
+            "~suite.tasks",
+            "+suite.tasks={pope:{metric:pope_accuracy}}",  # hub data: not offline
+            f"results_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path}/s",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert time.monotonic() - started < 120
     assert result.returncode == 1 and "Retrying" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: [run")]
     assert len(errors) == 2, result.stderr[-3000:]
-    assert errors[0].startswith("error: [run 1/2] model.path=llava-hf/llava-v1.6-vicuna-7b-hf: not in the local hub "
-                                "cache and http://127.0.0.1:9 cannot be reached (this machine looks offline)")
+    assert errors[0].startswith(
+        "error: [run 1/2] model.path=llava-hf/llava-v1.6-vicuna-7b-hf: not in the local hub "
+        "cache and http://127.0.0.1:9 cannot be reached (this machine looks offline)"
+    )
     assert "pass model.path=/local/checkpoint" in errors[0]
     assert errors[1].endswith("(as found for an earlier run of this process)")
 
 
 # -- the checkpoint fingerprint ---------------------------------------------------------------------------
+
 
 def test_a_hub_checkpoint_is_identified_by_its_snapshot_commit_and_files(tmp_path, monkeypatch):
     import huggingface_hub.constants
@@ -551,8 +685,10 @@ def test_a_truncated_image_decoded_by_datasets_raises_while_answering(cache_dir)
     from gc2bench.evaluation.images import strict_decoding
 
     image = pq.read_table(build_fixture("pope")).column("image").to_pylist()[1]
-    rows = datasets.Dataset.from_dict({"image": [{"bytes": image["bytes"][: len(image["bytes"]) // 2], "path": None}]},
-                                      features=datasets.Features({"image": datasets.Image()}))
+    rows = datasets.Dataset.from_dict(
+        {"image": [{"bytes": image["bytes"][: len(image["bytes"]) // 2], "path": None}]},
+        features=datasets.Features({"image": datasets.Image()}),
+    )
     assert ImageFile.LOAD_TRUNCATED_IMAGES and rows[0]["image"].size  # what lmms-eval alone would score
     with pytest.raises(OSError, match="truncated"), strict_decoding():
         rows[0]  # the row access in GC2BenchLMM._answer decodes it
@@ -579,7 +715,7 @@ def test_an_unwritable_answer_cache_stops_the_run_not_a_sample(tmp_path):
     from gc2bench.evaluation.answer_cache import AnswerCache, CacheWriteError
 
     (tmp_path / "file").write_text("")
-    cache = AnswerCache(tmp_path / "file")   # a file where the run directory should be
+    cache = AnswerCache(tmp_path / "file")  # a file where the run directory should be
     with pytest.raises(CacheWriteError) as raised:
         cache.put("k", {"answer": "yes"})
     assert "answer cache" in str(raised.value) and raised.value.errno

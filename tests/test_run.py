@@ -44,8 +44,12 @@ def test_run_records_and_table(tmp_path, cache_dir, capsys):
     assert run(compose_config(f"results_dir={tmp_path}", "compressor=globalcom2", "ratio=0.1")) == []
     assert len(list(tmp_path.rglob("*.json"))) == 4
 
-    table = subprocess.run([sys.executable, "-m", "gc2bench.cli", "table", str(tmp_path), "--format", "csv"],
-                           capture_output=True, text=True, check=True).stdout.splitlines()
+    table = subprocess.run(
+        [sys.executable, "-m", "gc2bench.cli", "table", str(tmp_path), "--format", "csv"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert table[0] == "model,Method,R,vqav2_val,pope,Average (%)"
     rows = {line.split(",")[1]: line.split(",") for line in table[1:]}
     assert rows["none"][-1] == "100.0"

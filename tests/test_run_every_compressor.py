@@ -7,15 +7,21 @@ from gc2bench.config import compose_run_config
 from gc2bench.run import run
 
 COMPRESSORS = sorted(path.stem for path in (REPO / "conf" / "compressor").glob("*.yaml"))
-NEEDS_COSINE_ON_ONEVISION = {"globalcom2", "fastervlm", "fastervlm_gc2", "fastv_globalcom2", "sparsevlm_globalcom2",
-                             "drop_crop", "prumerge"}
+NEEDS_COSINE_ON_ONEVISION = {
+    "globalcom2",
+    "fastervlm",
+    "fastervlm_gc2",
+    "fastv_globalcom2",
+    "sparsevlm_globalcom2",
+    "drop_crop",
+    "prumerge",
+}
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny_onevision"])
 @pytest.mark.parametrize("compressor", COMPRESSORS)
 def test_compressor_runs_and_records(tmp_path, cache_dir, model, compressor):
-    overrides = [f"model={model}", f"compressor={compressor}", "ratio=0.5", f"results_dir={tmp_path}",
-                 "suite.limit=2"]
+    overrides = [f"model={model}", f"compressor={compressor}", "ratio=0.5", f"results_dir={tmp_path}", "suite.limit=2"]
     if model == "tiny_onevision" and compressor in NEEDS_COSINE_ON_ONEVISION:
         overrides.append("compressor.score=cosine")
     cfg = compose_run_config(overrides, check=False)
@@ -28,7 +34,9 @@ def test_compressor_runs_and_records(tmp_path, cache_dir, model, compressor):
         if compressor == "none":
             assert tokens["visual_tokens_kept"]["mean"] == tokens["visual_tokens_before"]["mean"]
         in_llm = tokens["layer_averaged_image_tokens"]
-        assert tokens["equivalent_image_tokens"]["mean"] == pytest.approx((in_llm or tokens["visual_tokens_kept"])["mean"])
+        assert tokens["equivalent_image_tokens"]["mean"] == pytest.approx(
+            (in_llm or tokens["visual_tokens_kept"])["mean"]
+        )
         assert 0 < tokens["equivalent_share"]["mean"] <= 1.0 + 1e-9
         if compressor in ("fastv", "pdrop", "sparsevlm", "fastv_globalcom2", "sparsevlm_globalcom2"):
             assert in_llm["mean"] < tokens["visual_tokens_kept"]["mean"]

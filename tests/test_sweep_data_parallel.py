@@ -15,22 +15,43 @@ TIMINGS = ("vision_ms", "compression_ms", "prefill_ms", "decode_ms", "peak_memor
 
 
 def samples(record):
-    return sorted(({k: v for k, v in s.items() if k not in TIMINGS} for s in record["samples"]),
-                  key=lambda s: s["doc_id"])
+    return sorted(
+        ({k: v for k, v in s.items() if k not in TIMINGS} for s in record["samples"]), key=lambda s: s["doc_id"]
+    )
 
 
 @pytest.mark.slow
 def test_a_torchrun_run_matches_a_single_process_run(tmp_path, cache_dir):
     overrides = ["compressor=globalcom2", "ratio=0.5", "tasks=[pope]", "hydra.run.dir=" + str(tmp_path / "hydra")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    parallel = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               "run.py", *overrides, f"results_dir={tmp_path / 'parallel'}"], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=600)
+    parallel = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "run.py",
+            *overrides,
+            f"results_dir={tmp_path / 'parallel'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert parallel.returncode == 0, parallel.stdout[-3000:] + parallel.stderr[-3000:]
     headers = [line for line in parallel.stdout.splitlines() if line.startswith("tiny · globalcom2 r=0.5 → ")]
-    assert len(headers) == 1   # rank 0 only
-    single = subprocess.run([sys.executable, "run.py", *overrides, f"results_dir={tmp_path / 'single'}"], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=600)
+    assert len(headers) == 1  # rank 0 only
+    single = subprocess.run(
+        [sys.executable, "run.py", *overrides, f"results_dir={tmp_path / 'single'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     [(path, sharded)], [(_, whole)] = list(iter_records(tmp_path / "parallel")), list(iter_records(tmp_path / "single"))
     assert sharded["environment"]["world_size"] == 2 and sharded["status"] == "done"

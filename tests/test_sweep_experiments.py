@@ -27,8 +27,11 @@ def compose_config(*overrides):
 
 def sweep_jobs(cfg) -> list[list[str]]:
     params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
-    return [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)
-            for job in batch]
+    return [
+        job
+        for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)
+        for job in batch
+    ]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -78,11 +81,28 @@ def test_an_experiment_runs_as_a_tiny_multirun_one_job_per_gpu(tmp_path, cache_d
     """TCSVT Table III's sweep on the tiny model and the smoke suite (two of its allocations: the command
     line narrows the experiment's sweep), two workers on two (pretend) GPUs: every job runs on one."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5", "GC2BENCH_GPU_LOCKS": str(tmp_path / "locks")}
-    result = subprocess.run([sys.executable, "run.py", "-m", "experiment=tcsvt_table3", "model=tiny", "suite=smoke",
-                             "compressor.allocation=uniform,softmax_sum",
-                             "tasks=[pope]", "suite.limit=1", f"results_dir={tmp_path / 'results'}",
-                             "hydra/launcher=gpus", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            "experiment=tcsvt_table3",
+            "model=tiny",
+            "suite=smoke",
+            "compressor.allocation=uniform,softmax_sum",
+            "tasks=[pope]",
+            "suite.limit=1",
+            f"results_dir={tmp_path / 'results'}",
+            "hydra/launcher=gpus",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sweep: 2 runs: 2 ran, 0 already done, 0 failed" in result.stdout
     records = [record for _, record in iter_records(tmp_path / "results")]
@@ -94,6 +114,11 @@ def test_an_experiment_runs_as_a_tiny_multirun_one_job_per_gpu(tmp_path, cache_d
 
 def test_paper_tables_are_copied_for_every_table_experiment():
     copied = {csv.name for folder in FOLDERS for csv in folder.glob("*.csv")}
-    assert {"tcsvt_table1_llava_next_7b.csv", "tcsvt_table2_llava_next_13b.csv", "tcsvt_table3_allocation_ablation.csv",
-            "tcsvt_table4_token_score_ablation.csv", "aaai_table1_llava_next_7b.csv"} <= copied
+    assert {
+        "tcsvt_table1_llava_next_7b.csv",
+        "tcsvt_table2_llava_next_13b.csv",
+        "tcsvt_table3_allocation_ablation.csv",
+        "tcsvt_table4_token_score_ablation.csv",
+        "aaai_table1_llava_next_7b.csv",
+    } <= copied
     assert Path(REPO / "experiments" / "README.md").exists()

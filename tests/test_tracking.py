@@ -51,8 +51,15 @@ def test_off_by_default():
 @pytest.mark.slow
 def test_wandb_offline_logs_config_metrics_and_tables(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = compose_config(f"results_dir={tmp_path / 'results'}", "compressor=globalcom2", "ratio=0.5",
-                         "tasks=[pope]", "suite.limit=2", "tracking=wandb", f"tracking.dir={tmp_path}")
+    cfg = compose_config(
+        f"results_dir={tmp_path / 'results'}",
+        "compressor=globalcom2",
+        "ratio=0.5",
+        "tasks=[pope]",
+        "suite.limit=2",
+        "tracking=wandb",
+        f"tracking.dir={tmp_path}",
+    )
     records = run(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -69,7 +76,9 @@ def test_wandb_offline_logs_config_metrics_and_tables(tmp_path, cache_dir, monke
 
 
 def test_unknown_tracker_is_refused_before_loading(tmp_path):
-    with pytest.raises(ConfigError, match="Could not find 'tracking/mlflow' Available options in 'tracking': none wandb"):
+    with pytest.raises(
+        ConfigError, match="Could not find 'tracking/mlflow' Available options in 'tracking': none wandb"
+    ):
         run(compose_config(f"results_dir={tmp_path}", "tracking=mlflow"))
     with pytest.raises(ConfigError, match="tracking=mlflow is not one of none, wandb"):
         run(compose_config(f"results_dir={tmp_path}", "tracking.name=mlflow"))
@@ -79,8 +88,14 @@ def test_wandb_online_without_key_is_one_line_before_loading(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
     env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "netrc"))
     (tmp_path / "netrc").write_text("")
-    done = subprocess.run([sys.executable, "run.py", "tracking=wandb", f"results_dir={tmp_path}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "run.py", "tracking=wandb", f"results_dir={tmp_path}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "no W&B API key" in lines[0] and "tracking.mode=offline" in lines[0]

@@ -25,15 +25,21 @@ def commands() -> list[list[str]]:
 
 def expand(overrides: list[str]) -> list[list[str]]:
     """Every job of a ``-m`` sweep: the product of the comma-separated values."""
-    options = [[f"{key}={value}" for value in values.split(",")]
-               for key, _, values in (override.partition("=") for override in overrides)]
+    options = [
+        [f"{key}={value}" for value in values.split(",")]
+        for key, _, values in (override.partition("=") for override in overrides)
+    ]
     return [list(job) for job in itertools.product(*options)]
 
 
 def test_tutorial_has_every_step():
     argv = commands()
     assert [a[:2] for a in argv if a[0] == "gc2bench"] == [
-        ["gc2bench", "env"], ["gc2bench", "table"], ["gc2bench", "plot"], ["gc2bench", "inspect"]]
+        ["gc2bench", "env"],
+        ["gc2bench", "table"],
+        ["gc2bench", "plot"],
+        ["gc2bench", "inspect"],
+    ]
     sweeps = [a for a in argv if a[:3] == ["python", "run.py", "-m"]]
     assert sum(len(expand(a[3:])) == 12 for a in sweeps) == 2  # the sweep and its resumption
 

@@ -35,12 +35,19 @@ def onevision(h, w):
 
 
 LAYOUTS = {
-    "tiny 2x2": tiny(100, 100), "tiny 1x2 wide": tiny(60, 120), "tiny 3x1 tall": tiny(300, 90),
-    "tiny 1x3": tiny(40, 200), "tiny 1x3 barely padded": tiny(60, 150),
-    "llava 2x2": llava(672, 500), "llava 3x1 tall": llava(1000, 300),
-    "llava 1x1": AnyResLayout((336, 400), (1, 1), 24, 336), "llava 3x4": AnyResLayout((900, 1300), (3, 4), 24, 336),
-    "onevision 1x1": onevision(50, 56), "onevision 2x3": onevision(112, 160),
-    "onevision 6x6 downsampled": onevision(336, 330), "onevision 5x2": onevision(280, 100),
+    "tiny 2x2": tiny(100, 100),
+    "tiny 1x2 wide": tiny(60, 120),
+    "tiny 3x1 tall": tiny(300, 90),
+    "tiny 1x3": tiny(40, 200),
+    "tiny 1x3 barely padded": tiny(60, 150),
+    "llava 2x2": llava(672, 500),
+    "llava 3x1 tall": llava(1000, 300),
+    "llava 1x1": AnyResLayout((336, 400), (1, 1), 24, 336),
+    "llava 3x4": AnyResLayout((900, 1300), (3, 4), 24, 336),
+    "onevision 1x1": onevision(50, 56),
+    "onevision 2x3": onevision(112, 160),
+    "onevision 6x6 downsampled": onevision(336, 330),
+    "onevision 5x2": onevision(280, 100),
 }
 
 
@@ -85,6 +92,7 @@ def expected_drop(layout, dropped, newlines):
 
 # -- views ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_thumbnail_only_keeps_exactly_the_thumbnail_in_spatial_order(name):
     layout = LAYOUTS[name]
@@ -124,6 +132,7 @@ def test_crops_only_refuses_an_image_without_crops():
 
 
 # -- drop_crop --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("which", ["most", "least"])
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
@@ -173,8 +182,8 @@ def test_the_one_crop_grid_drops_its_only_crop_and_keeps_the_thumbnail():
 def test_most_and_least_differ_and_ties_go_to_the_lower_crop():
     layout = LAYOUTS["llava 2x2"]
     scores = torch.zeros(5, 576)
-    scores[0].view(24, 24)[12:, :12] = 1.0          # crop 2's region (bottom left) is the richest
-    scores[0].view(24, 24)[:12, 12:] = -1.0         # crop 1's region (top right) the poorest
+    scores[0].view(24, 24)[12:, :12] = 1.0  # crop 2's region (bottom left) is the richest
+    scores[0].view(24, 24)[:12, 12:] = -1.0  # crop 1's region (top right) the poorest
     assert DropCrop("most").select([scores], [layout]).info["dropped_crop"].tolist() == [2]
     assert DropCrop("least").select([scores], [layout]).info["dropped_crop"].tolist() == [1]
     flat = torch.ones(5, 576)
@@ -203,13 +212,19 @@ def test_an_image_without_crops_keeps_everything():
     assert batch.info["dropped_crop"][0] == -1 and batch.info["dropped_crop"][1] >= 0
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: ViewsOnly("thumb"), "views: views='thumb' is not one of thumbnail_only, crops_only"),
-    (lambda: ViewsOnly("crops_only", newlines="padded"), "views: newlines='padded' is not one of keep, drop"),
-    (lambda: DropCrop("max"), "drop_crop: which='max' is not one of most, least"),
-    (lambda: DropCrop(score="attention"), "drop_crop: score='attention' is not one of cls_logit, cls_softmax, cosine"),
-    (lambda: DropCrop(newlines="padded"), "drop_crop: newlines='padded' is not one of rows, keep"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ViewsOnly("thumb"), "views: views='thumb' is not one of thumbnail_only, crops_only"),
+        (lambda: ViewsOnly("crops_only", newlines="padded"), "views: newlines='padded' is not one of keep, drop"),
+        (lambda: DropCrop("max"), "drop_crop: which='max' is not one of most, least"),
+        (
+            lambda: DropCrop(score="attention"),
+            "drop_crop: score='attention' is not one of cls_logit, cls_softmax, cosine",
+        ),
+        (lambda: DropCrop(newlines="padded"), "drop_crop: newlines='padded' is not one of rows, keep"),
+    ],
+)
 def test_bad_options_name_the_value_and_the_valid_ones(make, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         make()
@@ -228,22 +243,29 @@ def test_scores_and_params():
     assert ViewsOnly().score_request.kind == "none"
     for compressor in (ViewsOnly("thumbnail_only"), ViewsOnly("crops_only"), DropCrop("most"), DropCrop("least")):
         params = compressor.params()
-        assert params["ratio"] == 1.0 and params["convention"] and params["variant"] in (
-            "thumbnail_only", "crops_only", "most", "least")
+        assert (
+            params["ratio"] == 1.0
+            and params["convention"]
+            and params["variant"] in ("thumbnail_only", "crops_only", "most", "least")
+        )
     assert "highest" in DropCrop("most").params()["convention"]
     assert "lowest" in DropCrop("least").params()["convention"]
 
 
 # -- configuration ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["compressor=views"], ("views", "thumbnail_only")),
-    (["compressor=views", "+compressor_options.views.views=crops_only"], ("views", "crops_only")),
-    (["compressor=views", "compressor.views=crops_only"], ("views", "crops_only")),
-    (["compressor=drop_crop"], ("which", "most")),
-    (["compressor=drop_crop", "+compressor_options.drop_crop.which=least"], ("which", "least")),
-    (["compressor=drop_crop", "compressor.which=least"], ("which", "least")),
-])
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["compressor=views"], ("views", "thumbnail_only")),
+        (["compressor=views", "+compressor_options.views.views=crops_only"], ("views", "crops_only")),
+        (["compressor=views", "compressor.views=crops_only"], ("views", "crops_only")),
+        (["compressor=drop_crop"], ("which", "most")),
+        (["compressor=drop_crop", "+compressor_options.drop_crop.which=least"], ("which", "least")),
+        (["compressor=drop_crop", "compressor.which=least"], ("which", "least")),
+    ],
+)
 def test_the_literal_overrides_compose(overrides, expected):
     compressor = instantiate(compose_config(*overrides, "ratio=0.5").compressor)
     assert getattr(compressor, expected[0]) == expected[1]
@@ -251,8 +273,10 @@ def test_the_literal_overrides_compose(overrides, expected):
 
 
 def test_the_literal_command_lines():
-    for args, line in [(["compressor=views", "compressor.views=crops_only"], "views: crops_only"),
-                       (["compressor=drop_crop", "compressor.which=least"], "which: least")]:
+    for args, line in [
+        (["compressor=views", "compressor.views=crops_only"], "views: crops_only"),
+        (["compressor=drop_crop", "compressor.which=least"], "which: least"),
+    ]:
         result = run_py(*args, "--cfg", "job", "--resolve", timeout=120)
         assert result.returncode == 0 and line in result.stdout, result.stderr[-2000:]
     bad = run_py("compressor=views", "compressor.views=thumb", timeout=120)
@@ -262,17 +286,20 @@ def test_the_literal_command_lines():
 
 # -- through run.py's recipe ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("model, overrides", [
-    ("tiny", ["compressor=views", "compressor.views=thumbnail_only"]),
-    ("tiny", ["compressor=views", "compressor.views=crops_only"]),
-    ("tiny", ["compressor=drop_crop", "compressor.which=most"]),
-    ("tiny", ["compressor=drop_crop", "compressor.which=least"]),
-    ("tiny_onevision", ["compressor=views", "compressor.views=crops_only"]),
-    ("tiny_onevision", ["compressor=drop_crop", "compressor.which=least", "compressor.score=cosine"]),
-])
+
+@pytest.mark.parametrize(
+    "model, overrides",
+    [
+        ("tiny", ["compressor=views", "compressor.views=thumbnail_only"]),
+        ("tiny", ["compressor=views", "compressor.views=crops_only"]),
+        ("tiny", ["compressor=drop_crop", "compressor.which=most"]),
+        ("tiny", ["compressor=drop_crop", "compressor.which=least"]),
+        ("tiny_onevision", ["compressor=views", "compressor.views=crops_only"]),
+        ("tiny_onevision", ["compressor=drop_crop", "compressor.which=least", "compressor.score=cosine"]),
+    ],
+)
 def test_a_run_records_what_each_view_kept(tmp_path, cache_dir, model, overrides):
-    records = run(compose_config(f"model={model}", *overrides, f"results_dir={tmp_path}", "ratio=0.5",
-                                 "suite.limit=2"))
+    records = run(compose_config(f"model={model}", *overrides, f"results_dir={tmp_path}", "ratio=0.5", "suite.limit=2"))
     assert [r["task"] for r in records] == ["pope", "vqav2_val"]
     for record in records:
         assert record["status"] == "done" and record["ratio"] == 1.0
@@ -298,16 +325,34 @@ def test_a_run_records_what_each_view_kept(tmp_path, cache_dir, model, overrides
 @pytest.mark.slow
 def test_a_sweep_over_ratios_runs_each_variant_once(tmp_path, cache_dir):
     results = tmp_path / "results"
-    result = run_py("-m", "compressor=views,drop_crop", "+compressor_options.views.views=thumbnail_only,crops_only",
-                    "+compressor_options.drop_crop.which=most,least", "ratio=0.5,0.25", "tasks=[pope]", "suite.limit=1",
-                    f"results_dir={results}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    result = run_py(
+        "-m",
+        "compressor=views,drop_crop",
+        "+compressor_options.views.views=thumbnail_only,crops_only",
+        "+compressor_options.drop_crop.which=most,least",
+        "ratio=0.5,0.25",
+        "tasks=[pope]",
+        "suite.limit=1",
+        f"results_dir={results}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sweep: 16 runs: 4 ran, 12 already done, 0 failed" in result.stdout
-    runs = sorted((r["compressor"]["name"], r["compressor"]["params"]["variant"], r["ratio"])
-                  for _, r in iter_records(results))
-    assert runs == [("drop_crop", "least", 1.0), ("drop_crop", "most", 1.0),
-                    ("views", "crops_only", 1.0), ("views", "thumbnail_only", 1.0)]
-    table = subprocess.run([sys.executable, "-m", "gc2bench.cli", "table", str(results), "--format", "csv"],
-                           capture_output=True, text=True, check=True, cwd=REPO).stdout.splitlines()
+    runs = sorted(
+        (r["compressor"]["name"], r["compressor"]["params"]["variant"], r["ratio"]) for _, r in iter_records(results)
+    )
+    assert runs == [
+        ("drop_crop", "least", 1.0),
+        ("drop_crop", "most", 1.0),
+        ("views", "crops_only", 1.0),
+        ("views", "thumbnail_only", 1.0),
+    ]
+    table = subprocess.run(
+        [sys.executable, "-m", "gc2bench.cli", "table", str(results), "--format", "csv"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout.splitlines()
     labels = sorted(line.split(",")[1] for line in table[1:] if line.strip())
     assert labels == ["drop_crop (least)", "drop_crop (most)", "views (crops_only)", "views (thumbnail_only)"]

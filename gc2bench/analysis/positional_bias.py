@@ -49,14 +49,17 @@ def bucket_counts(segments: torch.Tensor, num_views: int, weights: torch.Tensor 
     recycled tokens. segments: [B, L] long segment ids (SEGMENT_TEXT at text and padding); weights: [B, L]
     summed instead of counting (e.g. attention). Float64 when weighted, long otherwise."""
     batch, _ = segments.shape
-    width = num_views + 3                                  # last column collects text and padding
+    width = num_views + 3  # last column collects text and padding
     bucket = torch.full_like(segments, num_views + 2)
     bucket = torch.where((segments >= 0) & (segments < num_views), segments, bucket)
     bucket = torch.where(segments == SEGMENT_NEWLINE, num_views, bucket)
     bucket = torch.where(segments == SEGMENT_RECYCLED, num_views + 1, bucket)
     flat = (torch.arange(batch, device=segments.device)[:, None] * width + bucket).flatten()
-    values = torch.ones(flat.numel(), dtype=torch.float64, device=segments.device) if weights is None \
+    values = (
+        torch.ones(flat.numel(), dtype=torch.float64, device=segments.device)
+        if weights is None
         else weights.double().flatten()
+    )
     sums = torch.zeros(batch * width, dtype=torch.float64, device=segments.device).index_add_(0, flat, values)
     sums = sums.view(batch, width)[:, :-1]
     return sums.round().long() if weights is None else sums
@@ -70,10 +73,10 @@ def crops_at_positions(order: str, num_crops: int) -> list[int]:
 
 def emitted_crop_order(sources: torch.Tensor, tokens_per_view: int) -> list[int]:
     """Crops (1-based) by the position of their first emitted token. sources: [M] token sources (NEWLINE < 0)."""
-    crop = torch.where(sources >= tokens_per_view, sources // tokens_per_view, 0)        # 0: thumbnail, newline
+    crop = torch.where(sources >= tokens_per_view, sources // tokens_per_view, 0)  # 0: thumbnail, newline
     length = len(sources)
     first = torch.full((int(crop.max()) + 1 if length else 1,), length, dtype=torch.long)
-    first = first.scatter_reduce(0, crop, torch.arange(length), "amin")[1:]            # [n] first index per crop
+    first = first.scatter_reduce(0, crop, torch.arange(length), "amin")[1:]  # [n] first index per crop
     crops = torch.argsort(first, stable=True) + 1
     return crops[first[crops - 1] < length].tolist()
 
@@ -84,15 +87,15 @@ class ImageMeasurement:
     j), then newlines, then recycled tokens."""
 
     name: str
-    image_size: tuple[int, int]          # (height, width) px
-    grid: tuple[int, int]                # (rows, cols) of crops
+    image_size: tuple[int, int]  # (height, width) px
+    grid: tuple[int, int]  # (rows, cols) of crops
     order: str
-    crop_at_position: list[int]          # [n] crop at positions 1..n
-    tokens: list[int]                    # image tokens entering the LLM
-    kept: list[int]                      # after the method's last stage
-    kept_per_stage: list[list[int]]      # [stages][V + 2]
-    attention: list[float]               # share of the first stage's ranking attention on image tokens
-    kept_total: int                      # the pruner's image tokens after the last stage (= sum(kept))
+    crop_at_position: list[int]  # [n] crop at positions 1..n
+    tokens: list[int]  # image tokens entering the LLM
+    kept: list[int]  # after the method's last stage
+    kept_per_stage: list[list[int]]  # [stages][V + 2]
+    attention: list[float]  # share of the first stage's ranking attention on image tokens
+    kept_total: int  # the pruner's image tokens after the last stage (= sum(kept))
 
     @property
     def num_crops(self) -> int:
@@ -112,15 +115,25 @@ def measure_image(adapter, compressor, image, name: str, order: str, prompt: str
     attention = attention / attention.sum().clamp(min=1e-30)
     kept_total = int(plan.image_tokens_per_layer[-1, 0])
     if int(per_stage[-1].sum()) != kept_total:
-        raise RuntimeError(f"{name}: kept tokens per view sum to {int(per_stage[-1].sum())}, the pruner kept "
-                           f"{kept_total}")
+        raise RuntimeError(
+            f"{name}: kept tokens per view sum to {int(per_stage[-1].sum())}, the pruner kept {kept_total}"
+        )
     positions = crops_at_positions(order, layout.num_crops)
     emitted = emitted_crop_order(sources, layout.tokens_per_view)
     if order != "packed" and emitted != [c for c in positions if c in emitted]:
         raise RuntimeError(f"{name}: crops emitted as {emitted}, expected {positions} for crop_order={order}")
-    return ImageMeasurement(name, (image.height, image.width), tuple(layout.grid), order, positions,
-                            tokens.tolist(), per_stage[-1].tolist(), per_stage.tolist(), attention.tolist(),
-                            kept_total)
+    return ImageMeasurement(
+        name,
+        (image.height, image.width),
+        tuple(layout.grid),
+        order,
+        positions,
+        tokens.tolist(),
+        per_stage[-1].tolist(),
+        per_stage.tolist(),
+        attention.tolist(),
+        kept_total,
+    )
 
 
 # -- aggregation ------------------------------------------------------------------------------------
@@ -139,9 +152,9 @@ class GroupSummary:
 
     crops: int
     images: int
-    last_over_first: dict = field(default_factory=dict)   # order → mean kept at position n / at position 1
-    agreement_by_position: float | None = None             # Pearson r over images × positions
-    agreement_by_crop: float | None = None                 # Pearson r over images × crops
+    last_over_first: dict = field(default_factory=dict)  # order → mean kept at position n / at position 1
+    agreement_by_position: float | None = None  # Pearson r over images × positions
+    agreement_by_crop: float | None = None  # Pearson r over images × crops
 
 
 def summarize(measurements: list[ImageMeasurement]) -> tuple[list[dict], list[GroupSummary]]:
@@ -155,7 +168,7 @@ def summarize(measurements: list[ImageMeasurement]) -> tuple[list[dict], list[Gr
             group = [m for m in measurements if m.num_crops == crops and m.order == order]
             if not group:
                 continue
-            tokens = torch.tensor([m.tokens for m in group], dtype=torch.float64)      # [I, V + 2]
+            tokens = torch.tensor([m.tokens for m in group], dtype=torch.float64)  # [I, V + 2]
             kept = torch.tensor([m.kept for m in group], dtype=torch.float64)
             attention = torch.tensor([m.attention for m in group], dtype=torch.float64)
             by_order[order] = kept
@@ -165,22 +178,36 @@ def summarize(measurements: list[ImageMeasurement]) -> tuple[list[dict], list[Gr
                 columns += [("recycled", None, crops + 2)]
             for position, crop, column in columns:
                 total = float(tokens[:, column].sum())
-                rows.append({"crops": crops, "order": order, "position": position, "crop": crop,
-                             "images": len(group), "tokens": float(tokens[:, column].mean()),
-                             "kept": float(kept[:, column].mean()),
-                             "kept_share": float(kept[:, column].sum()) / total if total else None,
-                             "attention_share": float(attention[:, column].mean())})
+                rows.append(
+                    {
+                        "crops": crops,
+                        "order": order,
+                        "position": position,
+                        "crop": crop,
+                        "images": len(group),
+                        "tokens": float(tokens[:, column].mean()),
+                        "kept": float(kept[:, column].mean()),
+                        "kept_share": float(kept[:, column].sum()) / total if total else None,
+                        "attention_share": float(attention[:, column].mean()),
+                    }
+                )
             view_of_position = torch.tensor(crops_at_positions(order, crops))
-            kept_by_position[order] = kept[:, view_of_position]                          # [I, n]
+            kept_by_position[order] = kept[:, view_of_position]  # [I, n]
         summary = GroupSummary(crops, max(len(k) for k in by_order.values()))
         for order, kept in kept_by_position.items():
             first, last = float(kept[:, 0].mean()), float(kept[:, -1].mean())
             summary.last_over_first[order] = last / first if first else None
-        if "sequential" in by_order and "reversed" in by_order and len(by_order["sequential"]) == len(by_order["reversed"]):
-            summary.agreement_by_position = _pearson(kept_by_position["sequential"].flatten(),
-                                                     kept_by_position["reversed"].flatten())
-            summary.agreement_by_crop = _pearson(by_order["sequential"][:, 1:crops + 1].flatten(),
-                                                 by_order["reversed"][:, 1:crops + 1].flatten())
+        if (
+            "sequential" in by_order
+            and "reversed" in by_order
+            and len(by_order["sequential"]) == len(by_order["reversed"])
+        ):
+            summary.agreement_by_position = _pearson(
+                kept_by_position["sequential"].flatten(), kept_by_position["reversed"].flatten()
+            )
+            summary.agreement_by_crop = _pearson(
+                by_order["sequential"][:, 1 : crops + 1].flatten(), by_order["reversed"][:, 1 : crops + 1].flatten()
+            )
         summaries.append(summary)
     return rows, summaries
 
@@ -201,26 +228,36 @@ def _kept_layers(setup: dict) -> str:
 def format_table(setup: dict, rows: list[dict], summaries: list[GroupSummary]) -> str:
     """The table printed to stdout: one line per crop count × order × position, then one summary per crop count."""
     lines = [
-        (f"# positional bias: {setup['compressor']['name']} R={setup['ratio']:g} on {setup['model']['name']}; "
-         f"{setup['images']} image(s); prompt {setup['prompt']!r}"),
-        (f"# kept = image tokens in {_kept_layers(setup)}, after the method's last stage; share = kept / tokens; "
-         "attention = share of stage 1's ranking attention on image tokens; position p holds crop p (sequential) "
-         "or crop n+1-p (reversed)"),
-        (f"{'crops':>5} {'order':<10} {'position':>9} {'crop':>4} {'images':>6} {'tokens':>7} {'kept':>7} "
-         f"{'share':>6} {'attention':>9}"),
+        (
+            f"# positional bias: {setup['compressor']['name']} R={setup['ratio']:g} on {setup['model']['name']}; "
+            f"{setup['images']} image(s); prompt {setup['prompt']!r}"
+        ),
+        (
+            f"# kept = image tokens in {_kept_layers(setup)}, after the method's last stage; share = kept / tokens; "
+            "attention = share of stage 1's ranking attention on image tokens; position p holds crop p (sequential) "
+            "or crop n+1-p (reversed)"
+        ),
+        (
+            f"{'crops':>5} {'order':<10} {'position':>9} {'crop':>4} {'images':>6} {'tokens':>7} {'kept':>7} "
+            f"{'share':>6} {'attention':>9}"
+        ),
     ]
     for row in rows:
         share = "–" if row["kept_share"] is None else f"{100 * row['kept_share']:.1f}%"
-        lines.append(f"{row['crops']:>5} {row['order']:<10} {row['position']!s:>9} {_fmt(row['crop'], 'd'):>4} "
-                     f"{row['images']:>6} {row['tokens']:>7.1f} {row['kept']:>7.2f} {share:>6} "
-                     f"{100 * row['attention_share']:>8.1f}%")
+        lines.append(
+            f"{row['crops']:>5} {row['order']:<10} {row['position']!s:>9} {_fmt(row['crop'], 'd'):>4} "
+            f"{row['images']:>6} {row['tokens']:>7.1f} {row['kept']:>7.2f} {share:>6} "
+            f"{100 * row['attention_share']:>8.1f}%"
+        )
     for summary in summaries:
         ratios = ", ".join(f"{order} {_fmt(value, '.2f')}x" for order, value in summary.last_over_first.items())
         line = f"# {summary.crops} crops, {summary.images} image(s): last / first crop position kept: {ratios}"
         if summary.agreement_by_position is not None or summary.agreement_by_crop is not None:
-            line += (f"; sequential vs reversed agree by position r = {_fmt(summary.agreement_by_position, '.2f')}, "
-                     f"by crop r = {_fmt(summary.agreement_by_crop, '.2f')} (position-driven: by position ≈ 1; "
-                     "content-driven: by crop ≈ 1)")
+            line += (
+                f"; sequential vs reversed agree by position r = {_fmt(summary.agreement_by_position, '.2f')}, "
+                f"by crop r = {_fmt(summary.agreement_by_crop, '.2f')} (position-driven: by position ≈ 1; "
+                "content-driven: by crop ≈ 1)"
+            )
         lines.append(line)
     return "\n".join(lines)
 
@@ -248,34 +285,55 @@ def plot_positional_bias(setup: dict, rows: list[dict], summaries: list[GroupSum
             ordered = [r for r in image_rows if r["order"] == order]
             offset = (number - (len(orders) - 1) / 2) * width
             x = [0 if r["position"] == "thumbnail" else r["position"] for r in ordered]
-            bars = by_position.bar([v + offset for v in x], [r["kept"] for r in ordered], width,
-                                   color=ORDER_COLOURS.get(order, f"C{number}"), label=order, zorder=3)
+            bars = by_position.bar(
+                [v + offset for v in x],
+                [r["kept"] for r in ordered],
+                width,
+                color=ORDER_COLOURS.get(order, f"C{number}"),
+                label=order,
+                zorder=3,
+            )
             if crops <= 8:
                 labels = ["" if r["crop"] is None else f"c{r['crop']}" for r in ordered]
                 by_position.bar_label(bars, labels=labels, fontsize=7, color="0.3", padding=1)
             per_crop = sorted((r for r in ordered if r["crop"] is not None), key=lambda r: r["crop"])
-            bars = by_crop.bar([r["crop"] + offset for r in per_crop], [r["kept"] for r in per_crop], width,
-                               color=ORDER_COLOURS.get(order, f"C{number}"), label=order, zorder=3)
+            bars = by_crop.bar(
+                [r["crop"] + offset for r in per_crop],
+                [r["kept"] for r in per_crop],
+                width,
+                color=ORDER_COLOURS.get(order, f"C{number}"),
+                label=order,
+                zorder=3,
+            )
             if crops <= 8:
                 labels = [f"p{r['position']}" for r in per_crop]
                 by_crop.bar_label(bars, labels=labels, fontsize=7, color="0.3", padding=1)
         if crop_tokens:
             level = uniform * sum(crop_tokens) / len(crop_tokens)
             for axis in (by_position, by_crop):
-                axis.axhline(level, color="0.35", linestyle="--", linewidth=1.1, zorder=2,
-                             label=f"uniform: {100 * uniform:.0f}% of every crop")
+                axis.axhline(
+                    level,
+                    color="0.35",
+                    linestyle="--",
+                    linewidth=1.1,
+                    zorder=2,
+                    label=f"uniform: {100 * uniform:.0f}% of every crop",
+                )
         by_position.axvline(0.5, color="0.75", linewidth=0.8, zorder=1)
         by_position.set_xticks(range(crops + 1), ["thumb."] + [str(p) for p in range(1, crops + 1)])
         by_position.set_xlabel("position of the crop block in the LLM input (earlier → later)")
         by_crop.set_xticks(range(1, crops + 1), [str(c) for c in range(1, crops + 1)])
         by_crop.set_xlabel("crop of the image (row-major)")
         ratios = ", ".join(f"{o} {_fmt(v, '.2f')}×" for o, v in summary.last_over_first.items())
-        by_position.set_title(f"by position in the LLM input\nkept at the last / first position: {ratios}",
-                              fontsize=9.5)
+        by_position.set_title(
+            f"by position in the LLM input\nkept at the last / first position: {ratios}", fontsize=9.5
+        )
         agreement = "one order only"
         if summary.agreement_by_crop is not None or summary.agreement_by_position is not None:
-            agreement = (f"orders agree by crop r = {_fmt(summary.agreement_by_crop, '.2f')}, "
-                         f"by position r = {_fmt(summary.agreement_by_position, '.2f')}")
+            agreement = (
+                f"orders agree by crop r = {_fmt(summary.agreement_by_crop, '.2f')}, "
+                f"by position r = {_fmt(summary.agreement_by_position, '.2f')}"
+            )
         by_crop.set_title(f"by crop of the image\n{agreement}", fontsize=9.5)
         by_position.set_ylabel(f"{crops} crops, {summary.images} image(s)\nimage tokens kept (mean)")
         by_crop.set_ylabel("image tokens kept (mean)")
@@ -286,8 +344,12 @@ def plot_positional_bias(setup: dict, rows: list[dict], summaries: list[GroupSum
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9, frameon=False)
     compressor = setup["compressor"]
-    figure.suptitle(f"Positional bias: {compressor['name']} R={setup['ratio']:g} on {setup['model']['name']} — "
-                    f"image tokens kept per crop in {_kept_layers(setup)}", fontsize=12, fontweight="bold")
+    figure.suptitle(
+        f"Positional bias: {compressor['name']} R={setup['ratio']:g} on {setup['model']['name']} — "
+        f"image tokens kept per crop in {_kept_layers(setup)}",
+        fontsize=12,
+        fontweight="bold",
+    )
     return _save(figure, path)
 
 
@@ -313,7 +375,7 @@ def image_files(paths: list[str], limit: int | None) -> list[Path]:
     files = files[:limit] if limit else files
     for path in files:
         try:
-            with Image.open(path) as image:   # reads the header only
+            with Image.open(path) as image:  # reads the header only
                 if min(image.size) < 1:
                     raise OSError(f"size {image.size}")
         except (UnidentifiedImageError, OSError) as error:
@@ -348,13 +410,15 @@ def synthetic_images(adapter, count: int, grid: tuple[int, int] | None = None, s
     if grid is None:
         grid = (2, 2) if (2, 2) in grids else max(grids, key=lambda g: (g[0] * g[1], -abs(g[0] - g[1])))
     elif tuple(grid) not in grids:
-        raise ConfigError(f"--grid {grid[0]}x{grid[1]}: not one of the model's crop grids "
-                            f"({', '.join(f'{r}x{c}' for r, c in sorted(set(grids)))})")
+        raise ConfigError(
+            f"--grid {grid[0]}x{grid[1]}: not one of the model's crop grids "
+            f"({', '.join(f'{r}x{c}' for r, c in sorted(set(grids)))})"
+        )
     crop = int(adapter.config.vision_config.image_size)
     generator = torch.Generator().manual_seed(seed)
     images = []
     for index in range(count):
-        height, width = grid[0] * crop, grid[1] * crop          # the fallback: exactly the grid's size
+        height, width = grid[0] * crop, grid[1] * crop  # the fallback: exactly the grid's size
         for _ in range(10):
             scale, stretch = (1.0 + 0.25 * torch.rand(2, generator=generator)).tolist()
             size = (round(grid[0] * crop * scale), round(grid[1] * crop * scale * (0.8 + 0.2 * stretch)))
@@ -383,11 +447,11 @@ DEFAULT_OVERRIDES = ("model=tiny", "compressor=fastv", "ratio=0.25")
 
 @dataclass
 class Options:
-    overrides: list = field(default_factory=list)   # Hydra overrides as for run.py, after DEFAULT_OVERRIDES
+    overrides: list = field(default_factory=list)  # Hydra overrides as for run.py, after DEFAULT_OVERRIDES
     orders: tuple = DEFAULT_ORDERS
-    images: list | None = None          # files or folders; None: synthetic
-    num_images: int | None = None       # synthetic count (default 8) or the first N files
-    grid: tuple | None = None           # synthetic images' crop grid
+    images: list | None = None  # files or folders; None: synthetic
+    num_images: int | None = None  # synthetic count (default 8) or the first N files
+    grid: tuple | None = None  # synthetic images' crop grid
     prompt: str = DEFAULT_PROMPT
     out: str = "positional_bias.png"
     json_path: str | None = None
@@ -402,8 +466,11 @@ def crop_order_methods() -> list[str]:
     from gc2bench.results.table import method_order
 
     names = config_names("compressor")
-    return [name for name in method_order(names) if name in names
-            and "crop_order" in OmegaConf.load(CONF_DIR / "compressor" / f"{name}.yaml")]
+    return [
+        name
+        for name in method_order(names)
+        if name in names and "crop_order" in OmegaConf.load(CONF_DIR / "compressor" / f"{name}.yaml")
+    ]
 
 
 def parse_orders(text: str) -> tuple:
@@ -427,8 +494,9 @@ def prepare(options: Options):
     """Validate everything that can be checked without a model; returns (cfg, compressor, image files)."""
     from gc2bench.config import build_compressor, compose_run_config
 
-    options.orders = parse_orders(",".join(options.orders) if isinstance(options.orders, (list, tuple))
-                                  else options.orders)
+    options.orders = parse_orders(
+        ",".join(options.orders) if isinstance(options.orders, (list, tuple)) else options.orders
+    )
     if options.num_images is not None and options.num_images < 1:
         raise ConfigError(f"--num-images {options.num_images}: must be >= 1")
     if not str(options.out).lower().endswith(".png"):
@@ -437,8 +505,10 @@ def prepare(options: Options):
     cfg = compose_run_config([*DEFAULT_OVERRIDES, *options.overrides])
     compressor = build_compressor(cfg)
     if getattr(compressor, "kind", "vision") != "llm" or not hasattr(compressor, "crop_order"):
-        raise ConfigError(f"compressor={compressor.name}: not an LLM-stage method with a crop_order option; "
-                          f"positional bias is measured for {', '.join(crop_order_methods())}")
+        raise ConfigError(
+            f"compressor={compressor.name}: not an LLM-stage method with a crop_order option; "
+            f"positional bias is measured for {', '.join(crop_order_methods())}"
+        )
     return cfg, compressor, files
 
 
@@ -459,21 +529,35 @@ def analyze_positional_bias(options: Options, log=None) -> dict:
         results = [measure_image(adapter, compressor, image, name, order, options.prompt) for order in options.orders]
         first = results[0]
         kept = "; ".join(f"{m.order} " + "/".join(str(m.kept[c]) for c in m.crop_at_position) for m in results)
-        log(f"[{number}/{len(pictures)}] {name} {first.image_size[0]}x{first.image_size[1]} px, "
-            f"{first.grid[0]}x{first.grid[1]} crops: kept per position {kept}")
+        log(
+            f"[{number}/{len(pictures)}] {name} {first.image_size[0]}x{first.image_size[1]} px, "
+            f"{first.grid[0]}x{first.grid[1]} crops: kept per position {kept}"
+        )
         measurements.extend(results)
     compressor.crop_order = "packed"
     rows, summaries = summarize(measurements)
     stages = adapter.pruner.stages
-    setup = {"model": adapter.describe(), "compressor": {"name": compressor.name, "params": compressor.params()},
-             "ratio": float(cfg.ratio), "orders": list(options.orders), "prompt": options.prompt,
-             "images": len(pictures), "source": "synthetic" if files is None else "files",
-             "num_layers": len(adapter.pruner.layers), "final_layer": stages[-1].prune_layer,
-             "stages": [asdict(stage) for stage in stages],
-             "count_columns": "measurements' tokens / kept / attention lists: view 0 (thumbnail), views 1..n "
-                              "(crops, row-major), newlines, recycled tokens"}
-    return {"setup": setup, "rows": rows, "summaries": [asdict(s) for s in summaries],
-            "measurements": [asdict(m) for m in measurements], "_summaries": summaries}
+    setup = {
+        "model": adapter.describe(),
+        "compressor": {"name": compressor.name, "params": compressor.params()},
+        "ratio": float(cfg.ratio),
+        "orders": list(options.orders),
+        "prompt": options.prompt,
+        "images": len(pictures),
+        "source": "synthetic" if files is None else "files",
+        "num_layers": len(adapter.pruner.layers),
+        "final_layer": stages[-1].prune_layer,
+        "stages": [asdict(stage) for stage in stages],
+        "count_columns": "measurements' tokens / kept / attention lists: view 0 (thumbnail), views 1..n "
+        "(crops, row-major), newlines, recycled tokens",
+    }
+    return {
+        "setup": setup,
+        "rows": rows,
+        "summaries": [asdict(s) for s in summaries],
+        "measurements": [asdict(m) for m in measurements],
+        "_summaries": summaries,
+    }
 
 
 def main(options: Options) -> int:

@@ -19,16 +19,30 @@ from gc2bench.efficiency.timing import now
 from gc2bench.models.llava_next import captured_attention_input, clip_encoder_layers, cls_attention_scores
 
 
-def bench_hooks(views: int = 1, layers: int = 24, width: int = 1024, heads: int = 16, image_size: int = 336,
-                repeats: int = 5, device: str = "cpu", dtype: str = "float32") -> int:
+def bench_hooks(
+    views: int = 1,
+    layers: int = 24,
+    width: int = 1024,
+    heads: int = 16,
+    image_size: int = 336,
+    repeats: int = 5,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> int:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from gc2bench.models.adapter import DTYPES
 
     print(f"bench hooks: building a random CLIP tower ({layers} layers, width {width})", file=sys.stderr, flush=True)
     torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                              num_attention_heads=heads, image_size=image_size, patch_size=14)
+    config = CLIPVisionConfig(
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=14,
+    )
     tower = CLIPVisionModel(config).to(device, DTYPES[dtype]).eval()
     pixels = torch.randn(views, 3, image_size, image_size, device=device, dtype=DTYPES[dtype])
     layer = clip_encoder_layers(tower)[-1]
@@ -50,8 +64,13 @@ def bench_hooks(views: int = 1, layers: int = 24, width: int = 1024, heads: int 
 
     timings = {name: [] for name in ("plain", "hooked", "scores")}
     with torch.no_grad():
-        rounds = tqdm(range(repeats + 1), desc="bench hooks (round 0 = warm-up)", unit="round", file=sys.stderr,
-                      dynamic_ncols=True)
+        rounds = tqdm(
+            range(repeats + 1),
+            desc="bench hooks (round 0 = warm-up)",
+            unit="round",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         for step in rounds:
             for name, fn in (("plain", plain), ("hooked", hooked), ("scores", scores_only)):
                 start = now(device)
@@ -59,8 +78,10 @@ def bench_hooks(views: int = 1, layers: int = 24, width: int = 1024, heads: int 
                 if step:  # the first round is warm-up
                     timings[name].append(now(device) - start)
     plain_ms, hooked_ms, scores_ms = (1e3 * statistics.median(timings[k]) for k in ("plain", "hooked", "scores"))
-    print(f"CLIP tower: {layers} layers, width {width}, {image_size}px, {views} view(s), {dtype} on {device}; "
-          f"median of {repeats}")
+    print(
+        f"CLIP tower: {layers} layers, width {width}, {image_size}px, {views} view(s), {dtype} on {device}; "
+        f"median of {repeats}"
+    )
     print(f"tower alone            {plain_ms:10.2f} ms")
     print(f"tower + hook + scores  {hooked_ms:10.2f} ms  ({100 * (hooked_ms - plain_ms) / plain_ms:+.2f}%, noisy)")
     print(f"score computation      {scores_ms:10.3f} ms  ({100 * scores_ms / plain_ms:.3f}% of the tower)")

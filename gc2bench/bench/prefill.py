@@ -89,9 +89,14 @@ def llava_next_preset_config(spec: dict):
     from transformers import CLIPVisionConfig, LlavaNextConfig
 
     vision = CLIPVisionConfig(image_size=spec["crop_size"], patch_size=spec["patch_size"], **spec["vision"])
-    return LlavaNextConfig(vision_config=vision, text_config=_text_config(spec["text"]),
-                           image_grid_pinpoints=spec["grid_pinpoints"], vision_feature_layer=-2,
-                           vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    return LlavaNextConfig(
+        vision_config=vision,
+        text_config=_text_config(spec["text"]),
+        image_grid_pinpoints=spec["grid_pinpoints"],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
 
 
 def llava_onevision_preset_config(spec: dict):
@@ -99,13 +104,20 @@ def llava_onevision_preset_config(spec: dict):
     all patches; as llava-hf/llava-onevision-qwen2-7b-ov-hf)."""
     from transformers import LlavaOnevisionConfig, SiglipVisionConfig
 
-    vision = SiglipVisionConfig(image_size=spec["crop_size"], patch_size=spec["patch_size"], vision_use_head=False,
-                                **spec["vision"])
+    vision = SiglipVisionConfig(
+        image_size=spec["crop_size"], patch_size=spec["patch_size"], vision_use_head=False, **spec["vision"]
+    )
     text = _text_config(spec["text"])
     text.tie_word_embeddings = False
-    return LlavaOnevisionConfig(vision_config=vision, text_config=text, image_grid_pinpoints=spec["grid_pinpoints"],
-                                vision_feature_layer=-1, vision_feature_select_strategy="full",
-                                vision_aspect_ratio=spec["vision_aspect_ratio"], projector_hidden_act="gelu")
+    return LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_grid_pinpoints=spec["grid_pinpoints"],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=spec["vision_aspect_ratio"],
+        projector_hidden_act="gelu",
+    )
 
 
 def preset_config(name: str):
@@ -123,12 +135,13 @@ def model_config(model: str):
         return preset_config(model)
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
-        raise ConfigError(f"--model {model}: not a preset ({', '.join(PRESETS)}) nor a directory with a "
-                         f"config.json")
+        raise ConfigError(f"--model {model}: not a preset ({', '.join(PRESETS)}) nor a directory with a config.json")
     config = AutoConfig.from_pretrained(str(path))
     if config.model_type not in ARCHITECTURES:
-        raise ConfigError(f"--model {model}: model_type={config.model_type!r}; bench prefill builds "
-                         f"{' or '.join(ARCHITECTURES)} models")
+        raise ConfigError(
+            f"--model {model}: model_type={config.model_type!r}; bench prefill builds "
+            f"{' or '.join(ARCHITECTURES)} models"
+        )
     return config
 
 
@@ -151,13 +164,19 @@ def llava_next_processor(config):
     tokenizer = _build_tokenizer()
     _use_tokenizer(config, tokenizer)
     crop = config.vision_config.image_size
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": crop},
-                                                 crop_size={"height": crop, "width": crop},
-                                                 image_grid_pinpoints=config.image_grid_pinpoints)
-    return LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                              patch_size=config.vision_config.patch_size,
-                              vision_feature_select_strategy=config.vision_feature_select_strategy,
-                              num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": crop},
+        crop_size={"height": crop, "width": crop},
+        image_grid_pinpoints=config.image_grid_pinpoints,
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def llava_onevision_processor(config):
@@ -174,12 +193,17 @@ def llava_onevision_processor(config):
     _use_tokenizer(config, tokenizer)
     config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
     crop, patch = config.vision_config.image_size, config.vision_config.patch_size
-    image_processor = LlavaOnevisionImageProcessorPil(size={"height": crop, "width": crop},
-                                                      image_grid_pinpoints=config.image_grid_pinpoints)
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": crop, "width": crop}, image_grid_pinpoints=config.image_grid_pinpoints
+    )
     return image_only_processor_class()(
-        image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=(crop // patch) ** 2,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        num_image_tokens=(crop // patch) ** 2,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
-        vision_aspect_ratio=config.vision_aspect_ratio, chat_template=CHAT_TEMPLATE)
+        vision_aspect_ratio=config.vision_aspect_ratio,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def build_bench_dir(config, path: Path) -> Path:
@@ -244,8 +268,9 @@ class RandomWeightsAdapter:
             self.pruner.remove()
         self.compressor, self.pruner = compressor, None
         if getattr(compressor, "kind", "vision") == "llm":
-            self.pruner = DecoderPruner(self.model.model.language_model, compressor,
-                                        seed=getattr(compressor, "seed", 0))
+            self.pruner = DecoderPruner(
+                self.model.model.language_model, compressor, seed=getattr(compressor, "seed", 0)
+            )
 
 
 class RandomWeightsLlavaNextAdapter(RandomWeightsAdapter, LlavaNextAdapter):
@@ -260,9 +285,9 @@ class RandomWeightsOneVisionAdapter(RandomWeightsAdapter, LlavaOneVisionAdapter)
 class Architecture:
     """How the benchmark builds one model type."""
 
-    adapter_class: type                  # a RandomWeightsAdapter
-    build_processor: Callable            # (config) -> processor; sets the config's token ids to its tokenizer's
-    vision_has_cls: bool                 # False: compressors asking for a CLS score get compressor.score=cosine
+    adapter_class: type  # a RandomWeightsAdapter
+    build_processor: Callable  # (config) -> processor; sets the config's token ids to its tokenizer's
+    vision_has_cls: bool  # False: compressors asking for a CLS score get compressor.score=cosine
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -296,8 +321,10 @@ def probed_prefills(adapter):
             probes[-1].cpu_ms = 1e3 * (time.process_time() + probes[-1].cpu_ms)
 
     model = adapter.model.model.language_model
-    handles = [model.register_forward_pre_hook(before, with_kwargs=True),
-               model.register_forward_hook(after, with_kwargs=True)]
+    handles = [
+        model.register_forward_pre_hook(before, with_kwargs=True),
+        model.register_forward_hook(after, with_kwargs=True),
+    ]
     try:
         yield probes
     finally:
@@ -344,8 +371,8 @@ class Method:
     name: str
     ratio: float
     compressor: object | None
-    overrides: list[str] = field(default_factory=list)   # beyond compressor=NAME ratio=R
-    status: str = "ok"                                   # ok | unreachable | unsupported
+    overrides: list[str] = field(default_factory=list)  # beyond compressor=NAME ratio=R
+    status: str = "ok"  # ok | unreachable | unsupported
     reason: str | None = None
 
 
@@ -363,7 +390,7 @@ def compose_compressor(name: str, ratio: float, num_layers: int, vision_has_cls:
     if not vision_has_cls and cfg.compressor.get("score") in CLS_SCORES:
         overrides.append("compressor.score=cosine")
     if cfg.compressor.get("decode") == "reselect":
-        overrides.append("compressor.decode=static")   # FastV's pruned prefill, what saves compute
+        overrides.append("compressor.decode=static")  # FastV's pruned prefill, what saves compute
     if overrides:
         cfg = compose_run_config(base + overrides, check=False)
     try:
@@ -395,9 +422,18 @@ def parse_list(text: str, what: str, convert):
         raise ConfigError(f"--{what} {text!r}: {error}") from None
 
 
-def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom2"), ratios=(1.0, 0.5, 0.25, 0.1),
-                       repeats: int = 3, images: int = 1, device: str = "cpu", dtype: str | None = None,
-                       threads: int | None = None, seed: int = 0, log=None) -> tuple[dict, list[dict]]:
+def bench_prefill_rows(
+    model: str = "cpu_small",
+    compressors=("none", "globalcom2"),
+    ratios=(1.0, 0.5, 0.25, 0.1),
+    repeats: int = 3,
+    images: int = 1,
+    device: str = "cpu",
+    dtype: str | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+    log=None,
+) -> tuple[dict, list[dict]]:
     """(header, rows) of the benchmark; see the module docstring for the row fields."""
     from gc2bench.config import config_names, validate_ratio
 
@@ -422,8 +458,9 @@ def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom
     load_before = _load_average()
     directory = bench_model_dir(model)
     architecture = ARCHITECTURES[model_config(str(directory)).model_type]
-    adapter = architecture.adapter_class(str(directory), NoCompression(), seed=seed, name=model, dtype=dtype,
-                                         device=device)
+    adapter = architecture.adapter_class(
+        str(directory), NoCompression(), seed=seed, name=model, dtype=dtype, device=device
+    )
     shape = DecoderShape.from_config(adapter.config)
     image_size = bench_image_size(adapter)
     pictures = synthetic_images(images, image_size, seed)
@@ -468,16 +505,35 @@ def bench_prefill_rows(model: str = "cpu_small", compressors=("none", "globalcom
             row["cpu_share_of_limit"] = row["cpu_speedup"] / row["analytic_speedup"]
         row["overhead_pct"] = 100 * row["compression_ms"] / reference["prefill_ms"]
     vision = adapter.config.vision_config
-    header = {"model": model, "architecture": adapter.config.model_type, "device": str(adapter.device), "dtype": dtype,
-              "machine": _machine(adapter.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "llm": {"hidden_size": shape.hidden_size, "intermediate_size": shape.intermediate_size,
-                      "num_layers": shape.num_layers, "num_heads": shape.num_heads,
-                      "num_kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim},
-              "vision": {"model_type": vision.model_type, "hidden_size": vision.hidden_size,
-                         "num_layers": vision.num_hidden_layers, "crop_size": vision.image_size,
-                         "patch_size": vision.patch_size},
-              "image_size": list(image_size), "images": images, "repeats": repeats,
-              "runnable": len(runnable), "load_average_1min": [load_before, _load_average()]}
+    header = {
+        "model": model,
+        "architecture": adapter.config.model_type,
+        "device": str(adapter.device),
+        "dtype": dtype,
+        "machine": _machine(adapter.device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "llm": {
+            "hidden_size": shape.hidden_size,
+            "intermediate_size": shape.intermediate_size,
+            "num_layers": shape.num_layers,
+            "num_heads": shape.num_heads,
+            "num_kv_heads": shape.num_kv_heads,
+            "head_dim": shape.head_dim,
+        },
+        "vision": {
+            "model_type": vision.model_type,
+            "hidden_size": vision.hidden_size,
+            "num_layers": vision.num_hidden_layers,
+            "crop_size": vision.image_size,
+            "patch_size": vision.patch_size,
+        },
+        "image_size": list(image_size),
+        "images": images,
+        "repeats": repeats,
+        "runnable": len(runnable),
+        "load_average_1min": [load_before, _load_average()],
+    }
     return header, rows
 
 
@@ -554,32 +610,54 @@ def format_table(header: dict, rows: list[dict]) -> str:
             f"{row['prefill_ms']:>10.1f} {row['speedup']:>6.2f}x {_fmt(cpu, '7.1f'):>7} "
             f"{_fmt(row.get('cpu_speedup'), '10.2f'):>10}x {row['analytic_speedup']:>5.2f}x "
             f"{100 * row['share_of_limit']:>7.1f}% {_fmt(cpu_share, '5.1f'):>5}% "
-            f"{row['compression_ms']:>11.2f} {row['overhead_pct']:>8.2f}%")
+            f"{row['compression_ms']:>11.2f} {row['overhead_pct']:>8.2f}%"
+        )
     cosine = list(dict.fromkeys(r["method"] for r in rows if "compressor.score=cosine" in r["overrides"]))
     if cosine:
         lines.append(f"# compressor.score=cosine for {', '.join(cosine)}: the {tower} tower has no CLS token")
     ours = [r for r in rows if r["method"] == "globalcom2" and r["status"] == "ok"]
     if ours:
         low = min(ours, key=lambda r: r["ratio"])
-        cpu = (f", CPU time {low['cpu_speedup']:.2f}x ({100 * low['cpu_share_of_limit']:.1f}%)"
-               if low.get("cpu_speedup") else "")
-        lines.append(f"# GlobalCom² R={low['ratio']:g}: {low['speedup']:.2f}x measured of "
-                     f"{low['analytic_speedup']:.2f}x analytic ({100 * low['share_of_limit']:.1f}% of the limit){cpu}; "
-                     f"selection + packing "
-                     f"{low['compression_ms']:.2f} ms = {low['overhead_pct']:.3f}% of the uncompressed prefill")
+        cpu = (
+            f", CPU time {low['cpu_speedup']:.2f}x ({100 * low['cpu_share_of_limit']:.1f}%)"
+            if low.get("cpu_speedup")
+            else ""
+        )
+        lines.append(
+            f"# GlobalCom² R={low['ratio']:g}: {low['speedup']:.2f}x measured of "
+            f"{low['analytic_speedup']:.2f}x analytic ({100 * low['share_of_limit']:.1f}% of the limit){cpu}; "
+            f"selection + packing "
+            f"{low['compression_ms']:.2f} ms = {low['overhead_pct']:.3f}% of the uncompressed prefill"
+        )
     return "\n".join(lines)
 
 
-def bench_prefill(model: str = "cpu_small", compressors: str | None = None, ratios: str = "1,0.5,0.25,0.1", repeats: int = 3, images: int = 1, device: str = "cpu",
-                  dtype: str | None = None, threads: int | None = None, as_json: bool = False) -> int:
+def bench_prefill(
+    model: str = "cpu_small",
+    compressors: str | None = None,
+    ratios: str = "1,0.5,0.25,0.1",
+    repeats: int = 3,
+    images: int = 1,
+    device: str = "cpu",
+    dtype: str | None = None,
+    threads: int | None = None,
+    as_json: bool = False,
+) -> int:
     """The CLI command: print the table (or one JSON list of rows); a ConfigError on bad input. ``compressors``:
     comma-separated conf/compressor names (default ``gc2bench.bench.PREFILL_COMPRESSORS``)."""
     from gc2bench.bench import PREFILL_COMPRESSORS
 
     compressors = ",".join(PREFILL_COMPRESSORS) if compressors is None else compressors
-    header, rows = bench_prefill_rows(model, parse_list(compressors, "compressors", str),
-                                      parse_list(ratios, "ratios", float), repeats=repeats, images=images,
-                                      device=device, dtype=dtype, threads=threads)
+    header, rows = bench_prefill_rows(
+        model,
+        parse_list(compressors, "compressors", str),
+        parse_list(ratios, "ratios", float),
+        repeats=repeats,
+        images=images,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+    )
     if as_json:
         print(json.dumps([dict(row, setup=header) for row in rows]))
     else:

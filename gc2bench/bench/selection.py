@@ -47,8 +47,10 @@ def bench_selection(file: str, dim: int = 4096, repeats: int = 20, warmup: int =
     if dim < 1 or repeats < 1 or warmup < 1:
         raise ConfigError(f"bench selection: --dim ({dim}), --repeats ({repeats}) and warmup ({warmup}) must be >= 1")
     generator = torch.Generator().manual_seed(0)
-    print(f"# {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"D={dim}, float32 features, {repeats} repeats per case")
+    print(
+        f"# {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"D={dim}, float32 features, {repeats} repeats per case"
+    )
     uncached, cached = [], []
     with torch.inference_mode():
         for case in data["cases"]:
@@ -63,8 +65,10 @@ def bench_selection(file: str, dim: int = 4096, repeats: int = 20, warmup: int =
             cached.append(_median_ms(run, repeats))
             uncached.append(_median_ms(run, repeats, before=clear_geometry_cache))
             height, width = layout.image_size
-            print(f"{case.get('name', '?')}: {width}x{height}, {layout.num_views} views, R={compressor.ratio}, "
-                  f"packed {list(shape)}: {uncached[-1]:.3f} ms uncached, {cached[-1]:.3f} ms cached")
+            print(
+                f"{case.get('name', '?')}: {width}x{height}, {layout.num_views} views, R={compressor.ratio}, "
+                f"packed {list(shape)}: {uncached[-1]:.3f} ms uncached, {cached[-1]:.3f} ms cached"
+            )
     print(f"cached geometry: median {statistics.median(cached):.3f} ms/image")
     print(f"median {statistics.median(uncached):.3f} ms/image")
     return 0

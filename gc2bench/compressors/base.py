@@ -108,7 +108,9 @@ class Selection:
         return [row[:n] for row, n in zip(self.token_sources, counts)]
 
 
-def gather_tokens(view_features: torch.Tensor, image_newline: torch.Tensor, token_sources: torch.Tensor) -> torch.Tensor:
+def gather_tokens(
+    view_features: torch.Tensor, image_newline: torch.Tensor, token_sources: torch.Tensor
+) -> torch.Tensor:
     """Emitted LLM tokens of one image.
 
     view_features: [V, N, D]; image_newline: [D]; token_sources: [M] (no PAD) → [M, D].
@@ -119,8 +121,9 @@ def gather_tokens(view_features: torch.Tensor, image_newline: torch.Tensor, toke
     return tokens
 
 
-def keep_top_per_view(candidates: list[torch.Tensor], scores: list[torch.Tensor], ratio: float,
-                      tokens_per_view: int) -> Selection:
+def keep_top_per_view(
+    candidates: list[torch.Tensor], scores: list[torch.Tensor], ratio: float, tokens_per_view: int
+) -> Selection:
     """Per view, keep the top ``round(ratio · n_v)`` of its n_v candidate tokens; emit in candidate order.
 
     candidates: B tensors [P_b] of token sources (NEWLINE entries are always kept);
@@ -129,20 +132,22 @@ def keep_top_per_view(candidates: list[torch.Tensor], scores: list[torch.Tensor]
     """
     device = scores[0].device
     batch, n_tok = len(candidates), tokens_per_view
-    sources = torch.nn.utils.rnn.pad_sequence([c.to(device) for c in candidates], batch_first=True,
-                                              padding_value=PAD)                       # [B, P]
+    sources = torch.nn.utils.rnn.pad_sequence(
+        [c.to(device) for c in candidates], batch_first=True, padding_value=PAD
+    )  # [B, P]
     views_max = max(s.shape[0] for s in scores)
     table = torch.full((batch, views_max * n_tok), -math.inf, device=device)
     for b, s in enumerate(scores):
         table[b, : s.numel()] = s.flatten().float()
     is_token = sources >= 0
     token_scores = table.gather(1, sources.clamp(min=0)).masked_fill(~is_token, -math.inf) + 0.0
-    groups = torch.where(is_token, torch.arange(batch, device=device)[:, None] * views_max + sources // n_tok,
-                         batch * views_max).flatten()
+    groups = torch.where(
+        is_token, torch.arange(batch, device=device)[:, None] * views_max + sources // n_tok, batch * views_max
+    ).flatten()
     counts = torch.bincount(groups, minlength=batch * views_max + 1)
     quotas = torch.round(counts.double() * ratio).long()
     order = torch.sort(token_scores.flatten(), descending=True, stable=True).indices
-    order = order[torch.sort(groups[order], stable=True).indices]                        # by group, then score
+    order = order[torch.sort(groups[order], stable=True).indices]  # by group, then score
     group_start = counts.cumsum(0) - counts
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel(), device=device) - group_start[groups[order]]
@@ -164,8 +169,8 @@ def keep_top_per_view(candidates: list[torch.Tensor], scores: list[torch.Tensor]
 # ---------------------------------------------------------------------------------------------
 
 # Segment ids of image tokens (``LLMContext.segment``): the thumbnail is 0, crop j is 1 + j.
-SEGMENT_TEXT = -1      # not an image token
-SEGMENT_NEWLINE = -2   # an image_newline token
+SEGMENT_TEXT = -1  # not an image token
+SEGMENT_NEWLINE = -2  # an image_newline token
 SEGMENT_RECYCLED = -3  # a token a compressor inserted (SparseVLM's cluster means)
 
 
@@ -310,8 +315,9 @@ def check_crop_order(crop_order, method: str) -> str:
     return check_choice(crop_order, CROP_ORDERS, "crop_order", method)
 
 
-def crop_block_sources(packed_sources: torch.Tensor, tokens_per_view: int, num_crops: int,
-                       crop_order: str) -> torch.Tensor:
+def crop_block_sources(
+    packed_sources: torch.Tensor, tokens_per_view: int, num_crops: int, crop_order: str
+) -> torch.Tensor:
     """Token sources of one image with its crops emitted as blocks in ``crop_order``.
 
     packed_sources: [P] long, the packed order (thumbnail, then grid rows each ended by NEWLINE);
@@ -327,12 +333,12 @@ def crop_block_sources(packed_sources: torch.Tensor, tokens_per_view: int, num_c
     is_thumbnail = (packed_sources >= 0) & (packed_sources < n_tok)
     body = packed_sources[~is_thumbnail]
     is_newline = body == NEWLINE
-    row = torch.cumsum(is_newline.long(), 0) - is_newline.long()            # packed-grid row of each entry
+    row = torch.cumsum(is_newline.long(), 0) - is_newline.long()  # packed-grid row of each entry
     patches, patch_row = body[~is_newline], row[~is_newline]
-    crop = patches // n_tok - 1                                              # 0..n-1, row-major in the grid
-    rank = crop if crop_order == "sequential" else num_crops - 1 - crop     # block position in the emission
+    crop = patches // n_tok - 1  # 0..n-1, row-major in the grid
+    rank = crop if crop_order == "sequential" else num_crops - 1 - crop  # block position in the emission
     block_row = rank * (int(row.max()) + 1 if row.numel() else 1) + patch_row
-    order = torch.sort(block_row, stable=True).indices                      # stable: columns keep their order
+    order = torch.sort(block_row, stable=True).indices  # stable: columns keep their order
     patches, block_row = patches[order], block_row[order]
     row_ends = torch.ones_like(block_row, dtype=torch.bool)
     row_ends[:-1] = block_row[1:] != block_row[:-1]
@@ -351,7 +357,9 @@ def crop_order_params(crop_order: str) -> dict:
 
 def crop_order_selection(layouts: list, crop_order: str = "packed") -> Selection:
     """Every token of each image, in ``crop_order`` (``packed``: the layouts' packed sources, ``compressor=none``)."""
-    sources = [crop_block_sources(layout.packed_sources, layout.tokens_per_view, layout.num_crops, crop_order)
-               for layout in layouts]
+    sources = [
+        crop_block_sources(layout.packed_sources, layout.tokens_per_view, layout.num_crops, crop_order)
+        for layout in layouts
+    ]
     token_sources = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=PAD)
     return Selection(token_sources, torch.tensor([len(s) for s in sources]))

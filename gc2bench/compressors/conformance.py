@@ -38,8 +38,9 @@ def case_layout(data: dict, case: dict):
     pps = int(data["patches_per_side"])
     crop_size = int(data.get("crop_size") or int(data.get("patch_size", 14)) * pps)
     width, height = case["image_size"]
-    return anyres_layout((height, width), data["grid_pinpoints"], crop_size, pps,
-                         pinpoint_order=data.get("pinpoint_order", "wh"))
+    return anyres_layout(
+        (height, width), data["grid_pinpoints"], crop_size, pps, pinpoint_order=data.get("pinpoint_order", "wh")
+    )
 
 
 def case_compressor(data: dict, case: dict):
@@ -63,8 +64,9 @@ def check_globalcom2_case(data: dict, case: dict) -> tuple[bool, str]:
         problems.append(f"grid {grid[0]}x{grid[1]} != expected {expected['grid'][0]}x{expected['grid'][1]}")
     scores = torch.tensor(case["scores"], dtype=torch.float32)
     if tuple(scores.shape) != (layout.num_views, layout.tokens_per_view):
-        problems.append(f"scores {tuple(scores.shape)} do not fit the layout's "
-                        f"{(layout.num_views, layout.tokens_per_view)}")
+        problems.append(
+            f"scores {tuple(scores.shape)} do not fit the layout's {(layout.num_views, layout.tokens_per_view)}"
+        )
         return False, "; ".join(problems)
     selection = case_compressor(data, case).select([scores], [layout])
     n_tok = layout.tokens_per_view
@@ -82,16 +84,20 @@ def check_globalcom2_case(data: dict, case: dict) -> tuple[bool, str]:
         if budget_err > BUDGET_TOLERANCE:
             problems.append(f"budgets differ by {budget_err:.2e}")
     if thumb != list(expected["thumbnail_kept"]):
-        problems.append(f"thumbnail kept {len(thumb)} tokens, expected {len(expected['thumbnail_kept'])}"
-                        + ("" if len(thumb) != len(expected["thumbnail_kept"]) else " (different tokens or order)"))
+        problems.append(
+            f"thumbnail kept {len(thumb)} tokens, expected {len(expected['thumbnail_kept'])}"
+            + ("" if len(thumb) != len(expected["thumbnail_kept"]) else " (different tokens or order)")
+        )
     crops = [s - n_tok for s in crop_side if s != NEWLINE]
     want_crops = [s for s in expected["crops_sequence"] if s != -1]
     if crops != want_crops:
         first = next((i for i, (a, b) in enumerate(zip(crops, want_crops)) if a != b), min(len(crops), len(want_crops)))
         problems.append(f"crop sequence differs at {first} ({len(crops)} tokens, expected {len(want_crops)})")
     newlines = sum(1 for s in crop_side if s == NEWLINE)
-    summary = (f"grid {grid[0]}x{grid[1]}, budgets max|d| {budget_err:.1e}, thumbnail {len(thumb)}, "
-               f"crops {len(crops)} + {newlines} newlines")
+    summary = (
+        f"grid {grid[0]}x{grid[1]}, budgets max|d| {budget_err:.1e}, thumbnail {len(thumb)}, "
+        f"crops {len(crops)} + {newlines} newlines"
+    )
     return not problems, summary + ("" if not problems else " -- " + "; ".join(problems))
 
 

@@ -42,10 +42,11 @@ def _batch_geometry(layouts: tuple, device: str) -> tuple:
     c_max = max(layout.num_crops for layout in layouts)
     member = torch.zeros(len(layouts), c_max, n_tok, dtype=torch.bool)
     for b, layout in enumerate(layouts):
-        member[b, :layout.num_crops] = cell_member(*layout.grid, layout.patches_per_side)
+        member[b, : layout.num_crops] = cell_member(*layout.grid, layout.patches_per_side)
     valid = torch.arange(c_max)[None, :] < torch.tensor([layout.num_crops for layout in layouts])[:, None]
-    sources = torch.nn.utils.rnn.pad_sequence([layout.packed_sources for layout in layouts], batch_first=True,
-                                              padding_value=PAD)
+    sources = torch.nn.utils.rnn.pad_sequence(
+        [layout.packed_sources for layout in layouts], batch_first=True, padding_value=PAD
+    )
     return member.to(device), valid.to(device), sources.to(device)
 
 
@@ -61,8 +62,7 @@ class DropCrop:
     seed = 0
     unpad = True
 
-    def __init__(self, which: str = "most", score: str = "cls_logit", newlines: str = "rows",
-                 name: str = "drop_crop"):
+    def __init__(self, which: str = "most", score: str = "cls_logit", newlines: str = "rows", name: str = "drop_crop"):
         self.which = check_choice(which, WHICH, "which", "drop_crop")
         self.score = check_choice(score, SCORES, "score", "drop_crop")
         self.newlines = check_choice(newlines, NEWLINE_MODES, "newlines", "drop_crop")
@@ -72,28 +72,41 @@ class DropCrop:
     @property
     def convention(self) -> str:
         extreme = "highest" if self.which == "most" else "lowest"
-        rows = ("; a newline whose packed row the dropped crop emptied goes too" if self.newlines == "rows"
-                else "; every newline kept")
-        return (f"drops the crop with the {extreme} {self.score} score summed over its thumbnail cell (last ViT "
-                f"layer); keeps the thumbnail and the other crops' packed tokens and newlines{rows} (ratio not applied)")
+        rows = (
+            "; a newline whose packed row the dropped crop emptied goes too"
+            if self.newlines == "rows"
+            else "; every newline kept"
+        )
+        return (
+            f"drops the crop with the {extreme} {self.score} score summed over its thumbnail cell (last ViT "
+            f"layer); keeps the thumbnail and the other crops' packed tokens and newlines{rows} (ratio not applied)"
+        )
 
     def params(self) -> dict:
-        return {"ratio": 1.0, "variant": self.which, "score": self.score, "newlines": self.newlines,
-                "convention": self.convention}
+        return {
+            "ratio": 1.0,
+            "variant": self.which,
+            "score": self.score,
+            "newlines": self.newlines,
+            "convention": self.convention,
+        }
 
     def __repr__(self) -> str:
         return f"DropCrop(which={self.which!r}, score={self.score!r}, newlines={self.newlines!r})"
 
     def _validate(self, scores: list, layouts: list) -> None:
         if len(scores) != len(layouts) or not layouts:
-            raise ValueError(f"drop_crop: got {len(scores)} score tensors for {len(layouts)} layouts "
-                             "(need one per image, at least one image)")
+            raise ValueError(
+                f"drop_crop: got {len(scores)} score tensors for {len(layouts)} layouts "
+                "(need one per image, at least one image)"
+            )
         for b, (s, layout) in enumerate(zip(scores, layouts)):
             expected = (layout.num_views, layout.tokens_per_view)
             if not isinstance(s, torch.Tensor) or tuple(s.shape) != expected or not s.is_floating_point():
                 got = f"{tuple(s.shape)} {s.dtype}" if isinstance(s, torch.Tensor) else type(s).__name__
-                raise ValueError(f"drop_crop: image {b}: scores are {got}, its layout needs float {expected} "
-                                 "(views x patches)")
+                raise ValueError(
+                    f"drop_crop: image {b}: scores are {got}, its layout needs float {expected} (views x patches)"
+                )
         if len({layout.tokens_per_view for layout in layouts}) > 1:
             raise ValueError("drop_crop: all images of a batch must have the same patches_per_side")
 
@@ -106,17 +119,20 @@ class DropCrop:
         (NaN padding), dropped_tokens [B], dropped_newlines [B].
         """
         self._validate(scores, layouts)
-        thumb = torch.stack([s[0].float() for s in scores])                       # [B, N]
+        thumb = torch.stack([s[0].float() for s in scores])  # [B, N]
         device = thumb.device
         if not bool(torch.isfinite(thumb).all()):
             raise ValueError("drop_crop: the thumbnail scores contain NaN or inf values")
         member, valid, sources = _batch_geometry(tuple(layouts), str(device))
         batch, n_tok = len(layouts), layouts[0].tokens_per_view
 
-        crop_scores = cell_sums(thumb, member)                                   # [B, Cmax] float64
+        crop_scores = cell_sums(thumb, member)  # [B, Cmax] float64
         if member.shape[1]:
-            pick = (crop_scores.masked_fill(~valid, -math.inf).argmax(1) if self.which == "most" else
-                    crop_scores.masked_fill(~valid, math.inf).argmin(1))        # first extreme: lower index
+            pick = (
+                crop_scores.masked_fill(~valid, -math.inf).argmax(1)
+                if self.which == "most"
+                else crop_scores.masked_fill(~valid, math.inf).argmin(1)
+            )  # first extreme: lower index
             dropped = torch.where(valid.any(1), pick, -1)
         else:
             dropped = torch.full((batch,), -1, dtype=torch.long, device=device)
@@ -142,6 +158,10 @@ class DropCrop:
         token_sources.scatter_(1, target, sources)
         is_dropped = torch.arange(valid.shape[1], device=device)[None, :] == dropped[:, None]
         budgets = torch.where(is_dropped, 0.0, 1.0).double().masked_fill(~valid, math.nan)
-        info = {"dropped_crop": dropped, "crop_scores": crop_scores.masked_fill(~valid, math.nan),
-                "dropped_tokens": drop.sum(1), "dropped_newlines": (is_newline & ~keep_newline).sum(1)}
+        info = {
+            "dropped_crop": dropped,
+            "crop_scores": crop_scores.masked_fill(~valid, math.nan),
+            "dropped_tokens": drop.sum(1),
+            "dropped_newlines": (is_newline & ~keep_newline).sum(1),
+        }
         return Selection(token_sources[:, :-1], keep.sum(1), budgets, info)

@@ -36,8 +36,14 @@ class FasterVLM:
     kind = "vision"
     seed = 0
 
-    def __init__(self, ratio: float = 0.25, name: str = "fastervlm", unpad: bool = True, layer: int = -2,
-                 score: str = "cls_softmax"):
+    def __init__(
+        self,
+        ratio: float = 0.25,
+        name: str = "fastervlm",
+        unpad: bool = True,
+        layer: int = -2,
+        score: str = "cls_softmax",
+    ):
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.unpad = bool(unpad)
@@ -47,12 +53,20 @@ class FasterVLM:
 
     @property
     def convention(self) -> str:
-        return ("R of each view's unpadded tokens (round), newlines kept" if self.unpad else
-                "R of all 576-style patches of every view (round), no unpadding, no newlines")
+        return (
+            "R of each view's unpadded tokens (round), newlines kept"
+            if self.unpad
+            else "R of all 576-style patches of every view (round), no unpadding, no newlines"
+        )
 
     def params(self) -> dict:
-        return {"ratio": self.ratio, "unpad": self.unpad, "layer": self.layer, "score": self.score,
-                "convention": self.convention}
+        return {
+            "ratio": self.ratio,
+            "unpad": self.unpad,
+            "layer": self.layer,
+            "score": self.score,
+            "convention": self.convention,
+        }
 
     def select(self, scores: list[torch.Tensor], layouts: list) -> Selection:
         """scores: B tensors [V_b, N] of CLS attention; layouts: B layouts → kept sources."""

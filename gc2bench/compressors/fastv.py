@@ -26,8 +26,16 @@ from __future__ import annotations
 
 import torch
 
-from gc2bench.compressors.base import (DecoderStage, LLMContext, PruneDecision, ScoreRequest, Selection,
-                                      check_crop_order, crop_order_params, crop_order_selection)
+from gc2bench.compressors.base import (
+    DecoderStage,
+    LLMContext,
+    PruneDecision,
+    ScoreRequest,
+    Selection,
+    check_crop_order,
+    crop_order_params,
+    crop_order_selection,
+)
 from gc2bench.config import check_choice, validate_ratio
 
 
@@ -36,7 +44,9 @@ def keep_top_image_tokens(ctx: LLMContext, scores: torch.Tensor, counts: torch.T
     ``scores`` [B, L] (ties to the lower position). No host–device sync."""
     ranked = scores.masked_fill(~ctx.image, -torch.inf) + 0.0
     order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
     return ~ctx.image | (rank < counts[:, None])
 
 
@@ -56,8 +66,16 @@ class FastV:
     unpad = True
     wants_query_attention = False
 
-    def __init__(self, ratio: float = 0.25, name: str = "fastv", layer: int = 2, budget_of: str | int = "block",
-                 share: str = "kept", decode: str = "reselect", crop_order: str = "packed"):
+    def __init__(
+        self,
+        ratio: float = 0.25,
+        name: str = "fastv",
+        layer: int = 2,
+        budget_of: str | int = "block",
+        share: str = "kept",
+        decode: str = "reselect",
+        crop_order: str = "packed",
+    ):
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.crop_order = check_crop_order(crop_order, name)
@@ -82,10 +100,12 @@ class FastV:
         if self.share == "kept":
             return self.ratio
         if self.ratio * num_layers <= self.layer:
-            raise ValueError(f"fastv: ratio={self.ratio} cannot be the layer-averaged share (share=layer_average) with "
-                             f"layer={self.layer} on a {num_layers}-layer LLM: layers 0..{self.layer - 1} see every "
-                             f"image token, so the share is at least {self.layer}/{num_layers} = "
-                             f"{self.layer / num_layers:.4g}")
+            raise ValueError(
+                f"fastv: ratio={self.ratio} cannot be the layer-averaged share (share=layer_average) with "
+                f"layer={self.layer} on a {num_layers}-layer LLM: layers 0..{self.layer - 1} see every "
+                f"image token, so the share is at least {self.layer}/{num_layers} = "
+                f"{self.layer / num_layers:.4g}"
+            )
         return (self.ratio * num_layers - self.layer) / (num_layers - self.layer)
 
     @property
@@ -94,16 +114,28 @@ class FastV:
         if self.share == "kept":
             kept = f"keeps round(R x {base}) image tokens from layer {self.layer} on"
         else:
-            kept = (f"keeps round(r x {base}) image tokens from layer {self.layer} on, r = (R x L - {self.layer})/"
-                    f"(L - {self.layer}) so that the layer-averaged share over the L layers is R")
-        decode = ("each generated token re-ranks the image tokens by its own layer K-1 attention and masks the "
-                  "others in layers >= K (full KV cache)" if self.decode == "reselect"
-                  else "decoding attends to the tokens kept at prefill (shorter KV cache)")
+            kept = (
+                f"keeps round(r x {base}) image tokens from layer {self.layer} on, r = (R x L - {self.layer})/"
+                f"(L - {self.layer}) so that the layer-averaged share over the L layers is R"
+            )
+        decode = (
+            "each generated token re-ranks the image tokens by its own layer K-1 attention and masks the "
+            "others in layers >= K (full KV cache)"
+            if self.decode == "reselect"
+            else "decoding attends to the tokens kept at prefill (shorter KV cache)"
+        )
         return f"{kept}; original positions; {decode}"
 
     def params(self) -> dict:
-        return {"ratio": self.ratio, "layer": self.layer, "budget_of": self.budget_of, "share": self.share,
-                "decode": self.decode, **crop_order_params(self.crop_order), "convention": self.convention}
+        return {
+            "ratio": self.ratio,
+            "layer": self.layer,
+            "budget_of": self.budget_of,
+            "share": self.share,
+            "decode": self.decode,
+            **crop_order_params(self.crop_order),
+            "convention": self.convention,
+        }
 
     def select(self, scores: list, layouts: list) -> Selection:
         return crop_order_selection(layouts, self.crop_order)

@@ -89,8 +89,9 @@ class CropGeometry:
 
 
 @lru_cache(maxsize=4096)
-def crop_geometry(layout: AnyResLayout, unpad: str = "llava", newlines: str = "padded",
-                  crop_layout: str = "authors") -> CropGeometry:
+def crop_geometry(
+    layout: AnyResLayout, unpad: str = "llava", newlines: str = "padded", crop_layout: str = "authors"
+) -> CropGeometry:
     """Geometry of ``layout`` under one unpad arithmetic / newline mode / crop layout (cached).
 
     A ``OneVisionLayout`` has a single geometry (transformers' packing); the three modes do not apply.
@@ -115,8 +116,12 @@ def crop_geometry(layout: AnyResLayout, unpad: str = "llava", newlines: str = "p
 
     p = torch.arange(n_tok)
     pr, pc = p // pps, p % pps
-    unpad_mask = ((pr >= row_lo[:, None, None]) & (pr < row_hi[:, None, None])
-                  & (pc >= col_lo[None, :, None]) & (pc < col_hi[None, :, None]))  # [rows, cols, N]
+    unpad_mask = (
+        (pr >= row_lo[:, None, None])
+        & (pr < row_hi[:, None, None])
+        & (pc >= col_lo[None, :, None])
+        & (pc < col_hi[None, :, None])
+    )  # [rows, cols, N]
 
     member = cell_member(rows, cols, pps)
 
@@ -132,8 +137,9 @@ def crop_geometry(layout: AnyResLayout, unpad: str = "llava", newlines: str = "p
     else:
         start_r = (crop_r * pps + row_lo - top).clamp(min=0)[:, None].expand(rows, cols)
         start_c = (crop_c * pps + col_lo - left).clamp(min=0)[None, :].expand(rows, cols)
-    global_index = ((start_r[..., None] + pr - row_lo[:, None, None]) * width_u
-                    + start_c[..., None] + pc - col_lo[None, :, None])
+    global_index = (
+        (start_r[..., None] + pr - row_lo[:, None, None]) * width_u + start_c[..., None] + pc - col_lo[None, :, None]
+    )
     global_index = torch.where(unpad_mask, global_index, -1)
 
     # Emission canvas [crop row i, line s, crop col j (cols = newline), slot q].
@@ -152,19 +158,21 @@ def crop_geometry(layout: AnyResLayout, unpad: str = "llava", newlines: str = "p
         patch = (row_lo[:, None, None, None] + k // safe_w) * pps + col_lo[None, None, :, None] + k % safe_w
     else:
         local_row = s if newlines == "padded" else row_lo[:, None, None, None] + s
-        valid = ((local_row >= row_lo[:, None, None, None]) & (local_row < row_hi[:, None, None, None])
-                 & (q >= col_lo[None, None, :, None]) & (q < col_hi[None, None, :, None]))
+        valid = (
+            (local_row >= row_lo[:, None, None, None])
+            & (local_row < row_hi[:, None, None, None])
+            & (q >= col_lo[None, None, :, None])
+            & (q < col_hi[None, None, :, None])
+        )
         patch = local_row * pps + q
     valid = valid & (s < lines[:, None, None, None])
     crop_index = i4 * cols + j4
     flag = torch.where(valid, crop_index * n_tok + patch, -2)
     source = (1 + crop_index) * n_tok + patch
     newline_valid = torch.arange(pps)[None, :] < lines[:, None]  # [rows, pps]
-    flag = torch.cat([flag.expand(rows, pps, cols, pps),
-                      torch.full((rows, pps, 1, pps), -2)], dim=2)
+    flag = torch.cat([flag.expand(rows, pps, cols, pps), torch.full((rows, pps, 1, pps), -2)], dim=2)
     flag[:, :, cols, 0] = torch.where(newline_valid, -1, -2)
-    source = torch.cat([source.expand(rows, pps, cols, pps),
-                        torch.full((rows, pps, 1, pps), NEWLINE)], dim=2)
+    source = torch.cat([source.expand(rows, pps, cols, pps), torch.full((rows, pps, 1, pps), NEWLINE)], dim=2)
     flag, source = flag.flatten(), source.flatten()
     keep = flag != -2
     return CropGeometry(
@@ -203,7 +211,7 @@ def onevision_crop_geometry(layout: OneVisionLayout) -> CropGeometry:
     """
     rows, cols = layout.grid
     n_tok, num_crops = layout.tokens_per_view, layout.num_crops
-    grid = layout.packed_grid_sources.flatten() - n_tok        # c*N + p of each packed-grid token
+    grid = layout.packed_grid_sources.flatten() - n_tok  # c*N + p of each packed-grid token
     occupied = torch.zeros(num_crops * n_tok, dtype=torch.bool)
     occupied[grid] = True
     global_index = torch.full((num_crops * n_tok,), -1, dtype=torch.long)
@@ -232,22 +240,22 @@ class _BatchGeometry:
 
     tokens_per_view: int
     patches_per_side: int
-    thumb_rows: torch.Tensor      # [B] row of each thumbnail in the concatenated scores
-    crop_rows: torch.Tensor       # [B, Cmax] row of each crop (padding: the thumbnail row)
-    crop_valid: torch.Tensor      # [B, Cmax] bool
-    crop_counts: list             # host: crops per image
+    thumb_rows: torch.Tensor  # [B] row of each thumbnail in the concatenated scores
+    crop_rows: torch.Tensor  # [B, Cmax] row of each crop (padding: the thumbnail row)
+    crop_valid: torch.Tensor  # [B, Cmax] bool
+    crop_counts: list  # host: crops per image
     crop_count_tensor: torch.Tensor  # [B] float64, crops per image
-    token_counts: torch.Tensor    # [B, Cmax] float64, N_j (0 for padding)
-    token_counts_host: list       # host: per image list of N_j
-    newline_counts: list          # host: per image
-    unpad_mask: torch.Tensor      # [B, Cmax, N] bool
-    cell_member: torch.Tensor     # [B, Cmax, N] bool
-    global_index: torch.Tensor    # [B, Cmax, N] long into the concatenated resized maps (+1 zero sentinel)
-    resize_groups: tuple          # ((H_u, W_u), image index tensor) per distinct unpadded size
-    global_size: int              # total resized-map length before the sentinel
-    canvas_flag: torch.Tensor     # [B, Lmax] long into keep [B, Cmax*N] + [True, False] sentinels
-    canvas_source: torch.Tensor   # [B, Lmax] long
-    local_groups: tuple = ()      # ((H_u, W_u), (h, w), sources [m, H_u*W_u] into crops.flatten(), targets [m*h*w])
+    token_counts: torch.Tensor  # [B, Cmax] float64, N_j (0 for padding)
+    token_counts_host: list  # host: per image list of N_j
+    newline_counts: list  # host: per image
+    unpad_mask: torch.Tensor  # [B, Cmax, N] bool
+    cell_member: torch.Tensor  # [B, Cmax, N] bool
+    global_index: torch.Tensor  # [B, Cmax, N] long into the concatenated resized maps (+1 zero sentinel)
+    resize_groups: tuple  # ((H_u, W_u), image index tensor) per distinct unpadded size
+    global_size: int  # total resized-map length before the sentinel
+    canvas_flag: torch.Tensor  # [B, Lmax] long into keep [B, Cmax*N] + [True, False] sentinels
+    canvas_source: torch.Tensor  # [B, Lmax] long
+    local_groups: tuple = ()  # ((H_u, W_u), (h, w), sources [m, H_u*W_u] into crops.flatten(), targets [m*h*w])
     local_resampled: torch.Tensor | None = None  # [B] bool: the image's local scores come from local_groups
 
 
@@ -277,9 +285,12 @@ def _batch_geometry(layouts: tuple, unpad: str, newlines: str, crop_layout: str,
             map_offset[b] = total + rank * size[0] * size[1]
         total += len(members) * size[0] * size[1]
         resize_groups.append((size, torch.tensor(members, device=device)))
-    global_index = torch.stack([
-        pad_crops(torch.where(g.global_index >= 0, g.global_index + map_offset[b], total), total)
-        for b, g in enumerate(geoms)])
+    global_index = torch.stack(
+        [
+            pad_crops(torch.where(g.global_index >= 0, g.global_index + map_offset[b], total), total)
+            for b, g in enumerate(geoms)
+        ]
+    )
 
     local_groups = {}
     for b, g in enumerate(geoms):
@@ -289,8 +300,10 @@ def _batch_geometry(layouts: tuple, unpad: str, newlines: str, crop_layout: str,
             local_groups.setdefault(key, ([], []))
             local_groups[key][0].append(b * c_max * n_tok + g.local_source)
             local_groups[key][1].append(map_offset[b] + torch.arange(area))
-    local_groups = tuple((key[0], key[1], torch.stack(src).to(device), torch.cat(dst).to(device))
-                         for key, (src, dst) in local_groups.items())
+    local_groups = tuple(
+        (key[0], key[1], torch.stack(src).to(device), torch.cat(dst).to(device))
+        for key, (src, dst) in local_groups.items()
+    )
 
     sentinel_true, sentinel_false = c_max * n_tok, c_max * n_tok + 1
     canvas_len = max(g.canvas_flag.numel() for g in geoms)
@@ -396,14 +409,27 @@ class GlobalCom2:
 
     kind = "vision"
     seed = 0
-    convention = ("R applies to unpadded packed tokens (thumbnail keeps floor(N*R), crop j keeps floor(N_j*r_j) of "
-                  "its N_j unpadded tokens); newlines not counted")
+    convention = (
+        "R applies to unpadded packed tokens (thumbnail keeps floor(N*R), crop j keeps floor(N_j*r_j) of "
+        "its N_j unpadded tokens); newlines not counted"
+    )
 
-    def __init__(self, ratio: float = 0.25, name: str = "globalcom2", score: str = "cls_logit",
-                 tau: float = 10.0, alpha: float = 0.5, allocation: str = "softmax_sum",
-                 token_score: str = "both", thumbnail_order: str = "score", newlines: str = "padded",
-                 unpad: str = "llava", crop_layout: str = "authors", check_finite: bool = True):
-        self.ratio = validate_ratio(_real(ratio, "ratio"))   # a number (not text), then config's range check
+    def __init__(
+        self,
+        ratio: float = 0.25,
+        name: str = "globalcom2",
+        score: str = "cls_logit",
+        tau: float = 10.0,
+        alpha: float = 0.5,
+        allocation: str = "softmax_sum",
+        token_score: str = "both",
+        thumbnail_order: str = "score",
+        newlines: str = "padded",
+        unpad: str = "llava",
+        crop_layout: str = "authors",
+        check_finite: bool = True,
+    ):
+        self.ratio = validate_ratio(_real(ratio, "ratio"))  # a number (not text), then config's range check
         self.name = str(name)
         self.score = check_choice(score, SCORES, "score", "globalcom2")
         self.tau = _real(tau, "tau")
@@ -423,10 +449,18 @@ class GlobalCom2:
 
     def params(self) -> dict:
         return {
-            "name": self.name, "ratio": self.ratio, "score": self.score, "tau": self.tau, "alpha": self.alpha,
-            "allocation": self.allocation, "token_score": self.token_score,
-            "thumbnail_order": self.thumbnail_order, "newlines": self.newlines, "unpad": self.unpad,
-            "crop_layout": self.crop_layout, "check_finite": self.check_finite,
+            "name": self.name,
+            "ratio": self.ratio,
+            "score": self.score,
+            "tau": self.tau,
+            "alpha": self.alpha,
+            "allocation": self.allocation,
+            "token_score": self.token_score,
+            "thumbnail_order": self.thumbnail_order,
+            "newlines": self.newlines,
+            "unpad": self.unpad,
+            "crop_layout": self.crop_layout,
+            "check_finite": self.check_finite,
             "convention": self.convention,
         }
 
@@ -438,12 +472,15 @@ class GlobalCom2:
 
     def _validate(self, scores: list, layouts: list) -> None:
         if len(scores) != len(layouts) or not layouts:
-            raise ValueError(f"globalcom2: got {len(scores)} score tensors for {len(layouts)} layouts "
-                             "(need one per image, at least one image)")
+            raise ValueError(
+                f"globalcom2: got {len(scores)} score tensors for {len(layouts)} layouts "
+                "(need one per image, at least one image)"
+            )
         for b, (s, layout) in enumerate(zip(scores, layouts)):
             if not isinstance(layout, (AnyResLayout, OneVisionLayout)):
-                raise TypeError(f"globalcom2: image {b}: layout is {type(layout).__name__}, "
-                                "not AnyResLayout or OneVisionLayout")
+                raise TypeError(
+                    f"globalcom2: image {b}: layout is {type(layout).__name__}, not AnyResLayout or OneVisionLayout"
+                )
             expected = (layout.num_views, layout.tokens_per_view)
             if not isinstance(s, torch.Tensor) or tuple(s.shape) != expected:
                 shape = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
@@ -451,14 +488,17 @@ class GlobalCom2:
                     f"globalcom2: image {b}: scores have shape {shape}, but its layout ({layout.image_size[0]}x"
                     f"{layout.image_size[1]} px, grid {layout.grid[0]}x{layout.grid[1]}, "
                     f"{layout.patches_per_side}x{layout.patches_per_side} patches) needs {expected} "
-                    "(views x patches)")
+                    "(views x patches)"
+                )
             if not s.is_floating_point():
                 raise ValueError(f"globalcom2: image {b}: scores must be floating point, got {s.dtype}")
         if len({type(layout) for layout in layouts}) > 1:
             raise TypeError("globalcom2: a batch mixes AnyResLayout and OneVisionLayout images")
         if len({layout.tokens_per_view for layout in layouts}) > 1:
-            raise ValueError("globalcom2: all images of a batch must have the same patches_per_side, got "
-                             f"{sorted({layout.patches_per_side for layout in layouts})}")
+            raise ValueError(
+                "globalcom2: all images of a batch must have the same patches_per_side, got "
+                f"{sorted({layout.patches_per_side for layout in layouts})}"
+            )
 
     @staticmethod
     def _check_finite(flat: torch.Tensor, scores: list) -> None:
@@ -468,8 +508,10 @@ class GlobalCom2:
             bad = ~torch.isfinite(s)
             if bool(bad.any()):
                 views = sorted(set(bad.nonzero()[:, 0].tolist()))
-                raise ValueError(f"globalcom2: image {b}: scores contain {int(torch.isnan(s).sum())} NaN and "
-                                 f"{int(torch.isinf(s).sum())} inf values (views {views})")
+                raise ValueError(
+                    f"globalcom2: image {b}: scores contain {int(torch.isnan(s).sum())} NaN and "
+                    f"{int(torch.isinf(s).sum())} inf values (views {views})"
+                )
 
     # -- selection ------------------------------------------------------------------------------
 
@@ -491,22 +533,22 @@ class GlobalCom2:
         batch = len(layouts)
         ratio = self.ratio
 
-        thumb = flat[geo.thumb_rows]                       # [B, N]
-        crops = flat[geo.crop_rows]                        # [B, Cmax, N]
+        thumb = flat[geo.thumb_rows]  # [B, N]
+        crops = flat[geo.crop_rows]  # [B, Cmax, N]
 
         # Thumbnail: top ⌊N·R⌋, ties to the lower index (+ 0.0 turns -0.0 into 0.0: GPU radix sorts tell them apart).
         keep_thumb = int(n_tok * ratio)
         thumb_order = torch.sort(thumb + 0.0, dim=1, descending=True, stable=True).indices[:, :keep_thumb]
         thumb_sources = thumb_order if self.thumbnail_order == "score" else thumb_order.sort(dim=1).values
 
-        budgets = self._crop_budgets(thumb, thumb_order, geo)        # [B, Cmax] float64, NaN padding
+        budgets = self._crop_budgets(thumb, thumb_order, geo)  # [B, Cmax] float64, NaN padding
         keep_counts = torch.nan_to_num(geo.token_counts * budgets, nan=0.0).floor().long()
 
         # Crop token scores over the unpadded tokens.
         combined = self._crop_token_scores(thumb, crops, geo, pps)
         order = torch.sort(combined + 0.0, dim=-1, descending=True, stable=True).indices
         ranks_kept = torch.arange(n_tok, device=device) < keep_counts[..., None]
-        keep = torch.zeros_like(ranks_kept).scatter_(-1, order, ranks_kept)   # [B, Cmax, N]
+        keep = torch.zeros_like(ranks_kept).scatter_(-1, order, ranks_kept)  # [B, Cmax, N]
 
         # Emission: thumbnail, then the canvas slots whose token is kept (newlines always).
         keep_ext = torch.cat([keep.flatten(1), keep.new_ones(batch, 1), keep.new_zeros(batch, 1)], dim=1)
@@ -518,15 +560,20 @@ class GlobalCom2:
         token_sources.scatter_(1, target, geo.canvas_source)
         token_sources[:, :keep_thumb] = thumb_sources
         num_tokens = keep_thumb + slot_kept.sum(1)
-        info = {"thumbnail_keep_count": keep_thumb, "crop_keep_counts": keep_counts,
-                "crop_token_counts": geo.token_counts.long()}
+        info = {
+            "thumbnail_keep_count": keep_thumb,
+            "crop_keep_counts": keep_counts,
+            "crop_token_counts": geo.token_counts.long(),
+        }
         return Selection(token_sources[:, :width], num_tokens, budgets, info)
 
     def _max_tokens(self, keep_thumb: int, geo: _BatchGeometry) -> int:
         """Upper bound on emitted tokens (r_j ≤ min(1, 2R) for every allocation)."""
         cap = min(1.0, 2.0 * self.ratio)
-        return keep_thumb + max(sum(min(n, math.floor(n * cap)) for n in counts) + newlines
-                                for counts, newlines in zip(geo.token_counts_host, geo.newline_counts))
+        return keep_thumb + max(
+            sum(min(n, math.floor(n * cap)) for n in counts) + newlines
+            for counts, newlines in zip(geo.token_counts_host, geo.newline_counts)
+        )
 
     def _crop_budgets(self, thumb: torch.Tensor, thumb_order: torch.Tensor, geo: _BatchGeometry) -> torch.Tensor:
         """r_j [B, Cmax] float64 (NaN for padding), as generate_scale_for_crop_features computes it."""
@@ -561,9 +608,12 @@ class GlobalCom2:
         mask = geo.unpad_mask
         parts = []
         if self.token_score in ("global", "both"):
-            maps = [F.interpolate(thumb[members].view(-1, 1, pps, pps), size=size, mode="bilinear",
-                                  align_corners=False).flatten()
-                    for size, members in geo.resize_groups]
+            maps = [
+                F.interpolate(
+                    thumb[members].view(-1, 1, pps, pps), size=size, mode="bilinear", align_corners=False
+                ).flatten()
+                for size, members in geo.resize_groups
+            ]
             resized = torch.cat(maps + [thumb.new_zeros(1)])
             parts.append(F.normalize(resized[geo.global_index], p=2, dim=-1))
         if self.token_score in ("local", "both"):
@@ -595,15 +645,20 @@ class GlobalCom2:
             raise ValueError(f"globalcom2: got {len(view_features)} feature tensors for {len(layouts)} layouts")
         for b, (f, layout) in enumerate(zip(view_features, layouts)):
             if f.ndim != 3 or tuple(f.shape[:2]) != (layout.num_views, layout.tokens_per_view):
-                raise ValueError(f"globalcom2: image {b}: features have shape {tuple(f.shape)}, but its layout "
-                                 f"needs [{layout.num_views}, {layout.tokens_per_view}, D] (views x patches x dim)")
+                raise ValueError(
+                    f"globalcom2: image {b}: features have shape {tuple(f.shape)}, but its layout "
+                    f"needs [{layout.num_views}, {layout.tokens_per_view}, D] (views x patches x dim)"
+                )
             if image_newline.shape != f.shape[2:]:
-                raise ValueError(f"globalcom2: image_newline has shape {tuple(image_newline.shape)}, "
-                                 f"features of image {b} have D={f.shape[2]}")
+                raise ValueError(
+                    f"globalcom2: image_newline has shape {tuple(image_newline.shape)}, "
+                    f"features of image {b} have D={f.shape[2]}"
+                )
         if any(isinstance(layout, OneVisionLayout) and layout.downsampled for layout in layouts):
-            raise ValueError("globalcom2: compress() gathers view features, but a downsampled OneVision image's "
-                             "tokens are built from its packed grid: use LlavaOneVisionAdapter.pack")
+            raise ValueError(
+                "globalcom2: compress() gathers view features, but a downsampled OneVision image's "
+                "tokens are built from its packed grid: use LlavaOneVisionAdapter.pack"
+            )
         selection = self.select(scores, layouts)
         packed = [gather_tokens(f, image_newline, s) for f, s in zip(view_features, selection.per_image())]
         return packed, selection
-

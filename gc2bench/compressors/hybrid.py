@@ -1,4 +1,4 @@
-""""+GlobalCom²" (AAAI 2026 paper, §5.2 and Fig. 8): GlobalCom²'s per-crop budgets applied to an
+""" "+GlobalCom²" (AAAI 2026 paper, §5.2 and Fig. 8): GlobalCom²'s per-crop budgets applied to an
 LLM-stage method, which ranks tokens by its own score inside each segment. No public code; this is
 our definition.
 
@@ -61,10 +61,12 @@ def keep_top_per_group(scores: torch.Tensor, group: torch.Tensor, quotas: torch.
     batch, length = scores.shape
     width = quotas.shape[1]
     ranked = group >= 0
-    gid = torch.where(ranked, torch.arange(batch, device=group.device)[:, None] * width + group,
-                      batch * width).flatten()
-    order = torch.sort(scores.float().masked_fill(~ranked, -torch.inf).flatten() + 0.0, descending=True,
-                       stable=True).indices
+    gid = torch.where(
+        ranked, torch.arange(batch, device=group.device)[:, None] * width + group, batch * width
+    ).flatten()
+    order = torch.sort(
+        scores.float().masked_fill(~ranked, -torch.inf).flatten() + 0.0, descending=True, stable=True
+    ).indices
     order = order[torch.sort(gid[order], stable=True).indices]
     counts = torch.bincount(gid, minlength=batch * width + 1)
     start = counts.cumsum(0) - counts
@@ -85,8 +87,12 @@ class SegmentBudgets:
         self.allocator = GlobalCom2(ratio, name="globalcom2", score=score, tau=tau, allocation=allocation)
 
     def params(self) -> dict:
-        return {"score": self.allocator.score, "tau": self.allocator.tau, "allocation": self.allocator.allocation,
-                "newlines": self.newlines}
+        return {
+            "score": self.allocator.score,
+            "tau": self.allocator.tau,
+            "allocation": self.allocator.allocation,
+            "newlines": self.newlines,
+        }
 
     def select(self, scores: list, layouts: list, crop_order: str = "packed") -> Selection:
         """Every packed token (as ``none``; crop blocks in ``crop_order``) and GlobalCom²'s crop budgets
@@ -99,8 +105,10 @@ class SegmentBudgets:
         """[B, L] long rank group of each position (-1: kept unranked, e.g. text, kept newlines, a view
         without a budget column) and S: views are 0..S-1, newlines S, recycled tokens S + 1."""
         if ctx.segment_budgets is None:
-            raise ValueError(f"{self.method}: no segment_budgets in the LLM context; the vision stage's "
-                             "crop_budgets must reach the decoder")
+            raise ValueError(
+                f"{self.method}: no segment_budgets in the LLM context; the vision stage's "
+                "crop_budgets must reach the decoder"
+            )
         views = ctx.segment_budgets.shape[1]
         segment = ctx.segment
         group = torch.where(ctx.image & (segment >= 0) & (segment < views), segment, -1)
@@ -113,12 +121,19 @@ class SegmentBudgets:
         """[B, S + 2] long tokens per group."""
         batch = group.shape[0]
         width = views + 2
-        flat = torch.where(group >= 0, torch.arange(batch, device=group.device)[:, None] * width + group,
-                           batch * width)
+        flat = torch.where(group >= 0, torch.arange(batch, device=group.device)[:, None] * width + group, batch * width)
         return torch.bincount(flat.flatten(), minlength=batch * width + 1)[:-1].view(batch, width)
 
-    def quotas(self, ctx: LLMContext, start: torch.Tensor, present: torch.Tensor, views: int, view_scale: float,
-               newline_fraction: float, recycled_fraction: float) -> torch.Tensor:
+    def quotas(
+        self,
+        ctx: LLMContext,
+        start: torch.Tensor,
+        present: torch.Tensor,
+        views: int,
+        view_scale: float,
+        newline_fraction: float,
+        recycled_fraction: float,
+    ) -> torch.Tensor:
         """[B, S + 2] long: ⌊n_g·min(1, r_g·view_scale)⌋ for views (n_g from ``start``), ⌊n·newline_fraction⌋
         for newlines, ⌊n·recycled_fraction⌋ of the recycled tokens ``present``."""
         budgets = ctx.segment_budgets.double()
@@ -141,9 +156,17 @@ class FastVGlobalCom2:
     unpad = True
     wants_query_attention = False
 
-    def __init__(self, ratio: float = 0.25, name: str = "fastv_globalcom2", layer: int = 2,
-                 score: str = "cls_logit", tau: float = 10.0, allocation: str = "softmax_sum", newlines: str = "keep",
-                 crop_order: str = "packed"):
+    def __init__(
+        self,
+        ratio: float = 0.25,
+        name: str = "fastv_globalcom2",
+        layer: int = 2,
+        score: str = "cls_logit",
+        tau: float = 10.0,
+        allocation: str = "softmax_sum",
+        newlines: str = "keep",
+        crop_order: str = "packed",
+    ):
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.crop_order = check_crop_order(crop_order, name)
@@ -153,13 +176,20 @@ class FastVGlobalCom2:
 
     @property
     def convention(self) -> str:
-        return (f"FastV at layer {self.fastv.layer} inside each segment: the thumbnail keeps floor(n x R), crop j "
-                "floor(n_j x r_j) (GlobalCom2's budgets), by last-prompt-token attention; newlines "
-                f"{self.budgets.newlines} (prune: floor(n x R)); original positions; R = 1 keeps all")
+        return (
+            f"FastV at layer {self.fastv.layer} inside each segment: the thumbnail keeps floor(n x R), crop j "
+            "floor(n_j x r_j) (GlobalCom2's budgets), by last-prompt-token attention; newlines "
+            f"{self.budgets.newlines} (prune: floor(n x R)); original positions; R = 1 keeps all"
+        )
 
     def params(self) -> dict:
-        return {"ratio": self.ratio, "layer": self.fastv.layer, **self.budgets.params(),
-                **crop_order_params(self.crop_order), "convention": self.convention}
+        return {
+            "ratio": self.ratio,
+            "layer": self.fastv.layer,
+            **self.budgets.params(),
+            **crop_order_params(self.crop_order),
+            "convention": self.convention,
+        }
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "convention")
@@ -198,30 +228,51 @@ class SparseVLMGlobalCom2:
     unpad = True
     wants_query_attention = False
 
-    def __init__(self, ratio: float = 0.25, name: str = "sparsevlm_globalcom2", layers="auto",
-                 preset: int | None = None, tokens=None, recycle: bool = True, score: str = "cls_logit",
-                 tau: float = 10.0, allocation: str = "softmax_sum", newlines: str = "keep",
-                 num_layers: int | None = None, crop_order: str = "packed", counting: str = "authors"):
+    def __init__(
+        self,
+        ratio: float = 0.25,
+        name: str = "sparsevlm_globalcom2",
+        layers="auto",
+        preset: int | None = None,
+        tokens=None,
+        recycle: bool = True,
+        score: str = "cls_logit",
+        tau: float = 10.0,
+        allocation: str = "softmax_sum",
+        newlines: str = "keep",
+        num_layers: int | None = None,
+        crop_order: str = "packed",
+        counting: str = "authors",
+    ):
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.crop_order = check_crop_order(crop_order, name)
-        self.sparsevlm = SparseVLM(self.ratio, name=name, layers=layers, preset=preset, tokens=tokens,
-                                   recycle=recycle, num_layers=num_layers, counting=counting)
+        self.sparsevlm = SparseVLM(
+            self.ratio,
+            name=name,
+            layers=layers,
+            preset=preset,
+            tokens=tokens,
+            recycle=recycle,
+            num_layers=num_layers,
+            counting=counting,
+        )
         self.budgets = SegmentBudgets(self.ratio, name, score, tau, allocation, newlines)
         self.score_request = self.budgets.allocator.score_request
         self._start_sizes = PrefillMemo()
 
     def params(self) -> dict:
         inner = {k: v for k, v in self.sparsevlm.params().items() if k not in ("convention", "budget_of")}
-        return {**inner, **self.budgets.params(), **crop_order_params(self.crop_order),
-                "convention": self.convention}
+        return {**inner, **self.budgets.params(), **crop_order_params(self.crop_order), "convention": self.convention}
 
     @property
     def convention(self) -> str:
-        return ("SparseVLM inside each segment: at stage s segment g keeps floor(n_g x min(1, r_g x kappa_s / R)) "
-                "(r: GlobalCom2's budgets, thumbnail R; kappa: SparseVLM's stage fractions) by the raters' attention; "
-                "earlier recycled tokens keep floor(n x kappa_s / kappa_{s-1}); newlines "
-                f"{self.budgets.newlines} (prune: floor(n x kappa_s)); positions compacted; R = 1 keeps all")
+        return (
+            "SparseVLM inside each segment: at stage s segment g keeps floor(n_g x min(1, r_g x kappa_s / R)) "
+            "(r: GlobalCom2's budgets, thumbnail R; kappa: SparseVLM's stage fractions) by the raters' attention; "
+            "earlier recycled tokens keep floor(n x kappa_s / kappa_{s-1}); newlines "
+            f"{self.budgets.newlines} (prune: floor(n x kappa_s)); positions compacted; R = 1 keeps all"
+        )
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "convention")

@@ -38,8 +38,16 @@ from itertools import pairwise
 
 import torch
 
-from gc2bench.compressors.base import (DecoderStage, LLMContext, PruneDecision, ScoreRequest, Selection,
-                                      check_crop_order, crop_order_params, crop_order_selection)
+from gc2bench.compressors.base import (
+    DecoderStage,
+    LLMContext,
+    PruneDecision,
+    ScoreRequest,
+    Selection,
+    check_crop_order,
+    crop_order_params,
+    crop_order_selection,
+)
 from gc2bench.compressors.fastv import keep_top_image_tokens
 from gc2bench.config import validate_ratio
 
@@ -54,8 +62,9 @@ def parse_layers(layers, method: str, minimum: int) -> list[int]:
     except (TypeError, ValueError):
         raise ValueError(f"{method}: layers={layers!r} must be a list of layer indices") from None
     if not parsed or not exact or any(b <= a for a, b in pairwise(parsed)) or parsed[0] < minimum:
-        raise ValueError(f"{method}: layers={layers!r} must be a non-empty, strictly increasing list of "
-                         f"integers >= {minimum}")
+        raise ValueError(
+            f"{method}: layers={layers!r} must be a non-empty, strictly increasing list of integers >= {minimum}"
+        )
     return parsed
 
 
@@ -75,14 +84,18 @@ def layers_for_ratio(table: Mapping, ratio: float, method: str) -> tuple[dict, o
     """(the table as {R: layers}, the entry for ``ratio``) of a per-ratio ``layers`` table, or a ValueError naming
     the ratio when the table has no entry for it."""
     try:
-        plain = {float(key): value if isinstance(value, str) else [int(v) for v in value] for key, value in table.items()}
+        plain = {
+            float(key): value if isinstance(value, str) else [int(v) for v in value] for key, value in table.items()
+        }
     except (TypeError, ValueError):
         raise ValueError(f"{method}: layers={dict(table)!r} must map ratios to layer lists") from None
     for key, value in plain.items():
         if math.isclose(key, ratio, rel_tol=0, abs_tol=1e-9):
             return plain, value
-    raise ValueError(f"{method}: layers has entries for ratio {sorted(plain)} but not for ratio={ratio} "
-                     f"(add one, or give compressor.layers a list)")
+    raise ValueError(
+        f"{method}: layers has entries for ratio {sorted(plain)} but not for ratio={ratio} "
+        f"(add one, or give compressor.layers a list)"
+    )
 
 
 def scaled_layers(layers: list[int], num_layers: int, reference: int, minimum: int) -> list[int]:
@@ -118,8 +131,16 @@ class PDrop:
     unpad = True
     wants_query_attention = False
 
-    def __init__(self, ratio: float = 0.5, name: str = "pdrop", layers="auto", lam: float | None = None,
-                 budget_of: str | int = "block", num_layers: int | None = None, crop_order: str = "packed"):
+    def __init__(
+        self,
+        ratio: float = 0.5,
+        name: str = "pdrop",
+        layers="auto",
+        lam: float | None = None,
+        budget_of: str | int = "block",
+        num_layers: int | None = None,
+        crop_order: str = "packed",
+    ):
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.crop_order = check_crop_order(crop_order, name)
@@ -149,8 +170,10 @@ class PDrop:
         if self.layers[-1] >= num_layers:
             hint = scaled_layers(self.layers, num_layers, 32, 1)
             fit = f"; e.g. compressor.layers={hint}" if hint[-1] < num_layers else ""
-            raise ValueError(f"pdrop: layers={self.layers} do not fit a {num_layers}-layer LLM (stage layers "
-                             f"must be 1..{num_layers - 1}){fit}")
+            raise ValueError(
+                f"pdrop: layers={self.layers} do not fit a {num_layers}-layer LLM (stage layers "
+                f"must be 1..{num_layers - 1}){fit}"
+            )
 
     def share(self, lam: float, num_layers: int, layers: list[int] | None = None) -> float:
         """Layer-averaged share of image tokens for stage ratio ``lam`` (continuous, before floors)."""
@@ -181,9 +204,11 @@ class PDrop:
         return rounded if abs(self.share(rounded, num_layers, layers) - self.ratio) <= 1e-12 else hi
 
     def _unreachable_message(self, num_layers: int, layers: list[int], floor: float) -> str:
-        head = (f"pdrop: ratio={self.ratio} cannot be reached with layers={layers} on a {num_layers}-layer LLM: "
-                f"the first {layers[0]} layers see every image token, so the layer-averaged share is at least "
-                f"{layers[0]}/{num_layers} = {floor:.4g} even as λ → 0")
+        head = (
+            f"pdrop: ratio={self.ratio} cannot be reached with layers={layers} on a {num_layers}-layer LLM: "
+            f"the first {layers[0]} layers see every image token, so the layer-averaged share is at least "
+            f"{layers[0]}/{num_layers} = {floor:.4g} even as λ → 0"
+        )
         suggestion = suggest_layers(self.ratio, num_layers, len(layers))
         if suggestion is None:
             return head + f"; no layer list reaches it on {num_layers} layers (layer 1 alone gives 1/{num_layers})"
@@ -205,7 +230,7 @@ class PDrop:
         out = []
         for layer in range(num_layers):
             stage = sum(layer >= l for l in self.layers)
-            out.append(lam ** stage)
+            out.append(lam**stage)
         return out
 
     def layer_counts(self, num_image_tokens: int, num_layers: int) -> list[int]:
@@ -222,8 +247,13 @@ class PDrop:
     def schedule_info(self, num_layers: int) -> dict:
         """JSON record of the schedule used on a ``num_layers``-layer LLM (for run records)."""
         lam = self.lam_for(num_layers)
-        return {"num_layers": num_layers, "layers": list(self.layers), "lam": lam,
-                "layer_share": self.share(lam, num_layers), "kept_fraction_per_layer": self.schedule(num_layers)}
+        return {
+            "num_layers": num_layers,
+            "layers": list(self.layers),
+            "lam": lam,
+            "layer_share": self.share(lam, num_layers),
+            "kept_fraction_per_layer": self.schedule(num_layers),
+        }
 
     # -- protocol ---------------------------------------------------------------------------------
 
@@ -231,16 +261,26 @@ class PDrop:
     def convention(self) -> str:
         """In words; names the stage layers in use (``auto`` ones are placed on the LLM by ``stages``)."""
         base = "the image tokens in the prompt" if self.budget_of == "block" else f"{self.budget_of} tokens"
-        return ("R is the layer-averaged share of image tokens over all decoder layers; stage s "
-                f"(layers {self.layers}) keeps floor(N x lam^s) of N = {base}, lam solved from R "
-                "unless lam is set; positions compacted")
+        return (
+            "R is the layer-averaged share of image tokens over all decoder layers; stage s "
+            f"(layers {self.layers}) keeps floor(N x lam^s) of N = {base}, lam solved from R "
+            "unless lam is set; positions compacted"
+        )
 
     def params(self) -> dict:
         by_ratio = {} if self.layers_by_ratio is None else {"layers_by_ratio": self.layers_by_ratio[0]}
         solved_lam = None if self.num_layers is None else self.lam_for(self.num_layers)
-        return {"ratio": self.ratio, "layers": "auto" if self.auto_layers else list(self.layers), **by_ratio,
-                "lam": self.lam, "budget_of": self.budget_of, "num_layers": self.num_layers,
-                "solved_lam": solved_lam, **crop_order_params(self.crop_order), "convention": self.convention}
+        return {
+            "ratio": self.ratio,
+            "layers": "auto" if self.auto_layers else list(self.layers),
+            **by_ratio,
+            "lam": self.lam,
+            "budget_of": self.budget_of,
+            "num_layers": self.num_layers,
+            "solved_lam": solved_lam,
+            **crop_order_params(self.crop_order),
+            "convention": self.convention,
+        }
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "convention")

@@ -62,7 +62,7 @@ def iqr_upper_fence(values: torch.Tensor, group: torch.Tensor, num_groups: int) 
     if values.numel() == 0:
         return torch.full((num_groups,), math.nan, device=values.device)
     order = torch.sort(values, stable=True).indices
-    ordered = values[order[torch.sort(group[order], stable=True).indices]]   # by group, then value
+    ordered = values[order[torch.sort(group[order], stable=True).indices]]  # by group, then value
     start = sizes.cumsum(0) - sizes
     last = (sizes - 1).clamp(min=0)
     quartiles = []
@@ -86,10 +86,22 @@ class PruMerge:
     kind = "vision"
     seed = 0
 
-    def __init__(self, ratio: float = 0.25, name: str = "prumerge", adaptive: bool = False, iqr_scope: str = "view",
-                 plus: bool = False, score: str = "cls_softmax_fullwidth", layer: int = -1, neighbors: int = 32,
-                 neighbor_pool: str = "all", include_center: bool = True, extra_token: bool = True,
-                 unpad: bool = True, order: str = "score"):
+    def __init__(
+        self,
+        ratio: float = 0.25,
+        name: str = "prumerge",
+        adaptive: bool = False,
+        iqr_scope: str = "view",
+        plus: bool = False,
+        score: str = "cls_softmax_fullwidth",
+        layer: int = -1,
+        neighbors: int = 32,
+        neighbor_pool: str = "all",
+        include_center: bool = True,
+        extra_token: bool = True,
+        unpad: bool = True,
+        order: str = "score",
+    ):
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.adaptive = _flag(adaptive, "adaptive")
@@ -108,35 +120,55 @@ class PruMerge:
         self.unpad = _flag(unpad, "unpad")
         self.order = check_choice(order, ORDERS, "order", "prumerge")
         if self.plus and not self.adaptive and math.floor(1.0 / self.ratio) < 6:
-            raise ValueError(f"prumerge: plus=true with ratio={ratio} samples every candidate (PruMerge+'s stride "
-                             f"floor(floor(1/R)/3) is 1 for R > 1/6), so nothing is pruned: use ratio <= 1/6 "
-                             "or adaptive=true")
+            raise ValueError(
+                f"prumerge: plus=true with ratio={ratio} samples every candidate (PruMerge+'s stride "
+                f"floor(floor(1/R)/3) is 1 for R > 1/6), so nothing is pruned: use ratio <= 1/6 "
+                "or adaptive=true"
+            )
         self.score_request = ScoreRequest(self.score, self.layer, merge_inputs=True)
 
     def params(self) -> dict:
         """Under ``adaptive`` R is unused: ``ratio`` 1.0 (a ratio sweep runs it once) and ``variant`` adaptive."""
         variant = {"ratio": 1.0, "variant": "adaptive"} if self.adaptive else {"ratio": self.ratio}
-        return {**variant, "adaptive": self.adaptive, "iqr_scope": self.iqr_scope, "plus": self.plus,
-                "score": self.score, "layer": self.layer, "neighbors": self.neighbors,
-                "neighbor_pool": self.neighbor_pool, "include_center": self.include_center,
-                "extra_token": self.extra_token, "unpad": self.unpad, "order": self.order,
-                "convention": self.convention}
+        return {
+            **variant,
+            "adaptive": self.adaptive,
+            "iqr_scope": self.iqr_scope,
+            "plus": self.plus,
+            "score": self.score,
+            "layer": self.layer,
+            "neighbors": self.neighbors,
+            "neighbor_pool": self.neighbor_pool,
+            "include_center": self.include_center,
+            "extra_token": self.extra_token,
+            "unpad": self.unpad,
+            "order": self.order,
+            "convention": self.convention,
+        }
 
     @property
     def convention(self) -> str:
         tokens = "unpadded tokens" if self.unpad else "N patches"
-        keep = (f"IQR outliers of CLS attention (k_v = floor(n_v·c/n), n over the {self.iqr_scope}); R unused"
-                if self.adaptive else "k_v = floor(R·n_v) by CLS attention")
+        keep = (
+            f"IQR outliers of CLS attention (k_v = floor(n_v·c/n), n over the {self.iqr_scope}); R unused"
+            if self.adaptive
+            else "k_v = floor(R·n_v) by CLS attention"
+        )
         parts = [f"PruMerge{'+' if self.plus else ''} per view over its n_v {tokens}: {keep}"]
         if self.plus:
             parts.append("+ every floor(floor(1/r)/3)-th candidate in raster order (more than R)")
         center = "y_p + " if self.include_center else ""
-        parts.append(f"each kept y_p -> {center}sum of a_j·y_j over its {self.neighbors} key-nearest "
-                     f"{'candidates' if self.neighbor_pool == 'all' else 'pruned tokens'} (projector inputs)")
+        parts.append(
+            f"each kept y_p -> {center}sum of a_j·y_j over its {self.neighbors} key-nearest "
+            f"{'candidates' if self.neighbor_pool == 'all' else 'pruned tokens'} (projector inputs)"
+        )
         if self.extra_token:
             parts.append("+ 1 summary token per view with pruned tokens")
-        parts.append("emitted per view in descending score, no newlines" if self.order == "score" else
-                     "emitted in spatial order" + (", newlines kept" if self.unpad else ", no newlines"))
+        parts.append(
+            "emitted per view in descending score, no newlines"
+            if self.order == "score"
+            else "emitted in spatial order" + (", newlines kept" if self.unpad else ", no newlines")
+        )
         return "; ".join(parts)
 
     # -- selection ----------------------------------------------------------------------------
@@ -146,8 +178,10 @@ class PruMerge:
         if self.unpad:
             return layout.packed_sources
         if isinstance(layout, OneVisionLayout):
-            raise ValueError("prumerge: unpad=false (all padded-grid patches) does not apply to LLaVA-OneVision's "
-                             "packed grid; use unpad=true")
+            raise ValueError(
+                "prumerge: unpad=false (all padded-grid patches) does not apply to LLaVA-OneVision's "
+                "packed grid; use unpad=true"
+            )
         return all_view_tokens(layout)
 
     def select(self, scores: list[torch.Tensor], layouts: list, merge_inputs: MergeInputs | None = None) -> Selection:
@@ -162,17 +196,18 @@ class PruMerge:
         view_counts = torch.tensor([layout.num_views for layout in layouts], device=device)
         total_views = int(view_counts.sum())
         view_offset = view_counts.cumsum(0) - view_counts
-        score = torch.cat([s.float() for s in scores])                                   # [T, N]
+        score = torch.cat([s.float() for s in scores])  # [T, N]
 
-        sources = torch.nn.utils.rnn.pad_sequence([self.candidates(layout).to(device) for layout in layouts],
-                                                  batch_first=True, padding_value=PAD)  # [B, P]
+        sources = torch.nn.utils.rnn.pad_sequence(
+            [self.candidates(layout).to(device) for layout in layouts], batch_first=True, padding_value=PAD
+        )  # [B, P]
         is_patch = sources >= 0
         local_view = torch.where(is_patch, sources.div(n_tok, rounding_mode="floor"), 0)
         slot = (view_offset[:, None] + local_view) * n_tok + torch.where(is_patch, sources % n_tok, 0)  # into [T·N]
         candidate = torch.zeros(total_views * n_tok, dtype=torch.bool, device=device)
         candidate[slot[is_patch]] = True
         candidate = candidate.view(total_views, n_tok)
-        num_candidates = candidate.sum(1)                                                  # n_v
+        num_candidates = candidate.sum(1)  # n_v
 
         kept, emit_rank = self._keep(score, candidate, num_candidates, view_counts)
         pruned = candidate & ~kept
@@ -181,7 +216,7 @@ class PruMerge:
         # Emission: candidate entries, then one summary slot per view; sorted by an emission key.
         batch, views_max = len(layouts), int(view_counts.max())
         view_ids = torch.arange(views_max, device=device)
-        summary_view = (view_offset[:, None] + view_ids).clamp(max=total_views - 1)     # [B, Vmax] global view
+        summary_view = (view_offset[:, None] + view_ids).clamp(max=total_views - 1)  # [B, Vmax] global view
         summary_valid = (view_ids < view_counts[:, None]) & has_summary[summary_view]
         entry_emitted = is_patch & kept.flatten()[slot]
         position = torch.arange(sources.shape[1], device=device).expand_as(sources)
@@ -215,8 +250,9 @@ class PruMerge:
         selection.replacement_features = [table[r[:n]].to(dtype) for r, n in zip(row, num_tokens.tolist())]
         return selection
 
-    def _keep(self, score: torch.Tensor, candidate: torch.Tensor, num_candidates: torch.Tensor,
-              view_counts: torch.Tensor):
+    def _keep(
+        self, score: torch.Tensor, candidate: torch.Tensor, num_candidates: torch.Tensor, view_counts: torch.Tensor
+    ):
         """kept [T, N] bool and each kept token's emission rank within its view (score order)."""
         total_views, n_tok = score.shape
         device = score.device
@@ -232,13 +268,13 @@ class PruMerge:
             outliers = torch.bincount(element_group[values > fence[element_group]], minlength=num_groups)
             sizes = torch.bincount(element_group, minlength=num_groups)
             # The authors: ratio = len(outliers) / len(attn); top-k with k = int(N * ratio).
-            ratio = (outliers.double() / sizes.clamp(min=1).double())[group]             # [T]
+            ratio = (outliers.double() / sizes.clamp(min=1).double())[group]  # [T]
         else:
             ratio = torch.full((total_views,), self.ratio, dtype=torch.float64, device=device)
         quota = (num_candidates.double() * ratio).floor().long()
 
         masked = score.masked_fill(~candidate, -math.inf)
-        by_score = torch.sort(masked, dim=1, descending=True, stable=True).indices       # ties: lower patch first
+        by_score = torch.sort(masked, dim=1, descending=True, stable=True).indices  # ties: lower patch first
         rank = torch.empty_like(by_score)
         rank.scatter_(1, by_score, torch.arange(n_tok, device=device).expand(total_views, -1))
         kept = candidate & (rank < quota[:, None])
@@ -246,25 +282,35 @@ class PruMerge:
         if self.plus:
             # Authors (adaptive path): arange(0, N - 1, int(int(1 / r) / 3)), minus tokens already kept.
             step = torch.where(ratio > 0, (1.0 / ratio).floor(), torch.full_like(ratio, math.inf))
-            stride = (step / 3).floor().clamp(min=1)                                      # their code fails below 1
-            raster = candidate.long().cumsum(1) - 1                                       # rank among candidates
-            sampled = (candidate & (raster < (num_candidates - 1)[:, None])
-                       & (torch.fmod(raster.double(), stride[:, None]) == 0) & ~kept)
+            stride = (step / 3).floor().clamp(min=1)  # their code fails below 1
+            raster = candidate.long().cumsum(1) - 1  # rank among candidates
+            sampled = (
+                candidate
+                & (raster < (num_candidates - 1)[:, None])
+                & (torch.fmod(raster.double(), stride[:, None]) == 0)
+                & ~kept
+            )
             emit_rank = torch.where(sampled, quota[:, None] + sampled.long().cumsum(1) - 1, rank)
             kept = kept | sampled
         return kept, emit_rank
 
-    def _merge(self, score: torch.Tensor, candidate: torch.Tensor, kept: torch.Tensor, pruned: torch.Tensor,
-               merge_inputs: MergeInputs):
+    def _merge(
+        self,
+        score: torch.Tensor,
+        candidate: torch.Tensor,
+        kept: torch.Tensor,
+        pruned: torch.Tensor,
+        merge_inputs: MergeInputs,
+    ):
         """Merged projector inputs of every slot [T, N, C] and each view's summary [T, C], float32."""
-        keys = F.normalize(torch.cat(merge_inputs.keys).float(), dim=-1)                 # [T, N, K]
-        features = torch.cat(merge_inputs.features).float()                              # [T, N, C]
+        keys = F.normalize(torch.cat(merge_inputs.keys).float(), dim=-1)  # [T, N, K]
+        features = torch.cat(merge_inputs.features).float()  # [T, N, C]
         n_tok = candidate.shape[1]
         if self.score == "cosine":
             weight = score.masked_fill(~candidate, -math.inf).softmax(dim=1).nan_to_num(0.0)
         else:
             weight = score * candidate
-        similarity = keys @ keys.transpose(1, 2)                                          # [T, N, N]
+        similarity = keys @ keys.transpose(1, 2)  # [T, N, N]
         pool = candidate & ~kept if self.neighbor_pool == "pruned" else candidate
         eye = torch.eye(n_tok, dtype=torch.bool, device=score.device)
         similarity = similarity.masked_fill(~pool[:, None, :] | eye, -math.inf)

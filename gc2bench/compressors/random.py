@@ -27,15 +27,19 @@ class RandomKeep:
 
     @property
     def convention(self) -> str:
-        return ("R of each view's unpadded tokens (round), newlines kept" if self.unpad else
-                "R of all patches of every view (round), no unpadding, no newlines")
+        return (
+            "R of each view's unpadded tokens (round), newlines kept"
+            if self.unpad
+            else "R of all patches of every view (round), no unpadding, no newlines"
+        )
 
     def params(self) -> dict:
         return {"ratio": self.ratio, "seed": self.seed, "unpad": self.unpad, "convention": self.convention}
 
     def select(self, scores: list, layouts: list) -> Selection:
         """``scores`` is ignored (entries may be None); layouts: B layouts → kept sources."""
-        random_scores = [torch.rand(layout.num_views, layout.tokens_per_view, generator=self.generator)
-                         for layout in layouts]
+        random_scores = [
+            torch.rand(layout.num_views, layout.tokens_per_view, generator=self.generator) for layout in layouts
+        ]
         candidates = [layout.packed_sources if self.unpad else all_view_tokens(layout) for layout in layouts]
         return keep_top_per_view(candidates, random_scores, self.ratio, layouts[0].tokens_per_view)

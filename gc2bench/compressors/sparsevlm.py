@@ -59,20 +59,28 @@ from itertools import pairwise
 
 import torch
 
-from gc2bench.compressors.base import (DecoderStage, LLMContext, PruneDecision, ScoreRequest, Selection,
-                                      check_crop_order, crop_order_params, crop_order_selection)
+from gc2bench.compressors.base import (
+    DecoderStage,
+    LLMContext,
+    PruneDecision,
+    ScoreRequest,
+    Selection,
+    check_crop_order,
+    crop_order_params,
+    crop_order_selection,
+)
 from gc2bench.compressors.fastv import keep_top_image_tokens
 from gc2bench.compressors.pdrop import parse_budget_of, parse_layers, scaled_layers, stage_share
 from gc2bench.config import check_choice, validate_ratio
 
 PRESETS = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}  # score.py, v1
 PRESET_BASE = 576
-RECYCLE_TAKE = 0.3        # share of the pruned tokens clustered (+1)
-CLUSTER_DIVISOR = 10      # groups = ⌊taken/10⌋ + 1
+RECYCLE_TAKE = 0.3  # share of the pruned tokens clustered (+1)
+CLUSTER_DIVISOR = 10  # groups = ⌊taken/10⌋ + 1
 RECYCLE_RATE = RECYCLE_TAKE / CLUSTER_DIVISOR  # asymptotic groups per pruned token, for the R-mode share
 NOISE_SCALE = 1e-6
 VERSIONS = ("v1.5", "v1")
-DEFAULT_LAYERS = {"v1.5": (2, 6, 15), "v1": (2, 6, 15, 19)}   # score.py layer_dict (HEAD); b72c5d6 pruning_loc
+DEFAULT_LAYERS = {"v1.5": (2, 6, 15), "v1": (2, 6, 15, 19)}  # score.py layer_dict (HEAD); b72c5d6 pruning_loc
 COUNTINGS = ("authors", "entering")
 
 
@@ -80,7 +88,7 @@ def recycled_groups(num_pruned: int) -> tuple[int, int]:
     """(tokens taken, groups) for ``num_pruned`` pruned tokens: (⌊0.3n⌋ + 1, ⌊m/10⌋ + 1), (0, 0) for n = 0."""
     if num_pruned <= 0:
         return 0, 0
-    taken = 3 * num_pruned // 10 + 1   # = int(n * 0.3) + 1 for every n < 2e5 (checked)
+    taken = 3 * num_pruned // 10 + 1  # = int(n * 0.3) + 1 for every n < 2e5 (checked)
     return taken, taken // CLUSTER_DIVISOR + 1
 
 
@@ -90,7 +98,7 @@ def dpc_knn_means(x: torch.Tensor, num_groups: int, noise: torch.Tensor) -> torc
     xf = x.float()
     dist = torch.cdist(xf[None], xf[None], compute_mode="donot_use_mm_for_euclid_dist")[0] / math.sqrt(x.shape[1])
     nearest = dist.topk(num_groups, dim=-1, largest=False).values
-    density = torch.exp(-(nearest ** 2).mean(-1)) + noise.to(dist) * NOISE_SCALE
+    density = torch.exp(-(nearest**2).mean(-1)) + noise.to(dist) * NOISE_SCALE
     denser = density[None, :] > density[:, None]
     to_denser = torch.where(denser, dist, dist.max()).amin(-1)
     centres = torch.sort(to_denser * density, descending=True, stable=True).indices[:num_groups]
@@ -122,11 +130,11 @@ def text_raters(ctx: LLMContext) -> torch.Tensor:
         text_valid = torch.arange(width, device=image.device) < n_after[:, None]
         dim = ctx.input_embeds.shape[-1]
         source = ctx.original_index.clamp(min=0)[..., None].expand(-1, -1, dim)
-        emb = ctx.input_embeds.gather(1, source).float()                             # [B, L, D]
-        text = emb.gather(1, text_pos[..., None].expand(-1, -1, dim))                # [B, T, D]
+        emb = ctx.input_embeds.gather(1, source).float()  # [B, L, D]
+        text = emb.gather(1, text_pos[..., None].expand(-1, -1, dim))  # [B, T, D]
         logits = (emb @ text.transpose(1, 2)).masked_fill(~text_valid[:, None, :], -torch.inf)
         probs = torch.where(text_valid[:, None, :] & image[..., None], logits.softmax(-1), 0.0)
-        score = probs.sum(1) / image.sum(1).clamp(min=1)[:, None]                   # [B, T]
+        score = probs.sum(1) / image.sum(1).clamp(min=1)[:, None]  # [B, T]
         mean = score.sum(1, keepdim=True) / n_after.clamp(min=1)[:, None]
         chosen = text_valid & (score > mean)
         chosen = torch.where(chosen.any(1, keepdim=True), chosen, text_valid)
@@ -151,8 +159,10 @@ class PrefillMemo:
 
     def load(self, ctx: LLMContext, method: str):
         if self._key != self.key(ctx):
-            raise RuntimeError(f"{method}: stage {ctx.stage_index} of a prefill whose stage 0 this compressor "
-                               "did not see (stage 0 fixes what later stages use)")
+            raise RuntimeError(
+                f"{method}: stage {ctx.stage_index} of a prefill whose stage 0 this compressor "
+                "did not see (stage 0 fixes what later stages use)"
+            )
         return self._value
 
 
@@ -173,10 +183,22 @@ class SparseVLM:
     seed = 0
     unpad = True
 
-    def __init__(self, ratio: float = 0.25, name: str = "sparsevlm", layers="auto", preset: int | None = None,
-                 tokens=None, budget_of: str | int = "block", recycle: bool = True, num_layers: int | None = None,
-                 crop_order: str = "packed", counting: str = "authors", version: str = "v1.5",
-                 scale: float | None = None, bias: float = 0.0):
+    def __init__(
+        self,
+        ratio: float = 0.25,
+        name: str = "sparsevlm",
+        layers="auto",
+        preset: int | None = None,
+        tokens=None,
+        budget_of: str | int = "block",
+        recycle: bool = True,
+        num_layers: int | None = None,
+        crop_order: str = "packed",
+        counting: str = "authors",
+        version: str = "v1.5",
+        scale: float | None = None,
+        bias: float = 0.0,
+    ):
         self.ratio = validate_ratio(ratio)
         self.name = name
         self.counting = check_choice(counting, COUNTINGS, "counting", name)
@@ -189,8 +211,10 @@ class SparseVLM:
         self.scale = None if scale is None else float(scale)
         self.bias = float(bias)
         if self.version == "v1" and (preset is not None or tokens is not None):
-            raise ValueError("sparsevlm: version=v1 keeps min(int(rank x scale + bias), n - 1) tokens per stage; "
-                             "preset/tokens are v1.5's schedules (give scale/bias, or neither for the R-driven scale)")
+            raise ValueError(
+                "sparsevlm: version=v1 keeps min(int(rank x scale + bias), n - 1) tokens per stage; "
+                "preset/tokens are v1.5's schedules (give scale/bias, or neither for the R-driven scale)"
+            )
         if self.version != "v1" and (scale is not None or bias != 0.0):
             raise ValueError(f"sparsevlm: scale/bias are version=v1's rule (version={self.version})")
         if self.scale is not None and self.scale < 0:
@@ -199,8 +223,10 @@ class SparseVLM:
             raise ValueError("sparsevlm: give preset or tokens, not both")
         if preset is not None:
             if preset not in PRESETS:
-                raise ValueError(f"sparsevlm: preset={preset!r} is not one of {sorted(PRESETS)} (retained tokens "
-                                 "of the authors' schedules), or null for the R-driven schedule")
+                raise ValueError(
+                    f"sparsevlm: preset={preset!r} is not one of {sorted(PRESETS)} (retained tokens "
+                    "of the authors' schedules), or null for the R-driven schedule"
+                )
             tokens = PRESETS[preset]
         if tokens is not None:
             try:
@@ -230,13 +256,15 @@ class SparseVLM:
     def _check_layers(self, num_layers: int) -> None:
         if self.auto_layers and self.layers[-1] + 1 >= num_layers:
             self.layers = scaled_layers(list(self.default_layers), num_layers, 32, 0)
-            if self.version == "v1":   # any number of stages: keep those that fit
+            if self.version == "v1":  # any number of stages: keep those that fit
                 self.layers = [layer for layer in self.layers if layer + 1 < num_layers] or self.layers
         if self.layers[-1] + 1 >= num_layers:
             hint = scaled_layers(self.layers, num_layers, 32, 0)
             fit = f"; e.g. compressor.layers={hint}" if hint[-1] + 1 < num_layers else ""
-            raise ValueError(f"sparsevlm: layers={self.layers} do not fit a {num_layers}-layer LLM (a stage scores "
-                             f"at layer l and drops before l + 1, so l must be 0..{num_layers - 2}){fit}")
+            raise ValueError(
+                f"sparsevlm: layers={self.layers} do not fit a {num_layers}-layer LLM (a stage scores "
+                f"at layer l and drops before l + 1, so l must be 0..{num_layers - 2}){fit}"
+            )
 
     def share(self, fractions, num_layers: int, layers: list[int] | None = None, counting: str | None = None) -> float:
         """Layer-averaged share of image tokens for kept fractions κ_s (recycled groups at their asymptotic rate),
@@ -253,7 +281,7 @@ class SparseVLM:
 
     def _knots(self) -> list[tuple[float, ...]]:
         stages = len(self.layers)
-        if self.version == "v1":   # one kept fraction for every stage (k = rank x scale with the rank unchanged)
+        if self.version == "v1":  # one kept fraction for every stage (k = rank x scale with the rank unchanged)
             return [(0.0,) * stages, (1.0,) * stages]
         shapes = [tuple(t / PRESET_BASE for t in PRESETS[p]) for p in sorted(PRESETS)]
         return [(0.0,) * stages] + shapes + [(1.0,) * stages]
@@ -275,9 +303,11 @@ class SparseVLM:
         raise AssertionError("unreachable: the preset path ends at share 1")
 
     def _unreachable_message(self, num_layers: int, layers: list[int], floor: float) -> str:
-        head = (f"sparsevlm: ratio={self.ratio} cannot be reached with layers={layers} on a {num_layers}-layer LLM: "
-                f"layers 0..{layers[0]} see every image token (and recycled groups follow), so the layer-averaged "
-                f"share is at least {floor:.4g}")
+        head = (
+            f"sparsevlm: ratio={self.ratio} cannot be reached with layers={layers} on a {num_layers}-layer LLM: "
+            f"layers 0..{layers[0]} see every image token (and recycled groups follow), so the layer-averaged "
+            f"share is at least {floor:.4g}"
+        )
         for first in range(max(0, math.floor(self.ratio * num_layers / 2) - 1), -1, -1):
             stages = len(layers)
             candidate = [first + round(i * (num_layers - 1 - first) / stages) for i in range(stages)]
@@ -293,8 +323,10 @@ class SparseVLM:
         if self.tokens is not None:
             return [t / PRESET_BASE for t in self.tokens]
         if self.scale is not None:
-            raise ValueError("sparsevlm: version=v1 with an explicit scale keeps a data-dependent count (the rank of "
-                             "the raters' attention); no schedule before the prompt is seen")
+            raise ValueError(
+                "sparsevlm: version=v1 with an explicit scale keeps a data-dependent count (the rank of "
+                "the raters' attention); no schedule before the prompt is seen"
+            )
         if num_layers not in self._solved:
             self._solved[num_layers] = self.solve_fractions(num_layers)
         return self._solved[num_layers]
@@ -314,10 +346,15 @@ class SparseVLM:
     def schedule_info(self, num_layers: int) -> dict:
         """JSON record of the schedule used on a ``num_layers``-layer LLM (for run records)."""
         fractions = self.stage_fractions(num_layers)
-        return {"num_layers": num_layers, "layers": list(self.layers), "kept_fractions": fractions,
-                "counting": self.counting, "layer_share": self.share(fractions, num_layers),
-                **{f"layer_share_{c}": self.share(fractions, num_layers, counting=c) for c in COUNTINGS},
-                "share_per_layer": self.schedule(num_layers)}
+        return {
+            "num_layers": num_layers,
+            "layers": list(self.layers),
+            "kept_fractions": fractions,
+            "counting": self.counting,
+            "layer_share": self.share(fractions, num_layers),
+            **{f"layer_share_{c}": self.share(fractions, num_layers, counting=c) for c in COUNTINGS},
+            "share_per_layer": self.schedule(num_layers),
+        }
 
     def equivalent_tokens(self, num_image_tokens: int, num_layers: int, counting: str | None = None) -> float:
         """Layer-averaged image tokens of a row (``layer_counts``), layer l of a stage counted after its drop
@@ -339,7 +376,7 @@ class SparseVLM:
         fractions = self.stage_fractions(num_layers)
         base = num_image_tokens if self.budget_of == "block" else self.budget_of
         present, out = num_image_tokens, []
-        cap = 1 if self.version == "v1" else 0   # v1 keeps at most n - 1 (assuming the raters' rank holds)
+        cap = 1 if self.version == "v1" else 0  # v1 keeps at most n - 1 (assuming the raters' rank holds)
         for layer in range(num_layers):
             if layer - 1 in self.layers:
                 kept = min(self.kept_count(self.layers.index(layer - 1), base, fractions), present - cap)
@@ -356,32 +393,53 @@ class SparseVLM:
     @property
     def convention(self) -> str:
         base = "the image tokens in the prompt" if self.budget_of == "block" else f"{self.budget_of} tokens"
-        counted = ("layer l of a stage counted after its drop, as the authors' Equal Tokens" if self.counting == "authors"
-                   else "each layer counted with the tokens entering it")
+        counted = (
+            "layer l of a stage counted after its drop, as the authors' Equal Tokens"
+            if self.counting == "authors"
+            else "each layer counted with the tokens entering it"
+        )
         if self.tokens is not None:
-            rule = (f"stage s keeps floor(k_s x N / 576) image tokens, k = {self.tokens}"
-                    + (f" (preset {self.preset})" if self.preset is not None else "") + "; R is a label")
+            rule = (
+                f"stage s keeps floor(k_s x N / 576) image tokens, k = {self.tokens}"
+                + (f" (preset {self.preset})" if self.preset is not None else "")
+                + "; R is a label"
+            )
         elif self.version == "v1" and self.scale is not None:
-            rule = (f"v1 (b72c5d6): stage s keeps min(int(rank_s x {self.scale} + {self.bias}), n - 1) image tokens, "
-                    "rank_s = rank of the raters' attention over the image tokens; R is a label")
+            rule = (
+                f"v1 (b72c5d6): stage s keeps min(int(rank_s x {self.scale} + {self.bias}), n - 1) image tokens, "
+                "rank_s = rank of the raters' attention over the image tokens; R is a label"
+            )
         elif self.version == "v1":
-            rule = ("v1 (b72c5d6): stage s keeps min(int(rank_s x scale), n - 1) image tokens, rank_s = rank of the "
-                    "raters' attention over the image tokens, scale = floor(kappa x N) / rank_0 per row, kappa solved "
-                    f"so that the layer-averaged share ({counted}) is R while the rank holds")
+            rule = (
+                "v1 (b72c5d6): stage s keeps min(int(rank_s x scale), n - 1) image tokens, rank_s = rank of the "
+                "raters' attention over the image tokens, scale = floor(kappa x N) / rank_0 per row, kappa solved "
+                f"so that the layer-averaged share ({counted}) is R while the rank holds"
+            )
         else:
-            rule = ("R is the layer-averaged share of image tokens (recycled included) over all decoder layers "
-                    f"({counted}); stage s keeps floor(kappa_s x N), kappa on the authors' preset path solved from R")
+            rule = (
+                "R is the layer-averaged share of image tokens (recycled included) over all decoder layers "
+                f"({counted}); stage s keeps floor(kappa_s x N), kappa on the authors' preset path solved from R"
+            )
         return f"{rule}; N = {base}; text raters; recycled cluster means; positions compacted"
 
     def params(self) -> dict:
-        return {"ratio": self.ratio, "layers": "auto" if self.auto_layers else list(self.layers), "preset": self.preset, "tokens": self.tokens,
-                "budget_of": self.budget_of, "recycle": self.recycle, "num_layers": self.num_layers,
-                "counting": self.counting, "version": self.version,
-                **({"scale": self.scale, "bias": self.bias} if self.version == "v1" else {}),
-                "solved_fractions": (None if self.num_layers is None or self.scale is not None
-                                     else self.stage_fractions(self.num_layers)),
-                **crop_order_params(self.crop_order),
-                "convention": self.convention}
+        return {
+            "ratio": self.ratio,
+            "layers": "auto" if self.auto_layers else list(self.layers),
+            "preset": self.preset,
+            "tokens": self.tokens,
+            "budget_of": self.budget_of,
+            "recycle": self.recycle,
+            "num_layers": self.num_layers,
+            "counting": self.counting,
+            "version": self.version,
+            **({"scale": self.scale, "bias": self.bias} if self.version == "v1" else {}),
+            "solved_fractions": (
+                None if self.num_layers is None or self.scale is not None else self.stage_fractions(self.num_layers)
+            ),
+            **crop_order_params(self.crop_order),
+            "convention": self.convention,
+        }
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "convention")
@@ -431,13 +489,19 @@ class SparseVLM:
         if ctx.query_attention is None:
             raise RuntimeError("sparsevlm: version=v1 needs ctx.query_attention (the raters' attention rows)")
         present = ctx.image.sum(1)
-        ranks = torch.stack([torch.linalg.matrix_rank(ctx.query_attention[b][:, ctx.image[b]].float())
-                             for b in range(ctx.image.shape[0])]).to(present)
+        ranks = torch.stack(
+            [
+                torch.linalg.matrix_rank(ctx.query_attention[b][:, ctx.image[b]].float())
+                for b in range(ctx.image.shape[0])
+            ]
+        ).to(present)
         if self.scale is not None:
             wanted = (ranks.double() * self.scale + self.bias).floor().long()
         else:
             if ctx.stage_index == 0:
-                base = ctx.image_tokens_at_start if self.budget_of == "block" else torch.full_like(present, self.budget_of)
+                base = (
+                    ctx.image_tokens_at_start if self.budget_of == "block" else torch.full_like(present, self.budget_of)
+                )
                 target = (base.double() * self.active_fractions()[0]).floor().long()
                 self._first_stage.store(ctx, (target, ranks.clamp(min=1)))
             target, first_rank = self._first_stage.load(ctx, "sparsevlm")
@@ -469,8 +533,9 @@ class SparseVLM:
         widest = max(taken for taken, _ in plan)
         if widest == 0:
             return PruneDecision(keep)
-        ranked = torch.sort(score.masked_fill(~pruned, -torch.inf) + 0.0, dim=1, descending=True,
-                            stable=True).indices[:, :widest]
+        ranked = torch.sort(score.masked_fill(~pruned, -torch.inf) + 0.0, dim=1, descending=True, stable=True).indices[
+            :, :widest
+        ]
         seed = ctx.generator.initial_seed() if ctx.generator is not None else 0
         noise = torch.rand(widest, generator=torch.Generator().manual_seed(seed + ctx.stage_index))
         recycled = []

@@ -48,8 +48,10 @@ class ViewsOnly:
         if self.views == "thumbnail_only":
             return "thumbnail only: its N tokens in spatial order, no crop tokens, no newlines (ratio not applied)"
         kept = "with one newline per packed row" if self.newlines == "keep" else "without newlines"
-        return (f"crops only: transformers' packed crop tokens (unpadded grid), {kept}; "
-                "no thumbnail tokens (ratio not applied)")
+        return (
+            f"crops only: transformers' packed crop tokens (unpadded grid), {kept}; "
+            "no thumbnail tokens (ratio not applied)"
+        )
 
     def params(self) -> dict:
         if self.views == "thumbnail_only":
@@ -69,9 +71,11 @@ class ViewsOnly:
             sources = []
             for b, layout in enumerate(layouts):
                 if layout.num_crops == 0:
-                    raise ValueError(f"views: views=crops_only, but image {b} has no crops (a LLaVA-OneVision image "
-                                     "of a multi-image prompt is given as its base view only)")
-                packed = layout.packed_sources[layout.tokens_per_view:]   # the thumbnail comes first
+                    raise ValueError(
+                        f"views: views=crops_only, but image {b} has no crops (a LLaVA-OneVision image "
+                        "of a multi-image prompt is given as its base view only)"
+                    )
+                packed = layout.packed_sources[layout.tokens_per_view :]  # the thumbnail comes first
                 sources.append(packed if self.newlines == "keep" else packed[packed != NEWLINE])
         token_sources = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=PAD)
         return Selection(token_sources, torch.tensor([len(s) for s in sources]), info={"views": self.views})

@@ -42,9 +42,9 @@ MEGA = 1e6
 class DecoderShape:
     """The sizes of a decoder that FLOPs and KV cache depend on."""
 
-    hidden_size: int           # d
-    intermediate_size: int     # m
-    num_layers: int            # L
+    hidden_size: int  # d
+    intermediate_size: int  # m
+    num_layers: int  # L
     num_heads: int
     num_kv_heads: int
     head_dim: int
@@ -71,8 +71,15 @@ class DecoderShape:
         heads = int(text.num_attention_heads)
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-        return cls(int(text.hidden_size), int(text.intermediate_size), int(text.num_hidden_layers), heads,
-                   int(kv_heads), int(head_dim), name or getattr(config, "_name_or_path", "") or "")
+        return cls(
+            int(text.hidden_size),
+            int(text.intermediate_size),
+            int(text.num_hidden_layers),
+            heads,
+            int(kv_heads),
+            int(head_dim),
+            name or getattr(config, "_name_or_path", "") or "",
+        )
 
 
 def text_config(model: str | Path):
@@ -85,8 +92,9 @@ def text_config(model: str | Path):
         return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
     path = Path(str(model)).expanduser()
     if not (path / "config.json").is_file():
-        raise ConfigError(f"model={model!s}: not a preset ({', '.join(TEXT_PRESETS)}) nor a directory "
-                              f"with a config.json")
+        raise ConfigError(
+            f"model={model!s}: not a preset ({', '.join(TEXT_PRESETS)}) nor a directory with a config.json"
+        )
     try:
         config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as error:
@@ -118,16 +126,19 @@ def _count(value, what: str) -> int:
     return int(value)
 
 
-def tokens_per_layer(shape: DecoderShape, visual_tokens: int, text_tokens: int = 0,
-                     image_tokens_per_layer: Sequence[int] | None = None) -> list[int]:
+def tokens_per_layer(
+    shape: DecoderShape, visual_tokens: int, text_tokens: int = 0, image_tokens_per_layer: Sequence[int] | None = None
+) -> list[int]:
     """[L] tokens entering each layer: image tokens (``visual_tokens`` at every layer, or the per-layer
     counts of an LLM-stage method, which then take precedence) plus ``text_tokens``."""
     text = _count(text_tokens, "text_tokens")
     if image_tokens_per_layer is None:
         return [_count(visual_tokens, "visual_tokens") + text] * shape.num_layers
     if len(image_tokens_per_layer) != shape.num_layers:
-        raise ConfigError(f"image_tokens_per_layer has {len(image_tokens_per_layer)} entries but the model "
-                              f"has {shape.num_layers} layers")
+        raise ConfigError(
+            f"image_tokens_per_layer has {len(image_tokens_per_layer)} entries but the model "
+            f"has {shape.num_layers} layers"
+        )
     return [_count(n, f"image_tokens_per_layer[{i}]") + text for i, n in enumerate(image_tokens_per_layer)]
 
 
@@ -142,8 +153,13 @@ def kv_cache_bytes(shape: DecoderShape, layer_tokens: Sequence[int], bytes_per_e
     return 2 * shape.kv_dim * bytes_per_element * sum(layer_tokens)
 
 
-def sample_tflops(text_config, visual_tokens: int, text_tokens: int = 0,
-                  image_tokens_per_layer: Sequence[int] | None = None, bytes_per_element: int = 2) -> dict:
+def sample_tflops(
+    text_config,
+    visual_tokens: int,
+    text_tokens: int = 0,
+    image_tokens_per_layer: Sequence[int] | None = None,
+    bytes_per_element: int = 2,
+) -> dict:
     """Analytic cost of one sample's prefill: ``{"tflops": 10¹² FLOPs, "kv_cache_mb": 10⁶ bytes}``.
 
     ``text_config``: transformers config (text or multimodal), preset name, directory or DecoderShape;
@@ -152,23 +168,37 @@ def sample_tflops(text_config, visual_tokens: int, text_tokens: int = 0,
     """
     shape = decoder_shape(text_config)
     layers = tokens_per_layer(shape, visual_tokens, text_tokens, image_tokens_per_layer)
-    return {"tflops": prefill_flops(shape, layers) / TERA,
-            "kv_cache_mb": kv_cache_bytes(shape, layers, bytes_per_element) / MEGA}
+    return {
+        "tflops": prefill_flops(shape, layers) / TERA,
+        "kv_cache_mb": kv_cache_bytes(shape, layers, bytes_per_element) / MEGA,
+    }
 
 
 def flops_report(model: str, visual_tokens: int, text_tokens: int = 0, bytes_per_element: int = 2) -> dict:
     """What ``gc2bench flops`` prints, as a dict."""
     shape = decoder_shape(model)
     cost = sample_tflops(shape, visual_tokens, text_tokens, bytes_per_element=bytes_per_element)
-    return {"model": str(model), "visual_tokens": int(visual_tokens), "text_tokens": int(text_tokens),
-            "tflops": cost["tflops"], "kv_cache_mb": cost["kv_cache_mb"], "bytes_per_element": bytes_per_element,
-            "decoder": {"hidden_size": shape.hidden_size, "intermediate_size": shape.intermediate_size,
-                        "num_layers": shape.num_layers, "num_heads": shape.num_heads,
-                        "num_kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim}}
+    return {
+        "model": str(model),
+        "visual_tokens": int(visual_tokens),
+        "text_tokens": int(text_tokens),
+        "tflops": cost["tflops"],
+        "kv_cache_mb": cost["kv_cache_mb"],
+        "bytes_per_element": bytes_per_element,
+        "decoder": {
+            "hidden_size": shape.hidden_size,
+            "intermediate_size": shape.intermediate_size,
+            "num_layers": shape.num_layers,
+            "num_heads": shape.num_heads,
+            "num_kv_heads": shape.num_kv_heads,
+            "head_dim": shape.head_dim,
+        },
+    }
 
 
-def print_flops(model: str, visual_tokens: int, text_tokens: int = 0, as_json: bool = False,
-                bytes_per_element: int = 2) -> int:
+def print_flops(
+    model: str, visual_tokens: int, text_tokens: int = 0, as_json: bool = False, bytes_per_element: int = 2
+) -> int:
     import json
 
     report = flops_report(model, visual_tokens, text_tokens, bytes_per_element)
@@ -177,10 +207,14 @@ def print_flops(model: str, visual_tokens: int, text_tokens: int = 0, as_json: b
         return 0
     dec = report["decoder"]
     gqa = f", GQA {dec['num_heads']}/{dec['num_kv_heads']} heads" if dec["num_kv_heads"] != dec["num_heads"] else ""
-    print(f"{report['model']}: d={dec['hidden_size']} m={dec['intermediate_size']} L={dec['num_layers']} "
-          f"heads={dec['num_heads']} head_dim={dec['head_dim']}{gqa}")
+    print(
+        f"{report['model']}: d={dec['hidden_size']} m={dec['intermediate_size']} L={dec['num_layers']} "
+        f"heads={dec['num_heads']} head_dim={dec['head_dim']}{gqa}"
+    )
     print(f"tokens        {visual_tokens} visual + {text_tokens} text")
     print(f"prefill       {report['tflops']:.2f} TFLOPs")
-    print(f"KV cache      {report['kv_cache_mb']:.1f} MB ({8 * bytes_per_element}-bit K and V, all layers, "
-          f"MB = 10^6 bytes)")
+    print(
+        f"KV cache      {report['kv_cache_mb']:.1f} MB ({8 * bytes_per_element}-bit K and V, all layers, "
+        f"MB = 10^6 bytes)"
+    )
     return 0

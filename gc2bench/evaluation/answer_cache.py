@@ -34,8 +34,11 @@ class AnswerCache:
             try:
                 lines = path.read_bytes().split(b"\n")
             except OSError as error:
-                print(f"warning: answer cache {path} cannot be read ({error.strerror}); its answers are made again",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"warning: answer cache {path} cannot be read ({error.strerror}); its answers are made again",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 continue
             for line in filter(None, lines):
                 try:
@@ -44,8 +47,12 @@ class AnswerCache:
                 except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
                     unreadable += 1
             if unreadable:
-                print(f"warning: answer cache {path}: {unreadable} unreadable line(s) skipped (cut short by a kill, "
-                      f"or not written by gc2bench); their answers are made again", file=sys.stderr, flush=True)
+                print(
+                    f"warning: answer cache {path}: {unreadable} unreadable line(s) skipped (cut short by a kill, "
+                    f"or not written by gc2bench); their answers are made again",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self.loaded = len(self.entries)
         self.hits = 0
 
@@ -57,7 +64,7 @@ class AnswerCache:
     def put(self, key: str, entry: dict) -> None:
         try:
             self._append(key, entry)
-        except OSError as error:   # not a sample's failure: the run cannot keep what it computes
+        except OSError as error:  # not a sample's failure: the run cannot keep what it computes
             raise CacheWriteError(error.errno, f"{error.strerror} (the answer cache)", str(self.path)) from error
 
     def _append(self, key: str, entry: dict) -> None:
@@ -103,8 +110,9 @@ class CachingAdapter:
         return getattr(self.adapter, name)
 
     def sample_key(self, text: str, images: list, gen_kwargs: dict) -> str:
-        payload = json.dumps([self.scope, text, [image_digest(image) for image in images],
-                              sorted(gen_kwargs.items())], default=str)
+        payload = json.dumps(
+            [self.scope, text, [image_digest(image) for image in images], sorted(gen_kwargs.items())], default=str
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def generate(self, texts: list[str], images: list[list], prune_replay=None, **gen_kwargs):
@@ -114,17 +122,31 @@ class CachingAdapter:
 
         keys = [self.sample_key(text, imgs, gen_kwargs) for text, imgs in zip(texts, images)]
         results = [self.cache.get(key) for key in keys]
-        results = [None if entry is None else Generation(entry["text"], SampleStats(**entry["stats"]),
-                                                         entry.get("token_ids", []), raw_text=entry.get("raw_text"),
-                                                         prompt=entry.get("prompt"))
-                   for entry in results]
+        results = [
+            None
+            if entry is None
+            else Generation(
+                entry["text"],
+                SampleStats(**entry["stats"]),
+                entry.get("token_ids", []),
+                raw_text=entry.get("raw_text"),
+                prompt=entry.get("prompt"),
+            )
+            for entry in results
+        ]
         missing = [i for i, result in enumerate(results) if result is None]
         if missing:
             made = self.adapter.generate([texts[i] for i in missing], [images[i] for i in missing], **gen_kwargs)
             for i, generation in zip(missing, made):
-                self.cache.put(keys[i], {"text": generation.text, "raw_text": generation.raw_text,
-                                         "prompt": generation.prompt,
-                                         "stats": dataclasses.asdict(generation.stats),
-                                         "token_ids": list(generation.token_ids)})
+                self.cache.put(
+                    keys[i],
+                    {
+                        "text": generation.text,
+                        "raw_text": generation.raw_text,
+                        "prompt": generation.prompt,
+                        "stats": dataclasses.asdict(generation.stats),
+                        "token_ids": list(generation.token_ids),
+                    },
+                )
                 results[i] = generation
         return results

@@ -67,11 +67,24 @@ def task_prompts(adapter, entry: dict, protocol: str, documents: int = DOCUMENTS
         ids = adapter.model_inputs(prompts, images, add_bos=add_bos)["input_ids"][0].tolist()
         chosen = get_protocol(protocol)
         gen_kwargs, until = chosen.generate_kwargs(name, task_kwargs)
-        rows.append({"doc_id": doc_id, "context": context, "images": len(images[0]), "prompt": prompts[0],
-                     "input_ids": ids, "generate_kwargs": chosen.bind(gen_kwargs, adapter.tokenizer),
-                     "stop_strings": until})
-    return {"task": entry["task"], "protocol": protocol, "model": "tiny (gc2bench.models.tiny)",
-            "regenerate": REGENERATE, "documents": rows}
+        rows.append(
+            {
+                "doc_id": doc_id,
+                "context": context,
+                "images": len(images[0]),
+                "prompt": prompts[0],
+                "input_ids": ids,
+                "generate_kwargs": chosen.bind(gen_kwargs, adapter.tokenizer),
+                "stop_strings": until,
+            }
+        )
+    return {
+        "task": entry["task"],
+        "protocol": protocol,
+        "model": "tiny (gc2bench.models.tiny)",
+        "regenerate": REGENERATE,
+        "documents": rows,
+    }
 
 
 def golden_path(protocol: str, task: str) -> Path:
@@ -104,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     verb = "rewrote" if args.write else "differ"
     for path in changed:
         print(f"{verb}: {path}")
-    print(f"{len(changed)} of {len(PROTOCOLS) * len(suite_entries())} golden prompt files {verb}"
-          if changed else "golden prompt files are up to date")
+    print(
+        f"{len(changed)} of {len(PROTOCOLS) * len(suite_entries())} golden prompt files {verb}"
+        if changed
+        else "golden prompt files are up to date"
+    )
     return 0 if args.write or not changed else 1
 
 

@@ -42,8 +42,10 @@ class GC2BenchLMM(lmms):
 
     def __str__(self) -> str:  # lmms-eval's response cache is keyed on str(model)
         compressor = self.adapter.compressor
-        return (f"gc2bench({self.adapter.name}, {compressor.name}, {sorted(compressor.params().items())}, "
-                f"protocol={self.protocol.name})")
+        return (
+            f"gc2bench({self.adapter.name}, {compressor.name}, {sorted(compressor.params().items())}, "
+            f"protocol={self.protocol.name})"
+        )
 
     def clean(self) -> None:
         """Called by lmms-eval after each evaluation. The adapter stays loaded for the run's next task,
@@ -62,10 +64,15 @@ class GC2BenchLMM(lmms):
     def generate_until(self, requests) -> list[str]:
         answers: list[str | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: (str(requests[i].args[1]), i))
-        progress = tqdm(total=len(requests), desc="gc2bench generate", disable=self.rank != 0,
-                        file=progress_stream(), dynamic_ncols=True)
+        progress = tqdm(
+            total=len(requests),
+            desc="gc2bench generate",
+            disable=self.rank != 0,
+            file=progress_stream(),
+            dynamic_ncols=True,
+        )
         for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
+            batch = order[start : start + self.batch_size]
             kwargs = dict(requests[batch[0]].args[1])
             same_kwargs = [i for i in batch if dict(requests[i].args[1]) == kwargs]
             for chunk in (same_kwargs, [i for i in batch if i not in same_kwargs]):
@@ -118,10 +125,17 @@ class GC2BenchLMM(lmms):
                     self._answer(requests, [i], answers)
                 return
             task, doc_id = requests[indices[0]].args[4], requests[indices[0]].args[3]
-            self.failures.append({"task": task, "doc_id": doc_id, "error": f"{type(error).__name__}: {error}",
-                                  "traceback": traceback.format_exc(limit=3)})
-            print(f"gc2bench: {task} doc {doc_id} failed and is skipped: {type(error).__name__}: {error}",
-                  file=sys.stderr)
+            self.failures.append(
+                {
+                    "task": task,
+                    "doc_id": doc_id,
+                    "error": f"{type(error).__name__}: {error}",
+                    "traceback": traceback.format_exc(limit=3),
+                }
+            )
+            print(
+                f"gc2bench: {task} doc {doc_id} failed and is skipped: {type(error).__name__}: {error}", file=sys.stderr
+            )
             return
         self._note_prompting(keys[0][0], texts[0], len(images[0]), gen_kwargs)
         for i, key, result in zip(indices, keys, results):
@@ -133,8 +147,7 @@ class GC2BenchLMM(lmms):
         if task in self.prompting:
             return
         try:
-            self.prompting[task] = prompting_record(self.protocol, task, self.adapter, context, num_images,
-                                                    gen_kwargs)
+            self.prompting[task] = prompting_record(self.protocol, task, self.adapter, context, num_images, gen_kwargs)
         except AttributeError:  # an adapter stand-in without tokenizer or config
             self.prompting[task] = {**self.protocol.describe(task), "generate_kwargs": dict(gen_kwargs)}
 
@@ -155,16 +168,25 @@ class GC2BenchModel(GC2BenchLMM):
     ``max_batch_size`` is accepted and unused.
     """
 
-    def __init__(self, overrides: list[str] | tuple[str, ...] = (), batch_size=None, device: str | None = None,
-                 max_batch_size=None, **model_args):
+    def __init__(
+        self,
+        overrides: list[str] | tuple[str, ...] = (),
+        batch_size=None,
+        device: str | None = None,
+        max_batch_size=None,
+        **model_args,
+    ):
         from gc2bench.config import build_compressor, build_model
 
         overrides = list(overrides) + [f"{key}={value}" for key, value in model_args.items()]
         exit_nonzero_on_evaluation_error()
         self.run_config = compose_run_config(overrides, device=device)
         compressor = build_compressor(self.run_config)
-        super().__init__(build_model(self.run_config, compressor), batch_size=_batch_size(batch_size, self.run_config),
-                         protocol=self.run_config.suite.get("protocol"))
+        super().__init__(
+            build_model(self.run_config, compressor),
+            batch_size=_batch_size(batch_size, self.run_config),
+            protocol=self.run_config.suite.get("protocol"),
+        )
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "GC2BenchModel":
@@ -188,13 +210,20 @@ def exit_nonzero_on_evaluation_error() -> None:
     from loguru import logger
 
     _EVALUATION_ERRORS = []
-    logger.add(_EVALUATION_ERRORS.append, level="ERROR", format="{message}",
-               filter=lambda record: "Error during evaluation" in record["message"])
+    logger.add(
+        _EVALUATION_ERRORS.append,
+        level="ERROR",
+        format="{message}",
+        filter=lambda record: "Error during evaluation" in record["message"],
+    )
 
     def exit_nonzero():
         if _EVALUATION_ERRORS:
-            print(f"gc2bench: lmms-eval reported {len(_EVALUATION_ERRORS)} failed evaluation(s) (above); exit status 1",
-                  file=sys.stderr, flush=True)
+            print(
+                f"gc2bench: lmms-eval reported {len(_EVALUATION_ERRORS)} failed evaluation(s) (above); exit status 1",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.stdout.flush()
             os._exit(1)
 
@@ -244,8 +273,10 @@ def split_model_args(arg_string: str) -> list[str]:
     parts = [part for part in parts if part]
     bad = [part for part in parts if "=" not in part]
     if bad:
-        raise ConfigError(f"gc2bench model_args: {bad[0]!r} is not key=value (model_args are Hydra overrides, "
-                          f"e.g. compressor=globalcom2,ratio=0.1,model=tiny)")
+        raise ConfigError(
+            f"gc2bench model_args: {bad[0]!r} is not key=value (model_args are Hydra overrides, "
+            f"e.g. compressor=globalcom2,ratio=0.1,model=tiny)"
+        )
     return parts
 
 
@@ -257,8 +288,9 @@ def _batch_size(value, cfg) -> int:
     try:
         size = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"gc2bench: batch_size={value!r} must be a positive integer "
-                          f"(automatic batch sizes are not supported)") from None
+        raise ConfigError(
+            f"gc2bench: batch_size={value!r} must be a positive integer (automatic batch sizes are not supported)"
+        ) from None
     if size < 1:
         raise ConfigError(f"gc2bench: batch_size={value!r} must be a positive integer")
     return size

@@ -58,7 +58,7 @@ def quiet_lmms_eval_logging() -> None:
     from loguru import logger
 
     with contextlib.suppress(ValueError):
-        logger.remove(0)   # loguru's default handler; a handler the user added stays
+        logger.remove(0)  # loguru's default handler; a handler the user added stays
         logger.add(sys.stderr, level="WARNING")
     logging.getLogger("numexpr").setLevel(logging.WARNING)
 

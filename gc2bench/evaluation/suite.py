@@ -41,16 +41,31 @@ from gc2bench.evaluation.progress import quiet_lmms_eval_logging, task_progress
 from gc2bench.evaluation.fixtures import COMPANIONS, FIXTURES, build_fixture, fixture_digest, fixture_split
 from gc2bench.evaluation.images import undecoded_features
 
-ENTRY_KEYS = {"task", "metric", "scale", "average_over", "ocr_tokens", "pre_prompt", "post_prompt", "judge", "fixture",
-              "data_files", "split", "images_files"}
+ENTRY_KEYS = {
+    "task",
+    "metric",
+    "scale",
+    "average_over",
+    "ocr_tokens",
+    "pre_prompt",
+    "post_prompt",
+    "judge",
+    "fixture",
+    "data_files",
+    "split",
+    "images_files",
+}
 PROMPT_KEYS = ("ocr_tokens", "pre_prompt", "post_prompt")
 # API_TYPE values each judge-scored task's lmms-eval code can use, and the variables each needs.
-JUDGE_API_TYPES = {"mmbench": ("openai", "azure"),
-                   "mmvet": ("openai", "azure", "async_openai", "async_azure", "local")}
+JUDGE_API_TYPES = {"mmbench": ("openai", "azure"), "mmvet": ("openai", "azure", "async_openai", "async_azure", "local")}
 LMMS_EVAL_DEFAULT_JUDGE = "gpt-4o-2024-11-20"
-JUDGE_CREDENTIALS = {"openai": ("OPENAI_API_KEY",), "async_openai": ("OPENAI_API_KEY",),
-                     "azure": ("AZURE_API_KEY", "AZURE_ENDPOINT"), "async_azure": ("AZURE_API_KEY", "AZURE_ENDPOINT"),
-                     "local": ()}
+JUDGE_CREDENTIALS = {
+    "openai": ("OPENAI_API_KEY",),
+    "async_openai": ("OPENAI_API_KEY",),
+    "azure": ("AZURE_API_KEY", "AZURE_ENDPOINT"),
+    "async_azure": ("AZURE_API_KEY", "AZURE_ENDPOINT"),
+    "local": (),
+}
 
 
 @dataclass
@@ -80,6 +95,7 @@ def use_offline_hub() -> None:
 
 
 # -- suite entries ---------------------------------------------------------------------------------
+
 
 def benchmark_family(task: str) -> str | None:
     """Which protocol options apply to ``task``: textvqa, mme, mmbench, mmvet, gqa, pope or None."""
@@ -112,8 +128,10 @@ def validate_entry(entry: dict) -> None:
         if entry["judge"] is not None and (not isinstance(entry["judge"], str) or not entry["judge"].strip()):
             raise ConfigError(f"suite task {task}: judge={entry['judge']!r} must be a model name or null")
     if family == "mmvet" and "judge" in entry and not entry["judge"]:
-        raise ConfigError(f"suite task {task}: MM-Vet is scored by an API judge only; set judge to a model "
-                          f"(the official MM-Vet evaluator uses gpt-4-0613) or leave it out for lmms-eval's default")
+        raise ConfigError(
+            f"suite task {task}: MM-Vet is scored by an API judge only; set judge to a model "
+            f"(the official MM-Vet evaluator uses gpt-4-0613) or leave it out for lmms-eval's default"
+        )
     parts = entry["metric"].split("+")
     if not all(parts):
         raise ConfigError(f"suite task {task}: metric={entry['metric']!r} is not a metric or a sum a+b")
@@ -147,8 +165,9 @@ def check_local_data(entry, suite: str) -> None:
     """A suite entry's ``fixture`` is one gc2bench has and its ``data_files`` / ``images_files`` exist."""
     task = entry.get("task")
     if entry.get("fixture") and entry["fixture"] not in FIXTURES:
-        raise ConfigError(f"suite={suite} task {task}: fixture={entry['fixture']!r} is not one of "
-                          f"{', '.join(sorted(FIXTURES))}")
+        raise ConfigError(
+            f"suite={suite} task {task}: fixture={entry['fixture']!r} is not one of {', '.join(sorted(FIXTURES))}"
+        )
     for key in ("data_files", "images_files"):
         if entry.get(key) and not Path(str(entry[key])).expanduser().is_file():
             raise ConfigError(f"suite={suite} task {task}: {key}={entry[key]}: no such file")
@@ -176,13 +195,17 @@ def skip_reason(entry: dict) -> str | None:
     family = benchmark_family(entry["task"])
     api_type = os.environ.get("API_TYPE", "openai").lower()
     if api_type not in JUDGE_API_TYPES[family]:
-        return (f"{entry['task']} is scored by an API judge ({judge}), and lmms-eval's {family} judge does not "
-                f"support API_TYPE={api_type} (it supports {', '.join(JUDGE_API_TYPES[family])})")
+        return (
+            f"{entry['task']} is scored by an API judge ({judge}), and lmms-eval's {family} judge does not "
+            f"support API_TYPE={api_type} (it supports {', '.join(JUDGE_API_TYPES[family])})"
+        )
     missing = [name for name in JUDGE_CREDENTIALS[api_type] if not os.environ.get(name)]
     if missing:
         hint = "; judge: null scores it by static option matching, without an API" if family == "mmbench" else ""
-        return (f"{entry['task']} is scored by an API judge ({judge}, API_TYPE={api_type}) and "
-                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set{hint}")
+        return (
+            f"{entry['task']} is scored by an API judge ({judge}, API_TYPE={api_type}) and "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set{hint}"
+        )
     return None
 
 
@@ -214,6 +237,7 @@ def data_description(entry: dict) -> dict:
 
 # -- lmms-eval task definitions ----------------------------------------------------------------------
 
+
 @lru_cache(maxsize=1)
 def task_manager():
     """lmms-eval's task index (building it scans every task YAML: seconds), once per process."""
@@ -239,8 +263,9 @@ def check_task(entry: dict) -> None:
     metrics = [m.get("metric") for m in task_yaml(entry["task"]).get("metric_list") or []]
     missing = [part for part in entry["metric"].split("+") if metrics and part not in metrics]
     if missing:
-        raise ConfigError(f"suite task {entry['task']}: metric={missing[0]!r} is not one of its metrics "
-                          f"({', '.join(metrics)})")
+        raise ConfigError(
+            f"suite task {entry['task']}: metric={missing[0]!r} is not one of its metrics ({', '.join(metrics)})"
+        )
 
 
 def _lmms_eval_version() -> str:
@@ -272,25 +297,32 @@ def task_spec(entry: dict, protocol: str | None = None, lazy_images: bool = Fals
             override["dataset_kwargs"]["features"] = features
     if images_file:
         override["process_docs"] = functools.partial(gqa_docs_with_local_images, images_file=images_file)
-    prompt = {**protocol_prompt,
-              **{("ocr" if key == "ocr_tokens" else key): entry[key] for key in PROMPT_KEYS if entry.get(key) is not None}}
+    prompt = {
+        **protocol_prompt,
+        **{("ocr" if key == "ocr_tokens" else key): entry[key] for key in PROMPT_KEYS if entry.get(key) is not None},
+    }
     if doc_to_text is not None:
         override["doc_to_text"] = doc_to_text
     if prompt:
         kwargs = copy.deepcopy(task_yaml(task).get("lmms_eval_specific_kwargs") or {})
         if "default" not in kwargs:
-            raise ConfigError(f"suite task {task}: its lmms-eval definition has no prompt options "
-                              f"(lmms_eval_specific_kwargs), so {sorted(prompt)} cannot be set")
+            raise ConfigError(
+                f"suite task {task}: its lmms-eval definition has no prompt options "
+                f"(lmms_eval_specific_kwargs), so {sorted(prompt)} cannot be set"
+            )
         kwargs["default"].update(prompt)
         override["lmms_eval_specific_kwargs"] = kwargs
     if family == "mmbench" and judge_model(entry) is None:
         if not any(m.get("metric") == "gpt_eval_score" for m in task_yaml(task).get("metric_list") or []):
-            raise ConfigError(f"suite task {task}: judge: null applies to MMBench tasks scored by gpt_eval_score "
-                              f"(the dev splits); {task} is not")
+            raise ConfigError(
+                f"suite task {task}: judge: null applies to MMBench tasks scored by gpt_eval_score "
+                f"(the dev splits); {task} is not"
+            )
         # lmms-eval 0.7.3 has a static-scored variant of mmbench_en_dev only; this applies the same
         # scorer to every MMBench task (and drops the .xlsx submission metric).
-        override["metric_list"] = [{"metric": "gpt_eval_score", "aggregation": mmbench_static_accuracy,
-                                    "higher_is_better": True}]
+        override["metric_list"] = [
+            {"metric": "gpt_eval_score", "aggregation": mmbench_static_accuracy, "higher_is_better": True}
+        ]
     return {"task": task, **override} if override else task
 
 
@@ -327,8 +359,9 @@ def gqa_docs_with_local_images(dataset, images_file: str):
     spec = importlib.util.spec_from_file_location("gc2bench_gqa_utils", _task_dir("gqa") / "utils.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.load_dataset = lambda *args, **kwargs: datasets.load_dataset("parquet", data_files=images_file,
-                                                                        split="train")
+    module.load_dataset = lambda *args, **kwargs: datasets.load_dataset(
+        "parquet", data_files=images_file, split="train"
+    )
     return module.gqa_process_docs(dataset)
 
 
@@ -374,14 +407,16 @@ def load_task(entry: dict, protocol: str | None = None, lazy_images: bool = Fals
 
 # -- evaluation ----------------------------------------------------------------------------------------
 
+
 def executor_backend() -> str:
     """lmms-eval's collectives: ``torch.distributed`` under a torchrun launch (``WORLD_SIZE`` > 1,
     process group initialised by the run), otherwise its default (accelerate; no collectives at 1 rank)."""
     return "torchrun" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else "accelerate"
 
 
-def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0,
-                  output_dir: str | Path | None = None) -> TaskResult | None:
+def evaluate_task(
+    lm, entry: dict, limit: int | None = None, seed: int = 0, output_dir: str | Path | None = None
+) -> TaskResult | None:
     """Evaluate ``lm`` on one suite entry; metrics keyed as lmms-eval names them (without filter).
 
     ``metrics["score"]`` is the headline (``entry["metric"]`` × ``scale``); each sample row
@@ -401,8 +436,9 @@ def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0,
     parts = entry["metric"].split("+")
     missing = [part for part in parts if part not in task.aggregation()]
     if missing:
-        raise ConfigError(f"suite task {name}: metric {missing[0]!r} is not one of its metrics "
-                          f"({', '.join(task.aggregation())})")
+        raise ConfigError(
+            f"suite task {name}: metric {missing[0]!r} is not one of its metrics ({', '.join(task.aggregation())})"
+        )
     lm.sample_stats.clear()
     lm.failures.clear()
     with contextlib.ExitStack() as stack:
@@ -413,17 +449,29 @@ def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0,
         # Scoring reads documents without decoding their images (lmms-eval's CLI default), so an
         # unreadable image fails its own sample only.
         with task_progress():
-            output = simple_evaluate(model=lm, tasks=[task], task_manager=task_manager(), limit=limit,
-                                     log_samples=True, random_seed=seed, numpy_random_seed=seed,
-                                     torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
-                                     cli_args=args, distributed_executor_backend=executor_backend())
+            output = simple_evaluate(
+                model=lm,
+                tasks=[task],
+                task_manager=task_manager(),
+                limit=limit,
+                log_samples=True,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+                bootstrap_iters=0,
+                cli_args=args,
+                distributed_executor_backend=executor_backend(),
+            )
         wall_s = time.perf_counter() - start
         if output is None:  # a data-parallel rank other than 0: rank 0 aggregates and reports
             return None
         raw = output["results"][name]
-        metrics = {key.split(",")[0]: value for key, value in raw.items()
-                   if isinstance(value, (int, float)) and not key.startswith(("alias", "sample"))
-                   and "_stderr" not in key}
+        metrics = {
+            key.split(",")[0]: value
+            for key, value in raw.items()
+            if isinstance(value, (int, float)) and not key.startswith(("alias", "sample")) and "_stderr" not in key
+        }
         failed = {failure["doc_id"] for failure in lm.failures}
         logged = output.get("samples", {}).get(name, [])
         kept = [sample for sample in logged if sample["doc_id"] not in failed]
@@ -438,9 +486,12 @@ def evaluate_task(lm, entry: dict, limit: int | None = None, seed: int = 0,
         headline, metric_name = _headline(task, entry, metrics, kept, args)
     samples = []
     for sample in kept:
-        row = {"doc_id": sample["doc_id"], "answer": _first(sample.get("filtered_resps")),
-               "target": sample.get("target"),
-               "metric_value": next((sample[part] for part in parts if part in sample), None)}
+        row = {
+            "doc_id": sample["doc_id"],
+            "answer": _first(sample.get("filtered_resps")),
+            "target": sample.get("target"),
+            "metric_value": next((sample[part] for part in parts if part in sample), None),
+        }
         if entry.get("average_over"):
             row["group"] = (sample.get("doc") or {}).get(entry["average_over"])
         row.update(lm.sample_stats.get((name, sample["doc_id"]), {}))
@@ -482,12 +533,17 @@ def _headline(task, entry: dict, metrics: dict, kept: list[dict], args) -> tuple
 
 
 def _check_judged(samples: list[dict], judge: str | None) -> None:
-    unjudged = [s["doc_id"] for s in samples
-                if isinstance(s.get("gpt_eval_score"), dict) and not s["gpt_eval_score"].get("eval_model")]
+    unjudged = [
+        s["doc_id"]
+        for s in samples
+        if isinstance(s.get("gpt_eval_score"), dict) and not s["gpt_eval_score"].get("eval_model")
+    ]
     if unjudged:
-        raise JudgeFailed(f"mmvet: the API judge ({judge}) returned no score for documents {unjudged}; "
-                          f"lmms-eval scores those 0, so no score is reported (check the judge's credentials "
-                          f"and URL)")
+        raise JudgeFailed(
+            f"mmvet: the API judge ({judge}) returned no score for documents {unjudged}; "
+            f"lmms-eval scores those 0, so no score is reported (check the judge's credentials "
+            f"and URL)"
+        )
 
 
 MEASURED = ("vision_ms", "compression_ms", "prefill_ms", "decode_ms", "peak_memory_mb")
@@ -500,23 +556,42 @@ def summarize(samples: list[dict], failures: list[dict], wall_s: float) -> tuple
     batch the model answered in this process, cold kernels and allocator); token counts and the
     analytic figures use every sample.
     """
+
     def stat(key, rows=samples):
         values = [s[key] for s in rows if s.get(key) is not None]
         if not values:
             return None
         values.sort()
-        return {"mean": statistics.fmean(values), "median": statistics.median(values),
-                "p90": values[min(len(values) - 1, int(0.9 * len(values)))], "max": values[-1]}
+        return {
+            "mean": statistics.fmean(values),
+            "median": statistics.median(values),
+            "p90": values[min(len(values) - 1, int(0.9 * len(values)))],
+            "max": values[-1],
+        }
 
     timed = [s for s in samples if not s.get("warmup")]
-    tokens = {key: stat(key) for key in ("visual_tokens_before", "visual_tokens_kept", "newline_tokens_before",
-                                         "newline_tokens_kept", "layer_averaged_image_tokens")}
+    tokens = {
+        key: stat(key)
+        for key in (
+            "visual_tokens_before",
+            "visual_tokens_kept",
+            "newline_tokens_before",
+            "newline_tokens_kept",
+            "layer_averaged_image_tokens",
+        )
+    }
     tokens.update(equivalent_tokens(samples, stat))
     efficiency = {key: stat(key, timed) for key in MEASURED}
     efficiency.update({key: stat(key) for key in ("analytic_tflops", "kv_cache_mb")})
-    efficiency.update({"wall_s": wall_s, "samples": len(samples), "failed_samples": len(failures),
-                       "warmup_samples": len(samples) - len(timed),
-                       "samples_per_s": len(samples) / wall_s if wall_s > 0 else None})
+    efficiency.update(
+        {
+            "wall_s": wall_s,
+            "samples": len(samples),
+            "failed_samples": len(failures),
+            "warmup_samples": len(samples) - len(timed),
+            "samples_per_s": len(samples) / wall_s if wall_s > 0 else None,
+        }
+    )
     return tokens, efficiency
 
 
@@ -537,8 +612,12 @@ def equivalent_tokens(samples: list[dict], stat) -> dict:
             if before and before > newlines_before:
                 row["equivalent_share_without_newlines"] = (tokens - newlines) / (before - newlines_before)
         rows.append(row)
-    keys = ("equivalent_image_tokens", "equivalent_share", "equivalent_image_tokens_without_newlines",
-            "equivalent_share_without_newlines")
+    keys = (
+        "equivalent_image_tokens",
+        "equivalent_share",
+        "equivalent_image_tokens_without_newlines",
+        "equivalent_share_without_newlines",
+    )
     return {**{key: stat(key, rows) for key in keys}, "equivalent_convention": EQUIVALENT_CONVENTION}
 
 

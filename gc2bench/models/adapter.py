@@ -31,15 +31,22 @@ from gc2bench.errors import ModelLoadError
 from gc2bench.layout import NEWLINE, source_views
 from gc2bench.models.hub import check_hub_checkpoint
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 EQUIVALENT_CONVENTION = (
     "equivalent_image_tokens: image-block tokens (thumbnail, crops, newlines, recycled) entering each LLM "
     "layer at prefill, averaged over the layers (vision-stage methods: the kept count at every layer); "
     "equivalent_share: that / the sample's uncompressed image block (visual_tokens_before); "
-    "*_without_newlines: both with image_newline tokens left out")
+    "*_without_newlines: both with image_newline tokens left out"
+)
 
 
 @dataclass
@@ -53,22 +60,22 @@ class SampleStats:
     kept_per_view: list[list[int]] = field(default_factory=list)
     crop_budgets: list[list[float]] | None = None
     ratio_convention: str = ""
-    image_tokens_per_layer: list[int] | None = None      # LLM-stage methods: image tokens entering each layer
-    layer_averaged_image_tokens: float | None = None     # their mean over layers ("equivalent" count)
+    image_tokens_per_layer: list[int] | None = None  # LLM-stage methods: image tokens entering each layer
+    layer_averaged_image_tokens: float | None = None  # their mean over layers ("equivalent" count)
     # Every method (EQUIVALENT_CONVENTION): image-block tokens entering the LLM, averaged over its layers
     # (vision-stage: the kept count at every layer), newlines counted; and the newlines among them.
     equivalent_image_tokens: float | None = None
     equivalent_newline_tokens: float | None = None
-    llm_input_tokens: int = 0                            # prompt tokens entering the LLM (text + visual)
-    analytic_tflops: float = 0.0                         # LLM prefill FLOPs of this prompt (gc2bench.efficiency.flops)
-    kv_cache_mb: float = 0.0                             # its prefill KV cache, fp16, 10^6 bytes
+    llm_input_tokens: int = 0  # prompt tokens entering the LLM (text + visual)
+    analytic_tflops: float = 0.0  # LLM prefill FLOPs of this prompt (gc2bench.efficiency.flops)
+    kv_cache_mb: float = 0.0  # its prefill KV cache, fp16, 10^6 bytes
     vision_ms: float = 0.0
     compression_ms: float = 0.0
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
-    peak_memory_mb: float | None = None                  # CUDA: peak allocated during the prompt's batch; CPU: None
+    peak_memory_mb: float | None = None  # CUDA: peak allocated during the prompt's batch; CPU: None
     new_tokens: int = 0
-    warmup: bool = False                                 # answered in the adapter's first batch (cold; not timed)
+    warmup: bool = False  # answered in the adapter's first batch (cold; not timed)
 
 
 @dataclass
@@ -76,9 +83,9 @@ class Generation:
     text: str
     stats: SampleStats
     token_ids: list[int] = field(default_factory=list)
-    scores: torch.Tensor | None = None   # [steps, vocab] logits, when generate(output_scores=True)
-    raw_text: str | None = None          # the decoded answer before ``text``'s strip
-    prompt: str | None = None            # the rendered prompt the model was given
+    scores: torch.Tensor | None = None  # [steps, vocab] logits, when generate(output_scores=True)
+    raw_text: str | None = None  # the decoded answer before ``text``'s strip
+    prompt: str | None = None  # the rendered prompt the model was given
 
 
 def feature_scores(kind: ScoreKind, features: torch.Tensor) -> torch.Tensor:
@@ -143,13 +150,20 @@ class VisionStageAdapter:
     score_kinds: frozenset = frozenset(ScoreKind)  # the ScoreRequest kinds this adapter computes
     missing_scores: str = ""  # why the other kinds are not served and what to use instead (for the error line)
 
-    def __init__(self, path: str, compressor, name: str | None = None, revision: str | None = None,
-                 dtype: str = "float16", device: str | None = "auto", attn_implementation: str = "sdpa",
-                 pipeline: str = "transformers"):
+    def __init__(
+        self,
+        path: str,
+        compressor,
+        name: str | None = None,
+        revision: str | None = None,
+        dtype: str = "float16",
+        device: str | None = "auto",
+        attn_implementation: str = "sdpa",
+        pipeline: str = "transformers",
+    ):
         path = str(path)
         if pipeline not in self.pipelines:
-            raise ConfigError(f"model.pipeline={pipeline!r}: {type(self).__name__} serves "
-                              f"{' | '.join(self.pipelines)}")
+            raise ConfigError(f"model.pipeline={pipeline!r}: {type(self).__name__} serves {' | '.join(self.pipelines)}")
         self.pipeline = pipeline
         self.check_compressor(compressor, name or path)
         check_model_path(path)
@@ -163,12 +177,18 @@ class VisionStageAdapter:
         self.compressor = compressor
         try:
             self.processor = self.load_processor(path, revision)
-            self.model = self.model_class.from_pretrained(
-                path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation
-            ).to(self.device).eval()
+            self.model = (
+                self.model_class.from_pretrained(
+                    path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+                )
+                .to(self.device)
+                .eval()
+            )
         except OSError as error:
-            raise ModelLoadError(f"model.path={path}: could not load a {self.model_class.__name__} checkpoint "
-                                 f"({str(error).splitlines()[0]})") from error
+            raise ModelLoadError(
+                f"model.path={path}: could not load a {self.model_class.__name__} checkpoint "
+                f"({str(error).splitlines()[0]})"
+            ) from error
         self.config = self.model.config
         self._check_score_layer(compressor.score_request)
         self.tokenizer = self.processor.tokenizer
@@ -183,10 +203,16 @@ class VisionStageAdapter:
             self.pruner = DecoderPruner(self.model.model.language_model, compressor, seed=compressor.seed)
 
     def describe(self) -> dict:
-        return {"name": self.name, "path": self.path, "revision": self.revision,
-                "architecture": self.model_class.__name__,
-                "dtype": str(self.model.dtype).removeprefix("torch."), "device": str(self.device),
-                "attn_implementation": self.config._attn_implementation, "pipeline": self.pipeline}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "revision": self.revision,
+            "architecture": self.model_class.__name__,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "attn_implementation": self.config._attn_implementation,
+            "pipeline": self.pipeline,
+        }
 
     def prompt(self, text: str, num_images: int) -> str:
         """The checkpoint's chat template around ``num_images`` images followed by ``text``."""
@@ -199,8 +225,10 @@ class VisionStageAdapter:
         """A ConfigError naming ``compressor.layer`` when it does not index the vision tower's layers."""
         layers = self.config.vision_config.num_hidden_layers
         if request.kind != "none" and not -layers <= request.layer < layers:
-            raise ConfigError(f"compressor.layer={request.layer} is out of range: {self.name}'s vision tower has "
-                              f"{layers} layers (use -{layers}..{layers - 1}; -1 is the last)")
+            raise ConfigError(
+                f"compressor.layer={request.layer} is out of range: {self.name}'s vision tower has "
+                f"{layers} layers (use -{layers}..{layers - 1}; -1 is the last)"
+            )
 
     def check_compressor(self, compressor, model_name: str) -> None:
         """A ConfigError if this model cannot serve the compressor's score request (``score_kinds``); checked when
@@ -209,8 +237,9 @@ class VisionStageAdapter:
         if kind not in self.score_kinds:
             served = ", ".join(k for k in ScoreKind if k in self.score_kinds)
             reason = self.missing_scores or f"serves only {served} scores"
-            raise ConfigError(f"compressor {compressor.name!r} asks for a {kind} score, but model {model_name!r} "
-                              f"{reason}")
+            raise ConfigError(
+                f"compressor {compressor.name!r} asks for a {kind} score, but model {model_name!r} {reason}"
+            )
 
     def load_processor(self, path: str, revision: str | None):
         from transformers import AutoProcessor
@@ -262,8 +291,9 @@ class VisionStageAdapter:
         inputs = self.processor(images=self.processor_images(images), text=prompts, padding=True, return_tensors="pt")
         bos = self.tokenizer.bos_token_id
         if add_bos and bos is not None:
-            inputs["input_ids"], inputs["attention_mask"] = with_bos(inputs["input_ids"], inputs["attention_mask"],
-                                                                     bos, self.tokenizer.pad_token_id)
+            inputs["input_ids"], inputs["attention_mask"] = with_bos(
+                inputs["input_ids"], inputs["attention_mask"], bos, self.tokenizer.pad_token_id
+            )
         return inputs
 
     def render(self, texts: list[str], images: list[list], protocol: str | None = None) -> tuple[list[str], bool]:
@@ -278,8 +308,9 @@ class VisionStageAdapter:
 
     @torch.no_grad()
     @collector_paused()
-    def generate(self, texts: list[str], images: list[list], prune_replay=None, protocol: str | None = None,
-                 **gen_kwargs) -> list[Generation]:
+    def generate(
+        self, texts: list[str], images: list[list], prune_replay=None, protocol: str | None = None, **gen_kwargs
+    ) -> list[Generation]:
         """Answer each ``texts[i]`` about ``images[i]`` (a list of PIL images, possibly empty).
 
         ``texts`` are questions put in the checkpoint's chat template or, with ``protocol``, benchmark
@@ -322,7 +353,7 @@ class VisionStageAdapter:
                 self.pruner.begin(None)
         scores = torch.stack(output.scores, dim=1) if want_scores else None
         output = output.sequences if want_scores else output
-        new_tokens = output[:, input_ids.shape[1]:]
+        new_tokens = output[:, input_ids.shape[1] :]
         answers = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         pad = gen_kwargs.get("pad_token_id", self.model.generation_config.pad_token_id)
         peak_mb, warmup = peak_memory_mb(self.device), self.batches_answered == 0
@@ -338,12 +369,24 @@ class VisionStageAdapter:
                 stat.layer_averaged_image_tokens = sum(per_layer) / len(per_layer)
             self._equivalent_tokens(stat, row)
             stat.llm_input_tokens = int(attention_mask[row].sum())
-            cost = sample_tflops(self.config, stat.visual_tokens_kept, stat.llm_input_tokens - stat.visual_tokens_kept,
-                                 stat.image_tokens_per_layer)
+            cost = sample_tflops(
+                self.config,
+                stat.visual_tokens_kept,
+                stat.llm_input_tokens - stat.visual_tokens_kept,
+                stat.image_tokens_per_layer,
+            )
             stat.analytic_tflops, stat.kv_cache_mb = cost["tflops"], cost["kv_cache_mb"]
-        return [Generation(answer.strip(), stat, new_tokens[row].tolist(), None if scores is None else scores[row],
-                           raw_text=answer, prompt=prompt)
-                for row, (answer, stat, prompt) in enumerate(zip(answers, stats, prompts))]
+        return [
+            Generation(
+                answer.strip(),
+                stat,
+                new_tokens[row].tolist(),
+                None if scores is None else scores[row],
+                raw_text=answer,
+                prompt=prompt,
+            )
+            for row, (answer, stat, prompt) in enumerate(zip(answers, stats, prompts))
+        ]
 
     def _check_context(self, attention_mask: torch.Tensor) -> None:
         """A prompt (after compression) as long as the LLM's context fails, naming both lengths."""
@@ -368,7 +411,7 @@ class VisionStageAdapter:
         newlines = [stat.newline_tokens_kept] * len(per_layer)
         for stage, segments in sorted(zip(stages, kept), key=lambda pair: pair[0].prune_layer):
             count = int((segments[row] == SEGMENT_NEWLINE).sum())
-            newlines[stage.prune_layer:] = [count] * (len(per_layer) - stage.prune_layer)
+            newlines[stage.prune_layer :] = [count] * (len(per_layer) - stage.prune_layer)
         stat.equivalent_newline_tokens = sum(newlines) / len(newlines)
 
     def _compress(self, inputs, images: list[list], stats: list[SampleStats]):
@@ -384,8 +427,9 @@ class VisionStageAdapter:
         view_counts = [layout.num_views for layout in layouts]
         if request.merge_inputs:
             features, scores, keys, projector_inputs = self.encode_views_for_merging(flat_pixels, request, layouts)
-            merge_inputs = {"merge_inputs": MergeInputs(list(keys.split(view_counts)),
-                                                        list(projector_inputs.split(view_counts)))}
+            merge_inputs = {
+                "merge_inputs": MergeInputs(list(keys.split(view_counts)), list(projector_inputs.split(view_counts)))
+            }
         else:
             features, scores = self.encode_views(flat_pixels, request)
             merge_inputs = {}
@@ -396,8 +440,9 @@ class VisionStageAdapter:
         kept_sources = [sources.to(self.device) for sources in selection.per_image()]
         if request.merge_inputs:
             if selection.replacement_features is None:
-                raise RuntimeError(f"{type(self.compressor).__name__} asked for merge inputs but returned no "
-                                   "replacement_features")
+                raise RuntimeError(
+                    f"{type(self.compressor).__name__} asked for merge inputs but returned no replacement_features"
+                )
             kept_features = [self.pack_replaced(s, r) for s, r in zip(kept_sources, selection.replacement_features)]
         else:
             kept_features = [self.pack(f, s, layout) for f, s, layout in zip(per_image_features, kept_sources, layouts)]
@@ -427,8 +472,9 @@ class VisionStageAdapter:
 
         before = [self.processor_token_count(layout) for layout in layouts]
         after = [len(s) for s in kept_sources]
-        input_ids, attention_mask = self._resize_image_runs(inputs["input_ids"], inputs["attention_mask"],
-                                                            before, after)
+        input_ids, attention_mask = self._resize_image_runs(
+            inputs["input_ids"], inputs["attention_mask"], before, after
+        )
         return input_ids.to(self.device), attention_mask.to(self.device), kept_features
 
     def _pruning_plan(self, input_ids, attention_mask, images: list[list], replay):
@@ -440,15 +486,20 @@ class VisionStageAdapter:
         image = (input_ids == self.image_token_id) & valid
         segment = torch.full_like(input_ids, SEGMENT_TEXT)
         if self.last_selection:
-            segment[image] = torch.cat([torch.where(s == NEWLINE, SEGMENT_NEWLINE, s // layout.tokens_per_view)
-                                        for layout, s in self.last_selection]).to(segment.device)
+            segment[image] = torch.cat(
+                [
+                    torch.where(s == NEWLINE, SEGMENT_NEWLINE, s // layout.tokens_per_view)
+                    for layout, s in self.last_selection
+                ]
+            ).to(segment.device)
         budgets = None
         if self.last_crop_budgets is not None:
             crops = self.last_crop_budgets.to(self.device, torch.float64)
             first_image = [sum(len(g) for g in images[:row]) if images[row] else -1 for row in range(len(images))]
             ratio = float(self.compressor.ratio)
-            budgets = torch.full((len(images), 1 + crops.shape[1]), float("nan"), dtype=torch.float64,
-                                 device=self.device)
+            budgets = torch.full(
+                (len(images), 1 + crops.shape[1]), float("nan"), dtype=torch.float64, device=self.device
+            )
             for row, index in enumerate(first_image):
                 if index >= 0:
                     budgets[row, 0] = ratio

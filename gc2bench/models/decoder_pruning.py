@@ -52,7 +52,8 @@ def cache_argument(language_model) -> str:
     def unsupported(what: str) -> UnsupportedDecoderError:
         return UnsupportedDecoderError(
             f"decoder pruning: {what} (transformers {transformers.__version__}; gc2bench's in-LLM hooks are tested "
-            f"on transformers {TESTED_TRANSFORMERS}: install the lock with install.sh)")
+            f"on transformers {TESTED_TRANSFORMERS}: install the lock with install.sh)"
+        )
 
     layers = getattr(language_model, "layers", None)
     if not layers:
@@ -86,7 +87,7 @@ class RowState:
     original_index: torch.Tensor
     position_ids: torch.Tensor
     position_embeddings: tuple
-    mask: torch.Tensor | None = None   # 4-D mask handed to the layers once the sequence changed
+    mask: torch.Tensor | None = None  # 4-D mask handed to the layers once the sequence changed
     masked: torch.Tensor | None = None  # [B, L] bool, image tokens hidden by a mask instead of dropped (reselect)
 
     def take(self, index: torch.Tensor, **replacements) -> "RowState":
@@ -98,9 +99,12 @@ class RowState:
             return t.gather(1, safe).masked_fill(pad, fill)
 
         values = {
-            "image": gather(self.image, False), "valid": gather(self.valid, False),
-            "segment": gather(self.segment, SEGMENT_TEXT), "original_index": gather(self.original_index, -1),
-            "position_ids": gather(self.position_ids, 1), "position_embeddings": None,
+            "image": gather(self.image, False),
+            "valid": gather(self.valid, False),
+            "segment": gather(self.segment, SEGMENT_TEXT),
+            "original_index": gather(self.original_index, -1),
+            "position_ids": gather(self.position_ids, 1),
+            "position_embeddings": None,
         }
         values.update(replacements)
         return RowState(**values)
@@ -110,23 +114,23 @@ class RowState:
 class PruneRecord:
     """What one stage decided, for replay and accounting."""
 
-    keep: torch.Tensor                  # [B, L_in] bool
-    recycled: list | None               # B tensors [E_b, D] or None
+    keep: torch.Tensor  # [B, L_in] bool
+    recycled: list | None  # B tensors [E_b, D] or None
 
 
 @dataclass
 class PrefillPlan:
     """Inputs of one ``generate`` call (set by the adapter before it)."""
 
-    image: torch.Tensor                 # [B, L] bool
-    valid: torch.Tensor                 # [B, L] bool
-    segment: torch.Tensor               # [B, L] long
+    image: torch.Tensor  # [B, L] bool
+    valid: torch.Tensor  # [B, L] bool
+    segment: torch.Tensor  # [B, L] long
     segment_budgets: torch.Tensor | None = None
     replay: list[PruneRecord] | None = None
     records: list[PruneRecord] = field(default_factory=list)
-    image_tokens_per_layer: torch.Tensor | None = None   # [num_layers, B], filled at prefill
-    attention_rows: dict = field(default_factory=dict)    # stage → [B, L] rows the compressor saw
-    query_rows: dict = field(default_factory=dict)        # stage → [B, L] bool, their query positions
+    image_tokens_per_layer: torch.Tensor | None = None  # [num_layers, B], filled at prefill
+    attention_rows: dict = field(default_factory=dict)  # stage → [B, L] rows the compressor saw
+    query_rows: dict = field(default_factory=dict)  # stage → [B, L] bool, their query positions
     # Per stage, [B, L_s] long: the segment id of every position of the sequence after it (view 0 thumbnail,
     # 1 + j crop j, SEGMENT_NEWLINE, SEGMENT_RECYCLED; SEGMENT_TEXT at text and padding). Filled at prefill.
     kept_segments: list = field(default_factory=list)
@@ -149,14 +153,16 @@ class DecoderPruner:
         self.reselect = compressor.decode == "reselect"
         if self.reselect and (len(self.stages) != 1 or compressor.positions != "keep"):
             raise ValueError(f"{compressor.name}: decode=reselect needs one stage with positions='keep' (FastV)")
-        self._decode_visible: torch.Tensor | None = None   # reselect: [B, T] keys visible to layers >= K
+        self._decode_visible: torch.Tensor | None = None  # reselect: [B, T] keys visible to layers >= K
         self.plan: PrefillPlan | None = None
-        self.state: RowState | None = None        # current sequence during a prefill
+        self.state: RowState | None = None  # current sequence during a prefill
         self.stage_states: dict[int, RowState] = {}  # layer index → state after its pruning (for decode)
         self._pending: dict[int, tuple] = {}
-        self._embeds: torch.Tensor | None = None      # the last prefill's input embeddings (LLMContext.input_embeds)
-        self._handles = [layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
-                         for index, layer in enumerate(self.layers)]
+        self._embeds: torch.Tensor | None = None  # the last prefill's input embeddings (LLMContext.input_embeds)
+        self._handles = [
+            layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
+            for index, layer in enumerate(self.layers)
+        ]
         self._handles.append(language_model.register_forward_pre_hook(self._new_forward, with_kwargs=True))
 
     def remove(self) -> None:
@@ -182,12 +188,13 @@ class DecoderPruner:
             if hidden.shape[1] > 1:
                 return self._prefill(index, module, hidden, args, kwargs)
             return self._decode(index, hidden, args, kwargs)
+
         return before_layer
 
     def _start(self, hidden: torch.Tensor, kwargs) -> RowState:
         plan = self.plan
         batch, length = hidden.shape[:2]
-        extra = length - plan.image.shape[1]   # > 0 when replaying on a longer (no-cache) sequence
+        extra = length - plan.image.shape[1]  # > 0 when replaying on a longer (no-cache) sequence
         if extra < 0 or (extra > 0 and plan.replay is None):
             raise RuntimeError(f"decoder pruning: got {length} positions, the prompt has {plan.image.shape[1]}")
 
@@ -199,10 +206,13 @@ class DecoderPruner:
             valid = extend(plan.valid, True).long()
             positions = (valid.cumsum(1) - 1).masked_fill(valid == 0, 1)
         return RowState(
-            image=extend(plan.image, False), valid=extend(plan.valid, True),
+            image=extend(plan.image, False),
+            valid=extend(plan.valid, True),
             segment=extend(plan.segment, SEGMENT_TEXT),
             original_index=torch.arange(length, device=hidden.device).expand(batch, length).clone(),
-            position_ids=positions.expand(batch, length).clone(), position_embeddings=kwargs["position_embeddings"])
+            position_ids=positions.expand(batch, length).clone(),
+            position_embeddings=kwargs["position_embeddings"],
+        )
 
     def _prefill(self, index, layer, hidden, args, kwargs):
         if self.state is None:
@@ -212,8 +222,9 @@ class DecoderPruner:
             self.plan.records = []
             self.plan.kept_segments = []
             self.plan.kept_positions = []
-            self.plan.image_tokens_per_layer = torch.zeros(len(self.layers), hidden.shape[0], dtype=torch.long,
-                                                           device=hidden.device)
+            self.plan.image_tokens_per_layer = torch.zeros(
+                len(self.layers), hidden.shape[0], dtype=torch.long, device=hidden.device
+            )
         replacing = False
         for number, stage in enumerate(self.stages):
             if stage.score_layer == index and self.plan.replay is None:
@@ -229,8 +240,9 @@ class DecoderPruner:
             replacing = True
         if not replacing:
             return None
-        return self._replace(hidden, args, kwargs, self.state.mask, self.state.position_embeddings,
-                             self.state.position_ids)
+        return self._replace(
+            hidden, args, kwargs, self.state.mask, self.state.position_embeddings, self.state.position_ids
+        )
 
     def _decode(self, index, hidden, args, kwargs):
         if self.reselect:
@@ -285,7 +297,7 @@ class DecoderPruner:
         cos, sin = kwargs["position_embeddings"]
         q, k = modeling.apply_rotary_pos_emb(q, k, cos, sin)
         keys = modeling.repeat_kv(torch.cat([cached_keys, k], dim=2), attention.num_key_value_groups)
-        logits = (q.float() @ keys.float().transpose(-1, -2)) * attention.scaling          # [B, H, 1, T + 1]
+        logits = (q.float() @ keys.float().transpose(-1, -2)) * attention.scaling  # [B, H, 1, T + 1]
         generated = keys.shape[2] - self.plan.valid.shape[1]
         valid = torch.cat([self.plan.valid, self.plan.valid.new_ones(batch, generated)], dim=1)
         return logits.masked_fill(~valid[:, None, None, :], -torch.inf).softmax(-1).mean(1)[:, 0]
@@ -296,8 +308,10 @@ class DecoderPruner:
         """The KV cache a decoder layer got (``past_key_values`` or, from transformers 5.24, ``cache``)."""
         cache = kwargs.get(self.cache_argument)
         if cache is None:
-            raise UnsupportedDecoderError(f"decoder pruning: layer {index} got no `{self.cache_argument}` while "
-                                          "decoding (generate with use_cache=True, or replay without a cache)")
+            raise UnsupportedDecoderError(
+                f"decoder pruning: layer {index} got no `{self.cache_argument}` while "
+                "decoding (generate with use_cache=True, or replay without a cache)"
+            )
         return cache
 
     @staticmethod
@@ -313,11 +327,20 @@ class DecoderPruner:
     def _context(self, number: int, hidden: torch.Tensor, attention=(None, None)) -> LLMContext:
         generator = torch.Generator(device="cpu").manual_seed(self.seed + number)
         return LLMContext(
-            stage_index=number, stage=self.stages[number], hidden=hidden,
-            input_embeds=self._embeds, original_index=self.state.original_index,
-            image=self.state.image, valid=self.state.valid, segment=self.state.segment,
-            image_tokens_at_start=self.plan.image.sum(1), segment_budgets=self.plan.segment_budgets,
-            attention=attention[0], query_attention=attention[1], generator=generator)
+            stage_index=number,
+            stage=self.stages[number],
+            hidden=hidden,
+            input_embeds=self._embeds,
+            original_index=self.state.original_index,
+            image=self.state.image,
+            valid=self.state.valid,
+            segment=self.state.segment,
+            image_tokens_at_start=self.plan.image.sum(1),
+            segment_budgets=self.plan.segment_budgets,
+            attention=attention[0],
+            query_attention=attention[1],
+            generator=generator,
+        )
 
     def _allowed(self, state: RowState) -> torch.Tensor:
         """[B, L, L] bool: causal over positions, keys restricted to valid ones (padding rows see themselves)."""
@@ -331,7 +354,8 @@ class DecoderPruner:
         if self.layers[0].self_attn.config._attn_implementation == "eager":
             dtype = self.layers[0].self_attn.q_proj.weight.dtype
             return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-                ~allowed, torch.finfo(dtype).min)
+                ~allowed, torch.finfo(dtype).min
+            )
         return allowed
 
     def _attention_rows(self, layer, hidden: torch.Tensor, number: int) -> tuple:
@@ -354,14 +378,15 @@ class DecoderPruner:
         k = attention.k_proj(x).view(batch, length, -1, head_dim).transpose(1, 2)
         cos, sin = state.position_embeddings
         index = order[..., None].expand(-1, -1, cos.shape[-1])
-        q, _ = modeling.apply_rotary_pos_emb(q, q, cos.expand(batch, -1, -1).gather(1, index),
-                                             sin.expand(batch, -1, -1).gather(1, index))
+        q, _ = modeling.apply_rotary_pos_emb(
+            q, q, cos.expand(batch, -1, -1).gather(1, index), sin.expand(batch, -1, -1).gather(1, index)
+        )
         _, k = modeling.apply_rotary_pos_emb(k, k, cos, sin)
         k = modeling.repeat_kv(k, attention.num_key_value_groups)
-        logits = (q.float() @ k.float().transpose(-1, -2)) * attention.scaling      # [B, H, Q, L]
+        logits = (q.float() @ k.float().transpose(-1, -2)) * attention.scaling  # [B, H, Q, L]
         allowed = self._allowed(state).gather(1, order[..., None].expand(-1, -1, length))  # [B, Q, L]
         logits = logits.masked_fill(~allowed[:, None], -torch.inf)
-        rows = logits.softmax(-1).mean(1)                                             # [B, Q, L]
+        rows = logits.softmax(-1).mean(1)  # [B, Q, L]
         rows = rows.masked_fill(~present[..., None], 0.0)
         per_query = rows if self.compressor.wants_query_attention else None
         return rows.sum(1) / count.clamp(min=1)[:, None], per_query
@@ -370,8 +395,10 @@ class DecoderPruner:
         state = self.state
         if self.plan.replay is not None:
             if self.reselect:
-                raise RuntimeError(f"{self.compressor.name}: replay re-applies the prefill's choice at every position; "
-                                   "decode=reselect re-ranks at every generated token (use decode=static)")
+                raise RuntimeError(
+                    f"{self.compressor.name}: replay re-applies the prefill's choice at every position; "
+                    "decode=reselect re-ranks at every generated token (use decode=static)"
+                )
             record = self.plan.replay[number]
             extra = hidden.shape[1] - record.keep.shape[1]
             keep = torch.cat([record.keep, record.keep.new_ones(record.keep.shape[0], extra)], dim=1)
@@ -401,10 +428,16 @@ class DecoderPruner:
         allowed = self._allowed(state) & ~masked[:, None, :]
         eye = torch.eye(allowed.shape[1], dtype=torch.bool, device=allowed.device)[None]
         allowed = allowed | (eye & ~allowed.any(-1, keepdim=True))
-        self.state = RowState(image=state.image, valid=state.valid, segment=state.segment,
-                              original_index=state.original_index, position_ids=state.position_ids,
-                              position_embeddings=state.position_embeddings,
-                              mask=self._mask_format(allowed[:, None]), masked=masked)
+        self.state = RowState(
+            image=state.image,
+            valid=state.valid,
+            segment=state.segment,
+            original_index=state.original_index,
+            position_ids=state.position_ids,
+            position_embeddings=state.position_embeddings,
+            mask=self._mask_format(allowed[:, None]),
+            masked=masked,
+        )
 
     def _rebuild(self, hidden: torch.Tensor, keep: torch.Tensor, recycled) -> torch.Tensor:
         """New left-padded sequence of the kept positions (+ recycled tokens after each row's last kept image token)."""
@@ -445,8 +478,10 @@ class DecoderPruner:
                 raise RuntimeError(f"{self.compressor.name}: recycled tokens need positions='compact'")
             cos, sin = state.position_embeddings
             gather_index = index.clamp(min=0)[..., None].expand(-1, -1, cos.shape[-1])
-            new_state.position_embeddings = (cos.expand(batch, -1, -1).gather(1, gather_index),
-                                             sin.expand(batch, -1, -1).gather(1, gather_index))
+            new_state.position_embeddings = (
+                cos.expand(batch, -1, -1).gather(1, gather_index),
+                sin.expand(batch, -1, -1).gather(1, gather_index),
+            )
         new_state.mask = self._mask_format(self._allowed(new_state)[:, None])
         self.state = new_state
         return new_hidden

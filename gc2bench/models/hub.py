@@ -59,6 +59,8 @@ def check_hub_checkpoint(path: str, revision: str | None = None) -> None:
         reason = f"{hub_endpoint()} cannot be reached (this machine looks offline)"
     else:
         return
-    _UNAVAILABLE[key] = (f"model.path={path}: not in the local hub cache and {reason}; download it where there is "
-                         f"network (huggingface-cli download {path}) or pass model.path=/local/checkpoint")
+    _UNAVAILABLE[key] = (
+        f"model.path={path}: not in the local hub cache and {reason}; download it where there is "
+        f"network (huggingface-cli download {path}) or pass model.path=/local/checkpoint"
+    )
     raise ModelLoadError(_UNAVAILABLE[key])

@@ -85,8 +85,9 @@ class LlavaNextAdapter(VisionStageAdapter):
     def load_processor(self, path: str, revision: str | None):
         processor = super().load_processor(path, revision)
         image_processor = processor.image_processor
-        image_processor.image_grid_pinpoints = pipeline_pinpoints_hw(image_processor.image_grid_pinpoints,
-                                                                     self.pipeline)
+        image_processor.image_grid_pinpoints = pipeline_pinpoints_hw(
+            image_processor.image_grid_pinpoints, self.pipeline
+        )
         return processor
 
     def layout(self, image_size_hw):
@@ -126,7 +127,7 @@ class LlavaNextAdapter(VisionStageAdapter):
         elif request.kind == ScoreKind.CLS_SOFTMAX_FULLWIDTH:
             scores = cls_attention_fullwidth(layer.self_attn, captured["x"], keys)
         elif request.kind in FEATURE_SCORES:
-            scores = feature_scores(request.kind, selected)   # cosine in the model dtype (OneVision: float32)
+            scores = feature_scores(request.kind, selected)  # cosine in the model dtype (OneVision: float32)
         else:
             scores = None  # ScoreKind.NONE
         if not with_merge_inputs:

@@ -46,18 +46,29 @@ def image_only_processor_class():
     from transformers.processing_utils import ProcessorMixin
 
     class LlavaOnevisionProcessorWithoutVideo(LlavaOnevisionProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, num_image_tokens=None,
-                     vision_feature_select_strategy=None, chat_template=None, image_token="<image>",
-                     video_token="<video>", vision_aspect_ratio="anyres_max_9", **kwargs):
+        def __init__(
+            self,
+            image_processor=None,
+            tokenizer=None,
+            num_image_tokens=None,
+            vision_feature_select_strategy=None,
+            chat_template=None,
+            image_token="<image>",
+            video_token="<video>",
+            vision_aspect_ratio="anyres_max_9",
+            **kwargs,
+        ):
             # Same attributes as LlavaOnevisionProcessor.__init__ (transformers 5.x), minus video_processor.
             self.num_image_tokens = num_image_tokens
             self.vision_feature_select_strategy = vision_feature_select_strategy
             self.image_token = getattr(tokenizer, "image_token", image_token)
             self.video_token = getattr(tokenizer, "video_token", video_token)
-            self.image_token_id = (getattr(tokenizer, "image_token_id", None)
-                                   or tokenizer.convert_tokens_to_ids(self.image_token))
-            self.video_token_id = (getattr(tokenizer, "video_token_id", None)
-                                   or tokenizer.convert_tokens_to_ids(self.video_token))
+            self.image_token_id = getattr(tokenizer, "image_token_id", None) or tokenizer.convert_tokens_to_ids(
+                self.image_token
+            )
+            self.video_token_id = getattr(tokenizer, "video_token_id", None) or tokenizer.convert_tokens_to_ids(
+                self.video_token
+            )
             self.vision_aspect_ratio = vision_aspect_ratio
             ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
@@ -71,15 +82,19 @@ class LlavaOneVisionAdapter(VisionStageAdapter):
     """A LLaVA-OneVision checkpoint (hub id or local path) plus a vision-stage compressor."""
 
     score_kinds = frozenset(ScoreKind).difference(CLS_SCORES)
-    missing_scores = ("(LLaVA-OneVision, SigLIP vision tower) has no CLS token; add compressor.score=cosine (the AAAI "
-                      "GlobalCom² paper's §4.3 score, accepted by globalcom2, fastervlm and prumerge)")
+    missing_scores = (
+        "(LLaVA-OneVision, SigLIP vision tower) has no CLS token; add compressor.score=cosine (the AAAI "
+        "GlobalCom² paper's §4.3 score, accepted by globalcom2, fastervlm and prumerge)"
+    )
 
     def check_compressor(self, compressor, model_name: str) -> None:
         super().check_compressor(compressor, model_name)
         if compressor.unpad is False:  # fastervlm, random, prumerge: the padded-grid conventions
-            raise ConfigError(f"compressor {compressor.name!r}: unpad=false (all padded-grid patches) does not apply "
-                              f"to model {model_name!r} (LLaVA-OneVision packs a downsampled grid); use "
-                              "compressor.unpad=true")
+            raise ConfigError(
+                f"compressor {compressor.name!r}: unpad=false (all padded-grid patches) does not apply "
+                f"to model {model_name!r} (LLaVA-OneVision packs a downsampled grid); use "
+                "compressor.unpad=true"
+            )
 
     def load_processor(self, path: str, revision: str | None):
         """The checkpoint's image + text processor (transformers' OneVision processing, no video processor)."""
@@ -156,7 +171,7 @@ class LlavaOneVisionAdapter(VisionStageAdapter):
             if layout.downsampled:
                 packed = torch.cat([views[0], self.packed_grid(views, layout)])
                 rows = layout.source_rows.to(packed.device)
-                views = packed[rows.clamp(min=0)].view_as(views)   # slots without a packed token: never candidates
+                views = packed[rows.clamp(min=0)].view_as(views)  # slots without a packed token: never candidates
             slots.append(views)
         return features, scores, keys, torch.cat(slots)
 

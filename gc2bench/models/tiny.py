@@ -22,8 +22,14 @@ TINY_SPEC = {
     "patch_size": 14,
     "grid_pinpoints": [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]],
     "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4},
-    "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-             "num_key_value_heads": 4, "max_position_embeddings": 2048},
+    "text": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 2048,
+    },
     "builder_version": 3,
 }
 
@@ -49,9 +55,35 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 # and every answer word embeds to one large direction that the </s> row reads, so an answer
 # is usually one word followed by </s>.
 ANSWER_WORDS = ["▁yes", "▁no", "▁red", "▁blue", "▁one", "▁two"]
-WORDS = ["yes", "no", "a", "the", "is", "there", "in", "image", "what", "color", "red", "green", "blue",
-         "one", "two", "three", "cat", "dog", "USER", "ASSISTANT", "Answer", "question", "using", "single",
-         "word", "or", "phrase"]
+WORDS = [
+    "yes",
+    "no",
+    "a",
+    "the",
+    "is",
+    "there",
+    "in",
+    "image",
+    "what",
+    "color",
+    "red",
+    "green",
+    "blue",
+    "one",
+    "two",
+    "three",
+    "cat",
+    "dog",
+    "USER",
+    "ASSISTANT",
+    "Answer",
+    "question",
+    "using",
+    "single",
+    "word",
+    "or",
+    "phrase",
+]
 
 
 def tiny_spec(text_layers: int | None = None) -> dict:
@@ -118,18 +150,33 @@ def _make_answers_short(model, tokenizer) -> None:
 def build_tiny_llava_next(path: str | Path, seed: int = 0, text_layers: int | None = None) -> Path:
     """Build the tiny LLaVA-NeXT with weights drawn from ``seed`` (and ``text_layers`` decoder layers,
     default TINY_SPEC's 4) and save it to ``path``."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                              LlavaNextProcessor)
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+    )
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     spec = tiny_spec(text_layers)
     tokenizer = _build_tokenizer()
     vocab_size = padded_vocab_size(tokenizer)
     config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(image_size=spec["crop_size"], patch_size=spec["patch_size"],
-                                       projection_dim=spec["vision"]["hidden_size"], **spec["vision"]),
-        text_config=LlamaConfig(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=3,
-                                tie_word_embeddings=False, **spec["text"]),
+        vision_config=CLIPVisionConfig(
+            image_size=spec["crop_size"],
+            patch_size=spec["patch_size"],
+            projection_dim=spec["vision"]["hidden_size"],
+            **spec["vision"],
+        ),
+        text_config=LlamaConfig(
+            vocab_size=vocab_size,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+            tie_word_embeddings=False,
+            **spec["text"],
+        ),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=spec["grid_pinpoints"],
         vision_feature_layer=-2,
@@ -141,10 +188,14 @@ def build_tiny_llava_next(path: str | Path, seed: int = 0, text_layers: int | No
         crop_size={"height": spec["crop_size"], "width": spec["crop_size"]},
         image_grid_pinpoints=spec["grid_pinpoints"],
     )
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   patch_size=spec["patch_size"], vision_feature_select_strategy="default",
-                                   num_additional_image_tokens=1,
-                                   chat_template=CHAT_TEMPLATE)
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec["patch_size"],
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
     return save_tiny_checkpoint(path, LlavaNextForConditionalGeneration, config, processor, seed)
 
 
@@ -209,8 +260,9 @@ def _wait_for_build(target: Path, timeout_s: float = 900.0) -> Path:
     return target
 
 
-def tiny_checkpoint_path(prefix: str, spec: dict, seed: int, builder, cache_dir: str | Path | None = None,
-                         build: bool = True) -> Path:
+def tiny_checkpoint_path(
+    prefix: str, spec: dict, seed: int, builder, cache_dir: str | Path | None = None, build: bool = True
+) -> Path:
     """``<cache>/<prefix>-<spec digest>-seed<seed>``, made by ``builder(directory, seed)`` on first use
     (``cached_build``: atomically); ``build=False``: only where it is."""
     name = f"{prefix}-{spec_digest(spec)}-seed{seed}"
@@ -219,24 +271,33 @@ def tiny_checkpoint_path(prefix: str, spec: dict, seed: int, builder, cache_dir:
     return cached_build(name, lambda directory: builder(directory, seed), cache_dir)
 
 
-def tiny_llava_next_path(seed: int = 0, cache_dir: str | Path | None = None, text_layers: int | None = None,
-                         build: bool = True) -> Path:
+def tiny_llava_next_path(
+    seed: int = 0, cache_dir: str | Path | None = None, text_layers: int | None = None, build: bool = True
+) -> Path:
     """Directory of the tiny model for ``seed`` (and ``text_layers``), building it on first use (``build=False``:
     only where it is)."""
-    return tiny_checkpoint_path("tiny-llava-next", tiny_spec(text_layers), seed,
-                                lambda directory, seed: build_tiny_llava_next(directory, seed, text_layers),
-                                cache_dir, build)
+    return tiny_checkpoint_path(
+        "tiny-llava-next",
+        tiny_spec(text_layers),
+        seed,
+        lambda directory, seed: build_tiny_llava_next(directory, seed, text_layers),
+        cache_dir,
+        build,
+    )
 
 
-def load_tiny_llava_next(compressor, seed: int = 0, name: str = "tiny", text_layers: int | None = None,
-                         **adapter_kwargs):
+def load_tiny_llava_next(
+    compressor, seed: int = 0, name: str = "tiny", text_layers: int | None = None, **adapter_kwargs
+):
     """The tiny model as a ``LlavaNextAdapter`` (built on first use, then ``from_pretrained``)."""
     from gc2bench.models.llava_next import LlavaNextAdapter
 
-    return LlavaNextAdapter(str(tiny_llava_next_path(seed, text_layers=text_layers)), compressor, name=name,
-                            **adapter_kwargs)
+    return LlavaNextAdapter(
+        str(tiny_llava_next_path(seed, text_layers=text_layers)), compressor, name=name, **adapter_kwargs
+    )
 
 
 # Where the checkpoint of a `model` config is, before it is built (gc2bench.results.identity).
 load_tiny_llava_next.checkpoint_dir = lambda seed=0, text_layers=None, **_: tiny_llava_next_path(
-    seed, text_layers=text_layers, build=False)
+    seed, text_layers=text_layers, build=False
+)

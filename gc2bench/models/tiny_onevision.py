@@ -24,8 +24,14 @@ TINY_ONEVISION_SPEC = {
     "grid_pinpoints": [[CROP * rows, CROP * cols] for rows in range(1, 7) for cols in range(1, 7)],
     "vision_aspect_ratio": "anyres_max_9",
     "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4},
-    "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "max_position_embeddings": 4096},
+    "text": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+    },
     "builder_version": 1,
 }
 
@@ -52,8 +58,12 @@ def _build_tokenizer_onevision():
 
 def build_tiny_onevision(path: str | Path, seed: int = 0) -> Path:
     """Build the tiny LLaVA-OneVision with weights drawn from ``seed`` and save it to ``path``."""
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
-                              SiglipVisionConfig)
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
         LlavaOnevisionImageProcessorPil,
     )
@@ -63,10 +73,17 @@ def build_tiny_onevision(path: str | Path, seed: int = 0) -> Path:
     vocab_size = padded_vocab_size(tokenizer)
     image_id, video_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
     config = LlavaOnevisionConfig(
-        vision_config=SiglipVisionConfig(image_size=spec["crop_size"], patch_size=spec["patch_size"],
-                                         vision_use_head=False, **spec["vision"]),
-        text_config=Qwen2Config(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=3,
-                                tie_word_embeddings=False, **spec["text"]),
+        vision_config=SiglipVisionConfig(
+            image_size=spec["crop_size"], patch_size=spec["patch_size"], vision_use_head=False, **spec["vision"]
+        ),
+        text_config=Qwen2Config(
+            vocab_size=vocab_size,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+            tie_word_embeddings=False,
+            **spec["text"],
+        ),
         image_token_index=image_id,
         video_token_index=video_id,
         image_grid_pinpoints=spec["grid_pinpoints"],
@@ -79,17 +96,21 @@ def build_tiny_onevision(path: str | Path, seed: int = 0) -> Path:
         image_grid_pinpoints=spec["grid_pinpoints"],
     )
     processor = image_only_processor_class()(
-        image_processor=image_processor, tokenizer=tokenizer,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
         num_image_tokens=(spec["crop_size"] // spec["patch_size"]) ** 2,
-        vision_feature_select_strategy="full", vision_aspect_ratio=spec["vision_aspect_ratio"],
-        chat_template=CHAT_TEMPLATE)
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=spec["vision_aspect_ratio"],
+        chat_template=CHAT_TEMPLATE,
+    )
     return save_tiny_checkpoint(path, LlavaOnevisionForConditionalGeneration, config, processor, seed)
 
 
 def tiny_onevision_path(seed: int = 0, cache_dir: str | Path | None = None, build: bool = True) -> Path:
     """Directory of the tiny OneVision for ``seed``, building it on first use (``build=False``: only where it is)."""
-    return tiny_checkpoint_path("tiny-llava-onevision", TINY_ONEVISION_SPEC, seed, build_tiny_onevision, cache_dir,
-                                build)
+    return tiny_checkpoint_path(
+        "tiny-llava-onevision", TINY_ONEVISION_SPEC, seed, build_tiny_onevision, cache_dir, build
+    )
 
 
 def load_tiny_onevision(compressor, seed: int = 0, name: str = "tiny_onevision", **adapter_kwargs):

@@ -42,6 +42,7 @@ class ResumingSweeper(BasicSweeper):
         if sweep.NOT_LAUNCHED:
             os.environ[sweep.SWEEP_SIZE_ENV] = str(launched)
             reasons = ([f"{finished} runs already finished"] if finished else []) + (
-                [f"{repeated} runs writing to an earlier run's record directory"] if repeated else [])
+                [f"{repeated} runs writing to an earlier run's record directory"] if repeated else []
+            )
             print(f"sweep: {' and '.join(reasons)}, not launched; {launched} to run", flush=True)
         return pending
