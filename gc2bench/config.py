@@ -140,7 +140,7 @@ def _instantiate(node, **kwargs):
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, Gc2benchError):
-            raise cause
+            raise cause from None
         if isinstance(cause, ValueError):  # a component rejected its options
             raise ConfigError(str(cause)) from cause
         raise

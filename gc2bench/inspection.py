@@ -163,12 +163,11 @@ def inspect_with_figure(argv: list[str]) -> tuple[dict, object]:
     """Run one image; the JSON-ready report and, with ``viz=``, the matplotlib figure it wrote."""
     from omegaconf import OmegaConf
 
-    from gc2bench.config import compose_run_config
+    from gc2bench.config import build_compressor, build_model, compose_run_config
     from gc2bench.evaluation.lmms_model import decoded
     from gc2bench.evaluation.suite import check_suite
-    from gc2bench.prompting import checkpoint_prompt, get_protocol
     from gc2bench.models.adapter import to_rgb
-    from gc2bench.config import build_compressor, build_model
+    from gc2bench.prompting import checkpoint_prompt, get_protocol
 
     own, overrides = split_arguments(argv)
     cfg = compose_run_config(overrides)

@@ -107,10 +107,10 @@ def test_bench_prefill_onevision_rows_match_the_real_adapter(capsys, cache_dir, 
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from gc2bench.compressors.none import NoCompression
     from gc2bench.bench.prefill import PROMPT, RandomWeightsOneVisionAdapter, bench_model_dir, synthetic_images
-    from gc2bench.efficiency.flops import DecoderShape, sample_tflops
+    from gc2bench.compressors.none import NoCompression
     from gc2bench.config import CONF_DIR
+    from gc2bench.efficiency.flops import DecoderShape, sample_tflops
     from gc2bench.models.onevision import LlavaOneVisionAdapter
 
     code = main(
@@ -180,13 +180,13 @@ def test_bench_prefill_onevision_rows_match_the_real_adapter(capsys, cache_dir, 
 
 
 def test_onevision_cls_compressor_without_the_cosine_override_is_unsupported(cache_dir):
-    from gc2bench.compressors.none import NoCompression
     from gc2bench.bench.prefill import (
         RandomWeightsOneVisionAdapter,
         bench_model_dir,
         check_supported,
         compose_compressor,
     )
+    from gc2bench.compressors.none import NoCompression
 
     adapter = RandomWeightsOneVisionAdapter(
         str(bench_model_dir("tiny_onevision")), NoCompression(), name="tiny_onevision", dtype="float32", device="cpu"

@@ -5,8 +5,9 @@ import inspect
 import pytest
 from hydra.utils import get_method, instantiate
 
-from conftest import REPO
 from gc2bench.config import ConfigError, build_compressor, compose_run_config, suite_tasks
+
+from conftest import REPO
 
 CONF = REPO / "conf"
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA
+from gc2bench.bench.selection import bench_selection
 from gc2bench.cli import main
 from gc2bench.compressors.conformance import run_conformance
-from gc2bench.bench.selection import bench_selection
+
+from conftest import DATA
 
 REFERENCE = DATA / "globalcom2_reference.json"
 

@@ -3,8 +3,9 @@ points there instead of listing the compressors by hand."""
 
 import re
 
-from conftest import REPO
 from gc2bench.config import config_names
+
+from conftest import REPO
 
 METHODS = (REPO / "docs" / "methods.md").read_text()
 README = (REPO / "README.md").read_text()

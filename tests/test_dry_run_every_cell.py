@@ -14,10 +14,11 @@ import pytest
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import REPO
 from gc2bench.config import compose_run_config
 from gc2bench.results.records import read_record, record_path
 from gc2bench.run import RunFailed, run, run_directory, suite_entries
+
+from conftest import REPO
 
 EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
 DRY = ["model=tiny_deep", "suite=paper10_fixtures", "suite.limit=2"]

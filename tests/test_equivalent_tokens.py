@@ -1,19 +1,18 @@
 """Equal R, equal tokens, visibly: every sample's layer-averaged ("equivalent") image tokens, newlines
 counted and not, and ``gc2bench table --tokens``."""
 
-import json
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compact_markdown
 from gc2bench.compressors.base import SEGMENT_NEWLINE
 from gc2bench.compressors.fastv import FastV
 from gc2bench.compressors.globalcom2 import GlobalCom2
 from gc2bench.compressors.pdrop import PDrop
 from gc2bench.evaluation.suite import summarize
 from gc2bench.models.adapter import EQUIVALENT_CONVENTION
+
+from conftest import compact_markdown
 
 
 def image(width, height, seed=0):

@@ -5,11 +5,12 @@ import json
 
 import pytest
 
-from conftest import paper_table
 from gc2bench.cli import main
 from gc2bench.efficiency.flops import DecoderShape, decoder_shape, prefill_flops, sample_tflops, tokens_per_layer
 from gc2bench.efficiency.presets import TEXT_PRESETS
 from gc2bench.errors import ConfigError
+
+from conftest import paper_table
 
 PAPER_TABLE = paper_table("tcsvt_table5_6_efficiency.csv")  # raises at collection when missing: never skipped
 

@@ -171,7 +171,7 @@ def test_fastervlm_and_random_counts_in_the_model(adapter):
 def test_any_image_mode_is_answered(adapter, mode):
     base = picture(70, 90, 9)
     image = {
-        "I;16": lambda: Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)),
+        "I;16": lambda: Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257),
         "I": lambda: base.convert("I"),
         "F": lambda: base.convert("F"),
     }.get(mode, lambda: base.convert(mode))()

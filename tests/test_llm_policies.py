@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from gc2bench.compressors.base import SEGMENT_NEWLINE, SEGMENT_RECYCLED, SEGMENT_TEXT, DecoderStage, LLMContext
+from gc2bench.compressors.fastv import FastV
 from gc2bench.compressors.globalcom2 import GlobalCom2
 from gc2bench.compressors.hybrid import FastVGlobalCom2, SparseVLMGlobalCom2, keep_top_per_group
-from gc2bench.compressors.fastv import FastV
 from gc2bench.compressors.none import NoCompression
 from gc2bench.compressors.pdrop import PDrop
 from gc2bench.compressors.sparsevlm import PRESETS, SparseVLM, recycled_groups, text_raters

@@ -7,8 +7,8 @@ import statistics
 import numpy as np
 from PIL import Image
 
-from gc2bench.config import compose_run_config
 from gc2bench.compressors.none import NoCompression
+from gc2bench.config import compose_run_config
 from gc2bench.evaluation.suite import summarize
 from gc2bench.models.llava_next import LlavaNextAdapter
 from gc2bench.run import run

@@ -5,10 +5,11 @@ import csv
 
 import pytest
 
-from conftest import REPO, SHARED, compact_markdown, paper_table
 from gc2bench.config import ConfigError, compose_run_config
 from gc2bench.results.table import collect, read_paper, render
 from gc2bench.run import suite_entries
+
+from conftest import SHARED, compact_markdown, paper_table
 
 # AAAI Table 2 (allocation ablation, R = 0.25), the "Uniform" row: SQA, POPE, TextVQA, MME, MM-Vet.
 AAAI_TABLE2_UNIFORM = ("67.1", "87.2", "60.1", "1454.6", "37.8")

@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
 from gc2bench.analysis.positional_bias import (
     Options,
     bucket_counts,
@@ -28,6 +27,8 @@ from gc2bench.compressors.none import NoCompression
 from gc2bench.compressors.pdrop import PDrop
 from gc2bench.compressors.sparsevlm import SparseVLM
 from gc2bench.layout import AnyResLayout, OneVisionLayout
+
+from conftest import REPO
 
 METHODS = {  # ratio → compressor on the 4-layer tiny LLMs ("auto" layers scale to them)
     "fastv": lambda ratio, **kw: FastV(ratio, **kw),
@@ -66,7 +67,9 @@ def crop_blocks(sources: torch.Tensor, tokens_per_view: int) -> list[list[int]]:
 # -- the reordering itself ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: f"{type(l).__name__}-{l.grid[0]}x{l.grid[1]}")
+@pytest.mark.parametrize(
+    "layout", LAYOUTS, ids=lambda layout: f"{type(layout).__name__}-{layout.grid[0]}x{layout.grid[1]}"
+)
 def test_reversed_emission_is_the_sequential_crop_blocks_in_reverse(layout):
     n_tok, crops = layout.tokens_per_view, layout.num_crops
     packed = layout.packed_sources
@@ -100,7 +103,7 @@ def test_images_without_crops_are_left_alone():
 def test_default_crop_order_is_transformers_packing_and_leaves_params_unchanged(method):
     compressor = METHODS[method](0.5)
     layouts = LAYOUTS[:4]
-    scores = [torch.rand(l.num_views, l.tokens_per_view) for l in layouts]
+    scores = [torch.rand(layout.num_views, layout.tokens_per_view) for layout in layouts]
     got, expected = compressor.select(scores, layouts), NoCompression().select(scores, layouts)
     assert torch.equal(got.token_sources, expected.token_sources) and torch.equal(got.num_tokens, expected.num_tokens)
     assert "crop_order" not in compressor.params()  # same run directories as before

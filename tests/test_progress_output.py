@@ -5,9 +5,10 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
 from gc2bench.evaluation.progress import _WithoutLmmsEvalBars
 from gc2bench.run import print_summary
+
+from conftest import REPO
 
 
 def test_filter_drops_only_lmms_eval_bars():

@@ -18,14 +18,14 @@ from gc2bench.config import ConfigError
 from gc2bench.evaluation.golden import (
     GOLDEN_DIR,
     REGENERATE,
+    _importable_judge_code,
     golden_path,
     suite_entries,
     task_prompts,
-    _importable_judge_code,
 )
 from gc2bench.evaluation.lmms_model import GC2BenchLMM
-from gc2bench.prompting import LMMS_EVAL_VICUNA_TEMPLATE, PROTOCOLS, VICUNA_V1_SYSTEM, get_protocol, llava_mmbench_text
 from gc2bench.evaluation.suite import load_task, use_offline_hub
+from gc2bench.prompting import LMMS_EVAL_VICUNA_TEMPLATE, PROTOCOLS, VICUNA_V1_SYSTEM, get_protocol, llava_mmbench_text
 
 ENTRIES = {entry["task"]: entry for entry in suite_entries()}
 # Leading blank line, two paragraphs, a would-be stop string and trailing spaces.

@@ -3,9 +3,10 @@ import os
 
 import pytest
 
-from conftest import compact_markdown
 from gc2bench.results.records import REQUIRED_KEYS, iter_records, read_record, record_path, run_dir, write_record
 from gc2bench.results.table import MISSING, collect, render
+
+from conftest import compact_markdown
 
 
 def rows_with_average(table) -> list:

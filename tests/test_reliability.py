@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from gc2bench.config import compose_run_config
 from gc2bench.results.records import RECORD_FORMAT, params_digest, read_record, record_path
 from gc2bench.run import run, run_directory, run_is_finished
+
+from conftest import REPO
 
 
 def compose(*overrides):
@@ -311,9 +312,8 @@ BAD_VALUES = [
 
 def _config_error(overrides: str) -> str:
     """The ConfigError message of composing, validating and building what run.py would (no model)."""
-    from gc2bench.config import ConfigError
+    from gc2bench.config import ConfigError, build_compressor
     from gc2bench.evaluation.suite import check_suite, validate_entry
-    from gc2bench.config import build_compressor
     from gc2bench.run import suite_entries
 
     try:

@@ -2,9 +2,10 @@
 
 import pytest
 
-from conftest import REPO
 from gc2bench.config import compose_run_config
 from gc2bench.run import run
+
+from conftest import REPO
 
 COMPRESSORS = sorted(path.stem for path in (REPO / "conf" / "compressor").glob("*.yaml"))
 NEEDS_COSINE_ON_ONEVISION = {

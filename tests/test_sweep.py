@@ -14,11 +14,12 @@ from collections import Counter
 import pytest
 from omegaconf import open_dict
 
-from conftest import REPO
 from gc2bench.config import compose_run_config
 from gc2bench.results.records import iter_records, read_record, record_path
 from gc2bench.run import RunFailed, run, run_job
 from gc2bench.sweep import sweep_size
+
+from conftest import REPO
 
 TASKS = ("pope", "vqav2_val")
 

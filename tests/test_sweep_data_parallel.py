@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from conftest import REPO
 from gc2bench.results.records import iter_records
+
+from conftest import REPO
 
 TIMINGS = ("vision_ms", "compression_ms", "prefill_ms", "decode_ms", "peak_memory_mb", "warmup")
 

@@ -12,10 +12,11 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
-from conftest import REPO, SHARED
 from gc2bench.config import compose_run_config, validate
 from gc2bench.results.records import iter_records
 from gc2bench.run import suite_entries
+
+from conftest import REPO, SHARED
 
 EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
 FOLDERS = sorted(path for path in (REPO / "experiments").iterdir() if path.is_dir())

@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import compact_markdown, paper_table
-from gc2bench.results.records import record_path, run_dir, write_record
 from gc2bench.cli import main
 from gc2bench.errors import ConfigError
+from gc2bench.results.records import record_path, run_dir, write_record
 from gc2bench.results.table import MISSING, _latex, collect, confidence_intervals, read_paper, render, sample_set
+
+from conftest import compact_markdown, paper_table
 
 TASK_OF = {
     "vqav2": "vqav2_val",

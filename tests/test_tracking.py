@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from conftest import REPO
 from gc2bench.config import ConfigError, compose_run_config
 from gc2bench.run import run
+
+from conftest import REPO
 
 
 def compose_config(*overrides):

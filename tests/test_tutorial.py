@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from gc2bench.cli import build_parser
 from gc2bench.config import compose_run_config
 from gc2bench.evaluation.suite import check_suite
 from gc2bench.inspection import split_arguments
+
+from conftest import REPO
 
 TUTORIAL = REPO / "docs" / "tutorial.md"
 

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 from hydra.utils import instantiate
+from test_sweep import compose_config, run_py
 
-from conftest import REPO
 from gc2bench.compressors.drop_crop import DropCrop
 from gc2bench.compressors.views import ViewsOnly
 from gc2bench.layout import NEWLINE, AnyResLayout, OneVisionLayout, anyres_layout, select_grid
@@ -16,7 +16,8 @@ from gc2bench.models.tiny import TINY_SPEC
 from gc2bench.models.tiny_onevision import TINY_ONEVISION_SPEC
 from gc2bench.results.records import iter_records
 from gc2bench.run import run
-from test_sweep import compose_config, run_py
+
+from conftest import REPO
 
 LLAVA_PINS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 

@@ -45,7 +45,7 @@ def test_fastervlm_unpadded_counts_and_ranking(ratio):
 
 def test_fastervlm_authors_mode_keeps_round_r_576_per_view_without_newlines():
     items = layouts()
-    selection = FasterVLM(0.1, unpad=False).select([random_scores(l, 0) for l in items], items)
+    selection = FasterVLM(0.1, unpad=False).select([random_scores(item, 0) for item in items], items)
     for layout, kept in zip(items, selection.per_image()):
         assert NEWLINE not in kept.tolist()
         assert per_view_counts(kept, 576) == [58] * layout.num_views
@@ -66,11 +66,11 @@ def test_fastervlm_ties_go_to_the_lower_index():
 def test_random_control_matches_fastervlm_accounting_and_is_seeded():
     items = layouts()
     none_scores = [None] * len(items)
-    fast = FasterVLM(0.25).select([random_scores(l, 0) for l in items], items).per_image()
+    fast = FasterVLM(0.25).select([random_scores(item, 0) for item in items], items).per_image()
     first = RandomKeep(0.25, seed=3).select(none_scores, items).per_image()
     again = RandomKeep(0.25, seed=3).select(none_scores, items).per_image()
     other = RandomKeep(0.25, seed=4).select(none_scores, items).per_image()
-    for a, b, c, f, layout in zip(first, again, other, fast, items):
+    for a, b, c, f in zip(first, again, other, fast):
         assert torch.equal(a, b)
         assert per_view_counts(a, 576) == per_view_counts(f, 576)
         if len(a) > 20:

@@ -35,7 +35,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -125,8 +125,8 @@ class SyncCounter:
 
 def _methods(names, ratios, num_layers: int, vision_has_cls: bool, adapter) -> list:
     """none, then each compressor at each R (once where the compressor ignores R), as run.py composes them."""
-    from gc2bench.compressors.none import NoCompression
     from gc2bench.bench.prefill import Method
+    from gc2bench.compressors.none import NoCompression
 
     methods = [Method("none", 1.0, NoCompression())]
     for name in names:
@@ -422,7 +422,7 @@ def bench_gpu_result(
     dtype = "bfloat16" if device.type == "cuda" else "float32"
     budget = Budget(budget_s)
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": device.type,
         "machine": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,

@@ -62,8 +62,8 @@ from pathlib import Path
 import torch
 
 from gc2bench.efficiency.flops import DecoderShape, sample_tflops
-from gc2bench.efficiency.timing import collector_paused
 from gc2bench.efficiency.presets import LLAVA_NEXT_PRESETS, LLAVA_ONEVISION_PRESETS, TEXT_PRESETS
+from gc2bench.efficiency.timing import collector_paused
 from gc2bench.errors import ConfigError
 from gc2bench.models.llava_next import LlavaNextAdapter
 from gc2bench.models.onevision import CLS_SCORES, LlavaOneVisionAdapter

@@ -229,7 +229,7 @@ class PDrop:
         lam = self.lam_for(num_layers)
         out = []
         for layer in range(num_layers):
-            stage = sum(layer >= l for l in self.layers)
+            stage = sum(layer >= start for start in self.layers)
             out.append(lam**stage)
         return out
 

@@ -65,7 +65,7 @@ class DecoderShape:
         return 4 * d * self.q_dim + 4 * d * self.kv_dim + 6 * d * self.intermediate_size
 
     @classmethod
-    def from_config(cls, config, name: str = "") -> "DecoderShape":
+    def from_config(cls, config, name: str = "") -> DecoderShape:
         """From a transformers text config, or a multimodal config (its ``text_config`` is used)."""
         text = getattr(config, "text_config", None) or config
         heads = int(text.num_attention_heads)

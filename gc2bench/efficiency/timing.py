@@ -32,7 +32,7 @@ class PrefillTimer:
         self.decode_s = 0.0
         self._start = 0.0
 
-    def attach(self, module: torch.nn.Module) -> "PrefillTimer":
+    def attach(self, module: torch.nn.Module) -> PrefillTimer:
         """Hook ``module`` for as long as it lives (the adapter's LLM decoder)."""
         module.register_forward_pre_hook(self._before)
         module.register_forward_hook(self._after)

@@ -50,9 +50,9 @@ def _importable_judge_code():
 
 def task_prompts(adapter, entry: dict, protocol: str, documents: int = DOCUMENTS) -> dict:
     """The golden content of one task under ``protocol``: per document its context, prompt, ids, kwargs."""
-    from gc2bench.prompting import get_protocol
     from gc2bench.evaluation.suite import load_task, use_offline_hub
     from gc2bench.models.adapter import to_rgb
+    from gc2bench.prompting import get_protocol
 
     use_offline_hub()
     with _importable_judge_code():

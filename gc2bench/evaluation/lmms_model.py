@@ -22,9 +22,8 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from gc2bench.evaluation.answer_cache import CacheWriteError
-from gc2bench.evaluation.progress import progress_stream
-
 from gc2bench.evaluation.images import decode_images, strict_decoding
+from gc2bench.evaluation.progress import progress_stream
 from gc2bench.prompting import get_protocol, prompting_record
 
 
@@ -189,7 +188,7 @@ class GC2BenchModel(GC2BenchLMM):
         )
 
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "GC2BenchModel":
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> GC2BenchModel:
         """``key=value,…`` → Hydra overrides, kept as written (lmms-eval's parser would retype values)."""
         extra = {key: value for key, value in (additional_config or {}).items() if value is not None}
         return cls(overrides=split_model_args(arg_string), **extra)

@@ -37,9 +37,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from gc2bench.errors import ConfigError, Gc2benchError
-from gc2bench.evaluation.progress import quiet_lmms_eval_logging, task_progress
 from gc2bench.evaluation.fixtures import COMPANIONS, FIXTURES, build_fixture, fixture_digest, fixture_split
 from gc2bench.evaluation.images import undecoded_features
+from gc2bench.evaluation.progress import quiet_lmms_eval_logging, task_progress
 
 ENTRY_KEYS = {
     "task",
@@ -247,7 +247,7 @@ def task_manager():
     return TaskManager()
 
 
-@lru_cache(maxsize=None)
+@functools.cache
 def task_yaml(task: str) -> dict:
     """The task's YAML config with includes resolved (``!function`` values left out)."""
     from lmms_eval.utils import load_yaml_config

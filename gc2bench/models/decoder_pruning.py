@@ -30,7 +30,6 @@ import torch
 from gc2bench.compressors.base import SEGMENT_RECYCLED, SEGMENT_TEXT, LLMContext
 from gc2bench.errors import ModelLoadError
 
-
 # transformers releases the hooks were tested on (the lock's and the newest 5.x: `bash .ci/latest`).
 TESTED_TRANSFORMERS = ">=5.23,<=5.24"
 # What the hooks read from each decoder layer's forward: the cache moved from `past_key_values` (<= 5.23)
@@ -90,7 +89,7 @@ class RowState:
     mask: torch.Tensor | None = None  # 4-D mask handed to the layers once the sequence changed
     masked: torch.Tensor | None = None  # [B, L] bool, image tokens hidden by a mask instead of dropped (reselect)
 
-    def take(self, index: torch.Tensor, **replacements) -> "RowState":
+    def take(self, index: torch.Tensor, **replacements) -> RowState:
         """Rows re-gathered along positions by ``index`` [B, L'] (index -1 → padding)."""
         safe = index.clamp(min=0)
         pad = index < 0

@@ -24,7 +24,7 @@ output.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from gc2bench.layout import NEWLINE
 from gc2bench.models.adapter import VisionStageAdapter, feature_scores
 
 
-@lru_cache(maxsize=None)
+@cache
 def image_only_processor_class():
     """``LlavaOnevisionProcessor`` without its video processor (which needs torchvision, absent on CPU machines).
 
