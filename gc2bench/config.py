@@ -30,7 +30,7 @@ def compose_run_config(overrides: list[str], check: bool = True, return_hydra_co
             cfg = compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
     except HydraException as error:
         raise ConfigError(" ".join(str(error).split("Config search path")[0].split())) from None
-    apply_compressor_options(cfg)
+    apply_compressor_options(cfg, overrides)
     if check:
         validate(cfg)
     return cfg
@@ -157,11 +157,12 @@ def build_model(cfg, compressor):
     return _instantiate(cfg.model, compressor=compressor, _convert_="all")
 
 
-def apply_compressor_options(cfg):
+def apply_compressor_options(cfg, overrides: list[str] | None = None):
     """``cfg`` with ``compressor_options[<compressor name>]`` merged into ``cfg.compressor``, in place (so the
     compressor, its record's config and its run directory all see them): how an experiment sweeping several
-    methods sets one method's option, e.g. ``{pdrop: {layers: [2, 8, 16]}}``. Idempotent; a ConfigError
-    names an unknown compressor or option."""
+    methods sets one method's option, e.g. ``{pdrop: {layers: [2, 8, 16]}}``. Idempotent. A ConfigError names
+    an unknown compressor or option, and an option also set as ``compressor.<option>`` to another value (on the
+    command line: ``overrides``, else the Hydra job's; or by an experiment): never a silent choice."""
     options = cfg.get("compressor_options") or {}
     unknown = [name for name in options if name not in config_names("compressor")]
     if unknown:
@@ -175,7 +176,9 @@ def apply_compressor_options(cfg):
         return cfg
     from omegaconf import OmegaConf
 
-    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "compressor" / f"{name}.yaml"), resolve=False)
+    own_yaml = CONF_DIR / "compressor" / f"{name}.yaml"
+    defaults = OmegaConf.to_container(OmegaConf.load(own_yaml), resolve=False) if own_yaml.is_file() else {}
+    on_command_line = _compressor_overrides(_job_overrides(cfg) if overrides is None else overrides)
     for option, value in mine.items():
         if option not in cfg.compressor or option in ("_target_", "name"):
             raise ConfigError(
@@ -183,14 +186,30 @@ def apply_compressor_options(cfg):
                 f"{', '.join(k for k in cfg.compressor if k not in ('_target_', 'name'))})"
             )
         current, default = cfg.compressor[option], defaults.get(option)
-        set_elsewhere = current != default and current != value and not str(default).startswith("${")
-        if set_elsewhere:  # e.g. compressor.layers=... on the command line: never silently replaced
+        if current == value:
+            continue
+        if option in on_command_line or (current != default and not str(default).startswith("${")):
             raise ConfigError(
                 f"compressor.{option}={current} and compressor_options.{name}.{option}={value} are both "
                 f"set; set it once (on the command line: compressor_options.{name}.{option}=...)"
             )
         cfg.compressor[option] = value
     return cfg
+
+
+def _compressor_overrides(overrides) -> set[str]:
+    """The options that ``compressor.<option>=...`` overrides set (with Hydra's ``+``, ``++`` or ``~``)."""
+    keys = (str(override).lstrip("+~").split("=", 1)[0] for override in overrides)
+    return {key.split(".")[1] for key in keys if key.startswith("compressor.")}
+
+
+def _job_overrides(cfg) -> list[str]:
+    """The command-line overrides of ``cfg``'s Hydra job (a sweep's job config, or the running job's)."""
+    if "hydra" in cfg:
+        return list(cfg.hydra.overrides.task)
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def suite_tasks(suite) -> list[dict]:

@@ -191,11 +191,7 @@ def inspect_with_figure(argv: list[str]) -> tuple[dict, object]:
         "grid": list(layout.grid),
         "model": adapter.describe(),
         "compressor": {"name": compressor.name, "params": compressor.params()},
-        "schedule": (
-            compressor.schedule_info(num_layers)
-            if adapter.pruner is not None and hasattr(compressor, "schedule_info")
-            else None
-        ),
+        "schedule": (compressor.schedule_info(num_layers) if adapter.pruner is not None else None),
         "visual_tokens_before": stats.visual_tokens_before,
         "visual_tokens_kept": stats.visual_tokens_kept,
         "newline_tokens": stats.newline_tokens_kept,

@@ -82,6 +82,8 @@ def test_an_option_set_both_ways_is_an_error_not_a_silent_choice():
         "both set",
     ):
         compose_run_config([*experiment, "compressor.layers=[1,2,3]"], check=False)
+    with pytest.raises(ConfigError, match="compressor.layers=auto and compressor_options.pdrop.layers=.* are both set"):
+        compose_run_config([*experiment, "compressor.layers=auto"], check=False)  # the YAML's default, typed
     same = compose_run_config(
         ["compressor=pdrop", "compressor.layers=[1,2,3]", "+compressor_options.pdrop.layers=[1,2,3]"]
     )

@@ -504,7 +504,7 @@ def prepare(options: Options):
     files = image_files(options.images, options.num_images) if options.images else None
     cfg = compose_run_config([*DEFAULT_OVERRIDES, *options.overrides])
     compressor = build_compressor(cfg)
-    if getattr(compressor, "kind", "vision") != "llm" or not hasattr(compressor, "crop_order"):
+    if compressor.kind != "llm" or "crop_order" not in cfg.compressor:
         raise ConfigError(
             f"compressor={compressor.name}: not an LLM-stage method with a crop_order option; "
             f"positional bias is measured for {', '.join(crop_order_methods())}"

@@ -321,7 +321,7 @@ def _kv_cache_part(device: torch.device, dtype: str, budget: Budget, log) -> dic
         for name in config_names("compressor")
     ]
     for method in methods:
-        if method.compressor is None or getattr(method.compressor, "kind", "vision") != "llm":
+        if method.compressor is None or method.compressor.kind != "llm":
             continue
         if budget.left() <= 0:
             result["not_run"].append(f"kv_cache {method.name}")

@@ -267,10 +267,8 @@ class RandomWeightsAdapter:
         if self.pruner is not None:
             self.pruner.remove()
         self.compressor, self.pruner = compressor, None
-        if getattr(compressor, "kind", "vision") == "llm":
-            self.pruner = DecoderPruner(
-                self.model.model.language_model, compressor, seed=getattr(compressor, "seed", 0)
-            )
+        if compressor.kind == "llm":
+            self.pruner = DecoderPruner(self.model.model.language_model, compressor, seed=compressor.seed)
 
 
 class RandomWeightsLlavaNextAdapter(RandomWeightsAdapter, LlavaNextAdapter):

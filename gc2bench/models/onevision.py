@@ -84,7 +84,7 @@ class LlavaOneVisionAdapter(VisionStageAdapter):
     score_kinds = frozenset(ScoreKind).difference(CLS_SCORES)
     missing_scores = (
         "(LLaVA-OneVision, SigLIP vision tower) has no CLS token; add compressor.score=cosine (the AAAI "
-        "GlobalCom² paper's §4.3 score, accepted by globalcom2, fastervlm and prumerge)"
+        "GlobalCom² paper's §4.3 score, accepted by the compressors with a `score` option)"
     )
 
     def check_compressor(self, compressor, model_name: str) -> None:

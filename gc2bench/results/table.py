@@ -340,8 +340,13 @@ def _scale(record: dict) -> float:
     """The factor from lmms-eval's aggregate to the headline score (the suite entry's ``scale``)."""
     if record["metrics"].get("scale") is not None:
         return float(record["metrics"]["scale"])
-    entries = ((record.get("config") or {}).get("suite") or {}).get("tasks") or []
-    entry = next((e for e in entries if isinstance(e, dict) and e.get("task") == record["task"]), {})
+    entry = record.get("entry") if isinstance(record.get("entry"), dict) else None
+    if entry is None:  # older records: the suite in the stored config (tasks a list, now keyed by task name)
+        tasks = ((record.get("config") or {}).get("suite") or {}).get("tasks") or []
+        if isinstance(tasks, dict):
+            entry = tasks.get(record["task"]) or {}
+        else:
+            entry = next((e for e in tasks if isinstance(e, dict) and e.get("task") == record["task"]), {})
     return float(entry.get("scale", 1))
 
 
