@@ -104,12 +104,10 @@ def test_bench_prefill_onevision_rows_match_the_real_adapter(capsys, cache_dir, 
     import dataclasses
 
     import pytest
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
     from gc2bench.bench.prefill import PROMPT, RandomWeightsOneVisionAdapter, bench_model_dir, synthetic_images
     from gc2bench.compressors.none import NoCompression
-    from gc2bench.config import CONF_DIR
+    from gc2bench.config import build_compressor, compose_run_config
     from gc2bench.efficiency.flops import DecoderShape, sample_tflops
     from gc2bench.models.onevision import LlavaOneVisionAdapter
 
@@ -153,23 +151,22 @@ def test_bench_prefill_onevision_rows_match_the_real_adapter(capsys, cache_dir, 
     image = synthetic_images(1, tuple(setup["image_size"]), seed=0)[0]
     shape = DecoderShape.from_config(bench.config)
     as_mha = dataclasses.replace(shape, num_kv_heads=shape.num_heads)
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        for row in rows:
-            overrides = [f"compressor={row['method']}", f"ratio={row['ratio']}"]
-            if row["method"] in ("globalcom2", "fastervlm"):
-                overrides.append("compressor.score=cosine")
-            compressor = instantiate(compose("config", overrides=overrides).compressor)
-            real = LlavaOneVisionAdapter(str(tmp_path), compressor, name="real", dtype="float32", device="cpu")
-            stats = real.generate([PROMPT], [[image]], max_new_tokens=1, do_sample=False)[0].stats
-            text = stats.llm_input_tokens - stats.visual_tokens_kept
-            assert (row["visual_tokens_kept"], row["text_tokens"]) == (stats.visual_tokens_kept, text), row
-            assert row["layer_averaged_image_tokens"] == stats.layer_averaged_image_tokens, row
-            expected = sample_tflops(real.config, stats.visual_tokens_kept, text, stats.image_tokens_per_layer)
-            assert row["tflops"] == pytest.approx(expected["tflops"], rel=1e-12)
-            assert row["kv_cache_mb"] == pytest.approx(expected["kv_cache_mb"], rel=1e-12)
-            mha = sample_tflops(as_mha, stats.visual_tokens_kept, text, stats.image_tokens_per_layer)
-            assert row["tflops"] < mha["tflops"] and row["kv_cache_mb"] == pytest.approx(mha["kv_cache_mb"] / 2)
-            assert row["analytic_speedup"] == pytest.approx(none["tflops"] / expected["tflops"])
+    for row in rows:
+        overrides = [f"compressor={row['method']}", f"ratio={row['ratio']}"]
+        if row["method"] in ("globalcom2", "fastervlm"):
+            overrides.append("compressor.score=cosine")
+        compressor = build_compressor(compose_run_config(overrides, check=False))
+        real = LlavaOneVisionAdapter(str(tmp_path), compressor, name="real", dtype="float32", device="cpu")
+        stats = real.generate([PROMPT], [[image]], max_new_tokens=1, do_sample=False)[0].stats
+        text = stats.llm_input_tokens - stats.visual_tokens_kept
+        assert (row["visual_tokens_kept"], row["text_tokens"]) == (stats.visual_tokens_kept, text), row
+        assert row["layer_averaged_image_tokens"] == stats.layer_averaged_image_tokens, row
+        expected = sample_tflops(real.config, stats.visual_tokens_kept, text, stats.image_tokens_per_layer)
+        assert row["tflops"] == pytest.approx(expected["tflops"], rel=1e-12)
+        assert row["kv_cache_mb"] == pytest.approx(expected["kv_cache_mb"], rel=1e-12)
+        mha = sample_tflops(as_mha, stats.visual_tokens_kept, text, stats.image_tokens_per_layer)
+        assert row["tflops"] < mha["tflops"] and row["kv_cache_mb"] == pytest.approx(mha["kv_cache_mb"] / 2)
+        assert row["analytic_speedup"] == pytest.approx(none["tflops"] / expected["tflops"])
 
     # A directory holding a OneVision config.json is accepted; the model type picks the OneVision adapter.
     assert (
