@@ -29,15 +29,19 @@ def test_every_compressor_satisfies_its_protocol(compressor):
     assert "ratio" in params
 
 
-def test_llm_stage_attributes(compressor):
-    if compressor.kind != "llm":
-        pytest.skip("vision-stage compressor")
-    assert compressor.positions in ("keep", "compact")
-    assert compressor.decode in ("reselect", "static")
-    assert isinstance(compressor.wants_query_attention, bool)
-    stages = compressor.stages(32)
-    assert stages and [s.score_layer for s in stages] == sorted(s.score_layer for s in stages)
-    assert compressor.schedule_info(32)["num_layers"] == 32
+def test_llm_stage_attributes():
+    built = [
+        build_compressor(compose_run_config([f"compressor={name}", "ratio=0.5"])) for name in config_names("compressor")
+    ]
+    llm_stage = [compressor for compressor in built if compressor.kind == "llm"]
+    assert len(llm_stage) >= 5  # fastv, pdrop, sparsevlm and the two "+GlobalCom²"
+    for compressor in llm_stage:
+        assert compressor.positions in ("keep", "compact"), compressor.name
+        assert compressor.decode in ("reselect", "static"), compressor.name
+        assert isinstance(compressor.wants_query_attention, bool), compressor.name
+        stages = compressor.stages(32)
+        assert stages and [s.score_layer for s in stages] == sorted(s.score_layer for s in stages), compressor.name
+        assert compressor.schedule_info(32)["num_layers"] == 32, compressor.name
 
 
 def test_a_compressor_missing_an_attribute_is_refused():
