@@ -460,7 +460,8 @@ def _write_unless_done(directory: Path, record: dict) -> None:
     write_record(path, record)
 
 
-def _write_failed(directory: Path, entry: dict, error: BaseException, common: dict, identity: dict) -> dict:
+def _write_unfinished(directory: Path, entry: dict, common: dict, identity: dict, status: str, **why) -> dict:
+    """The ``failed`` or ``skipped`` record of ``entry``'s task (``why``: its error or reason), written unless done."""
     record = {
         **common,
         "task": entry["task"],
@@ -468,29 +469,21 @@ def _write_failed(directory: Path, entry: dict, error: BaseException, common: di
         "metrics": None,
         "tokens": None,
         "efficiency": None,
-        "status": "failed",
-        "error": f"{type(error).__name__}: {error}",
-        "traceback": traceback.format_exc(limit=8),
+        "status": status,
+        **why,
         "timing": {"finished": _now()},
     }
     _write_unless_done(directory, record)
     return record
+
+
+def _write_failed(directory: Path, entry: dict, error: BaseException, common: dict, identity: dict) -> dict:
+    why = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(limit=8)}
+    return _write_unfinished(directory, entry, common, identity, "failed", **why)
 
 
 def _write_skipped(directory: Path, entry: dict, reason: str, common: dict, identity: dict) -> dict:
-    record = {
-        **common,
-        "task": entry["task"],
-        "identity": identity,
-        "metrics": None,
-        "tokens": None,
-        "efficiency": None,
-        "status": "skipped",
-        "reason": reason,
-        "timing": {"finished": _now()},
-    }
-    _write_unless_done(directory, record)
-    return record
+    return _write_unfinished(directory, entry, common, identity, "skipped", reason=reason)
 
 
 def protocol_name(cfg: DictConfig) -> str:

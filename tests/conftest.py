@@ -14,6 +14,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"  # optional: only the drift checks read it
 DATA = REPO / "tests" / "data"
+# (height, width) of images at the edges of AnyRes: one-pixel strips, extreme and near-square aspect ratios.
+ODD_IMAGE_SIZES = (
+    (1, 1), (1, 4000), (4000, 1), (1, 2), (2, 1), (7, 3), (3, 7),
+    (1001, 999), (999, 1001), (333, 777), (777, 333), (480, 640), (640, 480), (1080, 1920),
+)  # fmt: skip
 
 
 def paper_table(name: str) -> Path:

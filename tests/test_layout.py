@@ -16,6 +16,8 @@ from gc2bench.layout import (
     unpadded_region,
 )
 
+from conftest import ODD_IMAGE_SIZES
+
 LLAVA_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 TINY_PINPOINTS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
 
@@ -44,20 +46,7 @@ def tiny_model():
 
 def _sizes(pinpoints, count, seed):
     sizes = [
-        (1, 1),
-        (1, 4000),
-        (4000, 1),
-        (1, 2),
-        (2, 1),
-        (7, 3),
-        (3, 7),
-        (1001, 999),
-        (999, 1001),
-        (333, 777),
-        (777, 333),
-        (480, 640),
-        (640, 480),
-        (1080, 1920),
+        *ODD_IMAGE_SIZES,
         (55, 176),
         (88, 55),
         (47, 1128),

@@ -21,6 +21,8 @@ from gc2bench.config import ConfigError
 from gc2bench.layout import NEWLINE, OneVisionLayout, onevision_layout
 from gc2bench.models.adapter import SampleStats
 
+from conftest import ODD_IMAGE_SIZES
+
 MAX_NEW = 6
 SPATIAL_R1 = {"ratio": 1.0, "allocation": "uniform", "thumbnail_order": "spatial", "score": "cosine"}
 
@@ -80,20 +82,7 @@ def tiny_layout(size):
 
 def _sizes(count, seed):
     sizes = [
-        (1, 1),
-        (1, 4000),
-        (4000, 1),
-        (1, 2),
-        (2, 1),
-        (7, 3),
-        (3, 7),
-        (1001, 999),
-        (999, 1001),
-        (333, 777),
-        (777, 333),
-        (480, 640),
-        (640, 480),
-        (1080, 1920),
+        *ODD_IMAGE_SIZES,
         (300, 300),
         (170, 200),
         (55, 176),

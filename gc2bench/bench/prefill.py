@@ -511,14 +511,7 @@ def bench_prefill_rows(
         "machine": _machine(adapter.device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "llm": {
-            "hidden_size": shape.hidden_size,
-            "intermediate_size": shape.intermediate_size,
-            "num_layers": shape.num_layers,
-            "num_heads": shape.num_heads,
-            "num_kv_heads": shape.num_kv_heads,
-            "head_dim": shape.head_dim,
-        },
+        "llm": shape.sizes(),
         "vision": {
             "model_type": vision.model_type,
             "hidden_size": vision.hidden_size,

@@ -38,6 +38,9 @@ TERA = 1e12
 MEGA = 1e6
 
 
+SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
+
+
 @dataclass(frozen=True)
 class DecoderShape:
     """The sizes of a decoder that FLOPs and KV cache depend on."""
@@ -49,6 +52,10 @@ class DecoderShape:
     num_kv_heads: int
     head_dim: int
     name: str = ""
+
+    def sizes(self) -> dict:
+        """The six sizes by name (the JSON of ``gc2bench flops`` and ``bench prefill``)."""
+        return {field: getattr(self, field) for field in SIZE_FIELDS}
 
     @property
     def q_dim(self) -> int:
@@ -185,14 +192,7 @@ def flops_report(model: str, visual_tokens: int, text_tokens: int = 0, bytes_per
         "tflops": cost["tflops"],
         "kv_cache_mb": cost["kv_cache_mb"],
         "bytes_per_element": bytes_per_element,
-        "decoder": {
-            "hidden_size": shape.hidden_size,
-            "intermediate_size": shape.intermediate_size,
-            "num_layers": shape.num_layers,
-            "num_heads": shape.num_heads,
-            "num_kv_heads": shape.num_kv_heads,
-            "head_dim": shape.head_dim,
-        },
+        "decoder": shape.sizes(),
     }
 
 
