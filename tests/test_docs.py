@@ -6,9 +6,7 @@ of listing the compressors by hand."""
 import importlib
 import re
 
-from omegaconf import OmegaConf
-
-from gc2bench.config import CONF_DIR, config_names
+from gc2bench.config import CONF_DIR, build_compressor, compose_run_config, config_names
 
 from conftest import REPO
 
@@ -30,11 +28,12 @@ def test_methods_doc_sections_cover_its_overview():
         assert f"`compressor={name}`" in headings or f"`{name}`" in headings, name
 
 
-def test_every_other_compressor_is_described_by_its_module_and_yaml():
-    for name in set(config_names("compressor")) - overview_names():
+def test_every_compressor_is_described_by_its_module_and_yaml():
+    """What a compressor without a docs/methods.md section relies on alone; every one has it."""
+    for name in config_names("compressor"):
         text = (CONF_DIR / "compressor" / f"{name}.yaml").read_text()
-        target = OmegaConf.create(text)["_target_"]
-        module = importlib.import_module(target.rsplit(".", 1)[0])
+        compressor = build_compressor(compose_run_config([f"compressor={name}"], check=False))
+        module = importlib.import_module(type(compressor).__module__)
         assert text.startswith("# ") and len((module.__doc__ or "").split()) >= 10, name
 
 
