@@ -1,4 +1,5 @@
-"""Checks on the composed config that run before anything expensive is loaded."""
+"""A run's config: composed from conf/ (``compose_run_config``), its values checked before anything expensive
+is loaded (``validate``), its compressor and model instantiated (``build_compressor``, ``build_model``)."""
 
 from __future__ import annotations
 
